@@ -1,0 +1,181 @@
+"""Composite configuration of a text + image + audio classifier with a pluggable fusion head."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import ClassVar
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_wavenet import WaveNetConfig
+
+
+MODALITIES: tuple[str, ...] = ("text", "image", "audio")
+"""Every modality, in the fixed order used for presence masks and fusion inputs."""
+
+FUSION_TYPES: tuple[str, ...] = (
+    "concat",
+    "weighted_sum",
+    "gated",
+    "attention",
+    "transformer",
+    "bilstm",
+    "low_rank_tensor",
+)
+"""Names accepted by `MultimodalConfig.fusion_type` (see `modeling_fusion.FUSION_CLASSES`)."""
+
+PROBLEM_TYPES: tuple[str, ...] = ("single_label_classification", "multi_label_classification", "regression")
+
+SUB_CONFIG_KEYS = {"text": "text_config", "image": "vision_config", "audio": "audio_config"}
+_DEFAULT_MODEL_TYPES = {"text_config": "bert", "vision_config": "resnet", "audio_config": "wavenet"}
+
+
+def _build_sub_config(key: str, value: PreTrainedConfig | dict | None) -> PreTrainedConfig | None:
+    """A sub-config from a config object, a dict (with an optional `model_type`) or None (modality absent)."""
+    if value is None or isinstance(value, PreTrainedConfig):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"{key} must be a PreTrainedConfig, a dict or None (modality absent), got {type(value).__name__}."
+        )
+    values = dict(value)
+    model_type = values.pop("model_type", _DEFAULT_MODEL_TYPES[key])
+    if model_type == WaveNetConfig.model_type:
+        return WaveNetConfig(**values)
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except ValueError as error:
+        raise ValueError(
+            f"{key} has model_type {model_type!r}, which transformers does not know: use a model type that "
+            "AutoModel.from_config can build (e.g. 'bert', 'distilbert', 'resnet', 'vit', 'wav2vec2') or 'wavenet'."
+        ) from error
+
+
+class MultimodalConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`MultimodalModel`] and [`MultimodalForSequenceClassification`]: one encoder per modality, each
+    projected to `fusion_hidden_size`, fused by the head named in `fusion_type`.
+
+    Args:
+        text_config (`PreTrainedConfig`, `dict` or `None`, *optional*):
+            Text encoder config; any config that `AutoModel.from_config` builds (a dict may name its `model_type`).
+            Defaults to `BertConfig()`; `None` builds a model without text.
+        vision_config (`PreTrainedConfig`, `dict` or `None`, *optional*):
+            Image encoder config; defaults to `ResNetConfig()`; `None` builds a model without images.
+        audio_config (`PreTrainedConfig`, `dict` or `None`, *optional*):
+            Audio encoder config (a raw-waveform encoder); defaults to `WaveNetConfig()`; `None` builds a model
+            without audio.
+        fusion_type (`str`, *optional*, defaults to `"gated"`):
+            One of `"concat"`, `"weighted_sum"`, `"gated"`, `"attention"`, `"transformer"`, `"bilstm"`,
+            `"low_rank_tensor"`.
+        fusion_hidden_size (`int`, *optional*, defaults to 256):
+            Width every modality is projected to, and of the fused embedding.
+        fusion_num_layers (`int`, *optional*, defaults to 2):
+            Layers of the `"transformer"` and `"bilstm"` fusion heads.
+        fusion_num_heads (`int`, *optional*, defaults to 4):
+            Attention heads of the `"attention"` and `"transformer"` fusion heads.
+        fusion_rank (`int`, *optional*, defaults to 8):
+            Rank of the `"low_rank_tensor"` fusion head.
+        fusion_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout inside the fusion head.
+        classifier_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout before the classification layer.
+        modality_dropout (`float`, *optional*, defaults to 0.0):
+            Training-time probability of hiding each present modality of an example from the fusion head; at least
+            one present modality of every example is always kept.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of the projection, fusion and classification layers.
+        backbones (`dict[str, str]`, *optional*):
+            Where each pretrained encoder came from (`{"text": "<hub id or folder>"}`), recorded by
+            `from_backbones` for model cards.
+        num_labels, id2label, label2id, problem_type:
+            As in transformers' sequence classifiers.
+
+    Example:
+
+    ```python
+    >>> from hf_multimodal import MultimodalConfig
+    >>> config = MultimodalConfig(
+    ...     text_config={"model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+    ...     vision_config=None,
+    ...     fusion_type="attention",
+    ...     num_labels=3,
+    ... )
+    >>> config.modalities
+    ('text', 'audio')
+    ```
+    """
+
+    model_type = "hf_multimodal"
+    sub_configs_defaults: ClassVar[dict] = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet", optional=True),
+        "audio_config": SubConfigSpec(config_class=WaveNetConfig, optional=True),
+    }
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "fused_embeds",
+        "text_embeds",
+        "image_embeds",
+        "audio_embeds",
+        "presence",
+    ]
+
+    # An empty dict means "the default encoder of this modality"; None means "no such modality".
+    text_config: dict | PreTrainedConfig | None = field(default_factory=dict)
+    vision_config: dict | PreTrainedConfig | None = field(default_factory=dict)
+    audio_config: dict | PreTrainedConfig | None = field(default_factory=dict)
+    fusion_type: str = "gated"
+    fusion_hidden_size: int = 256
+    fusion_num_layers: int = 2
+    fusion_num_heads: int = 4
+    fusion_rank: int = 8
+    fusion_dropout: float = 0.1
+    classifier_dropout: float = 0.1
+    modality_dropout: float = 0.0
+    initializer_range: float = 0.02
+    backbones: dict[str, str] | None = None
+
+    def __post_init__(self, **kwargs):
+        for key in SUB_CONFIG_KEYS.values():
+            setattr(self, key, _build_sub_config(key, getattr(self, key)))
+        super().__post_init__(**kwargs)
+        self._check()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this model has an encoder for, in `MODALITIES` order."""
+        return tuple(modality for modality in MODALITIES if self.sub_config(modality) is not None)
+
+    def sub_config(self, modality: str) -> PreTrainedConfig | None:
+        """The encoder config of `modality` ("text", "image" or "audio"), or None when the model has no such encoder."""
+        if modality not in SUB_CONFIG_KEYS:
+            raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}.")
+        return getattr(self, SUB_CONFIG_KEYS[modality])
+
+    def _check(self) -> None:
+        if self.fusion_type not in FUSION_TYPES:
+            raise ValueError(f"fusion_type must be one of {', '.join(FUSION_TYPES)}; got {self.fusion_type!r}.")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)} or None; got {self.problem_type!r}.")
+        if not self.modalities:
+            raise ValueError(
+                "text_config, vision_config and audio_config are all None: a multimodal model needs at least one "
+                "encoder. Pass a config (or {} for the default) for at least one modality."
+            )
+        for name in ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.fusion_hidden_size % self.fusion_num_heads:
+            raise ValueError(
+                f"fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by fusion_num_heads "
+                f"({self.fusion_num_heads}): change one of them."
+            )
+        for name in ("fusion_dropout", "classifier_dropout", "modality_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
+
+
+__all__ = ["FUSION_TYPES", "MODALITIES", "SUB_CONFIG_KEYS", "MultimodalConfig"]

@@ -1,0 +1,223 @@
+"""Fusion heads: each turns per-modality embeddings plus a presence mask into one fused embedding.
+
+Every head receives `features`, a dict from modality name to a `(batch_size, hidden_size)` tensor (or, for heads with
+`uses_sequences = True`, a `(batch_size, length, hidden_size)` tensor with a matching `padding_masks` entry), and
+`presence`, a `(batch_size, num_modalities)` bool tensor whose columns follow `head.modalities`. A modality that is
+absent for an example is masked out (attention and softmax masks, packed sequences, a multiplicative identity, a
+learned placeholder), never read as zeros that could pass for data. Every example must have at least one modality.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .configuration_multimodal import MultimodalConfig
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension restricted to `mask` (rows need at least one true entry)."""
+    return logits.masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim=-1) * mask
+
+
+class MultimodalFusion(nn.Module):
+    """Base class of fusion heads: `forward(features, presence, padding_masks=None) -> (batch_size, hidden_size)`.
+
+    Parameters created directly on a head (placeholders, type embeddings, queries) are initialised by
+    `MultimodalPreTrainedModel._init_weights`.
+    """
+
+    uses_sequences: ClassVar[bool] = False
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__()
+        self.modalities = config.modalities
+        self.hidden_size = config.fusion_hidden_size
+
+    def stack(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(batch_size, num_modalities, hidden_size) tensor of `features` in `self.modalities` order."""
+        return torch.stack([features[modality] for modality in self.modalities], dim=1)
+
+
+class ConcatFusion(MultimodalFusion):
+    """Concatenation followed by an MLP; an absent modality is replaced by a learned per-modality placeholder."""
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.missing_embeddings = nn.Parameter(torch.empty(len(self.modalities), self.hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(len(self.modalities) * self.hidden_size, self.hidden_size),
+            nn.GELU(),
+            nn.Dropout(config.fusion_dropout),
+        )
+
+    def forward(self, features, presence, padding_masks=None):
+        stacked = torch.where(presence.unsqueeze(-1), self.stack(features), self.missing_embeddings.to(presence.device))
+        return self.mlp(stacked.flatten(1))
+
+
+class WeightedSumFusion(MultimodalFusion):
+    """A learned weight per modality, softmax-normalised over the modalities present in each example."""
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.modality_logits = nn.Parameter(torch.empty(len(self.modalities)))
+        self.dropout = nn.Dropout(config.fusion_dropout)
+
+    def forward(self, features, presence, padding_masks=None):
+        weights = masked_softmax(self.modality_logits.expand(presence.shape[0], -1), presence)
+        return self.dropout((weights.unsqueeze(-1) * self.stack(features)).sum(dim=1))
+
+
+class GatedFusion(MultimodalFusion):
+    """Gated multimodal unit (Arevalo et al., 2017) for any number of modalities.
+
+    Each modality gets `h_m = tanh(W_m x_m)` and a gate logit from `[x_m, context]`, where the context is the mean of
+    the present modalities; gates are softmax-normalised over the present modalities and `sum_m g_m h_m` is returned.
+    """
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.transforms = nn.ModuleDict({m: nn.Linear(self.hidden_size, self.hidden_size) for m in self.modalities})
+        self.gates = nn.ModuleDict({m: nn.Linear(2 * self.hidden_size, 1) for m in self.modalities})
+        self.dropout = nn.Dropout(config.fusion_dropout)
+
+    def forward(self, features, presence, padding_masks=None):
+        weights = presence.unsqueeze(-1).to(features[self.modalities[0]].dtype)
+        stacked = self.stack(features)
+        context = (stacked * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        transformed = torch.stack([torch.tanh(self.transforms[m](features[m])) for m in self.modalities], dim=1)
+        gate_logits = torch.cat(
+            [self.gates[m](torch.cat([features[m], context], dim=-1)) for m in self.modalities], dim=-1
+        )
+        gates = masked_softmax(gate_logits, presence)
+        return self.dropout((gates.unsqueeze(-1) * transformed).sum(dim=1))
+
+
+class AttentionFusion(MultimodalFusion):
+    """A learned query attends over the modality tokens (plus type embeddings); absent ones are key-padding masked."""
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.type_embeddings = nn.Parameter(torch.empty(len(self.modalities), self.hidden_size))
+        self.query = nn.Parameter(torch.empty(1, 1, self.hidden_size))
+        self.attention = nn.MultiheadAttention(
+            self.hidden_size, config.fusion_num_heads, dropout=config.fusion_dropout, batch_first=True
+        )
+        self.layer_norm = nn.LayerNorm(self.hidden_size)
+
+    def forward(self, features, presence, padding_masks=None):
+        tokens = self.stack(features) + self.type_embeddings
+        query = self.query.expand(tokens.shape[0], -1, -1)
+        attended, _ = self.attention(query, tokens, tokens, key_padding_mask=~presence, need_weights=False)
+        return self.layer_norm(attended.squeeze(1))
+
+
+class TransformerFusion(MultimodalFusion):
+    """Cross-modal transformer over the concatenated token sequences of all modalities, read out at a [CLS] token.
+
+    Tokens of absent modalities and padding tokens are key-padding masked, so every layer attends across the real
+    tokens of the present modalities only.
+    """
+
+    uses_sequences: ClassVar[bool] = True
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.type_embeddings = nn.Parameter(torch.empty(len(self.modalities), self.hidden_size))
+        self.cls_token = nn.Parameter(torch.empty(1, 1, self.hidden_size))
+        layer = nn.TransformerEncoderLayer(
+            self.hidden_size,
+            config.fusion_num_heads,
+            dim_feedforward=2 * self.hidden_size,
+            dropout=config.fusion_dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.fusion_num_layers, enable_nested_tensor=False)
+        self.layer_norm = nn.LayerNorm(self.hidden_size)
+
+    def forward(self, features, presence, padding_masks=None):
+        if padding_masks is None:
+            raise ValueError("TransformerFusion needs padding_masks for its token sequences.")
+        batch_size = presence.shape[0]
+        tokens = [self.cls_token.expand(batch_size, -1, -1)]
+        keep = [presence.new_ones(batch_size, 1)]
+        for index, modality in enumerate(self.modalities):
+            tokens.append(features[modality] + self.type_embeddings[index])
+            keep.append(padding_masks[modality] & presence[:, index : index + 1])
+        hidden_states = self.encoder(torch.cat(tokens, dim=1), src_key_padding_mask=~torch.cat(keep, dim=1))
+        return self.layer_norm(hidden_states[:, 0])
+
+
+class BiLSTMFusion(MultimodalFusion):
+    """A bidirectional LSTM over the present modality tokens of each example, packed so absent ones are skipped."""
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.type_embeddings = nn.Parameter(torch.empty(len(self.modalities), self.hidden_size))
+        self.lstm = nn.LSTM(
+            self.hidden_size,
+            self.hidden_size,
+            num_layers=config.fusion_num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=config.fusion_dropout if config.fusion_num_layers > 1 else 0.0,
+        )
+        self.output = nn.Linear(2 * self.hidden_size, self.hidden_size)
+
+    def forward(self, features, presence, padding_masks=None):
+        tokens = self.stack(features) + self.type_embeddings
+        # Move each example's present tokens to the front, keeping their modality order.
+        order = torch.argsort((~presence).to(torch.int8), dim=1, stable=True)
+        tokens = tokens.gather(1, order.unsqueeze(-1).expand_as(tokens))
+        lengths = presence.sum(dim=1).cpu()
+        packed = pack_padded_sequence(tokens, lengths, batch_first=True, enforce_sorted=False)
+        _, (last_hidden, _) = self.lstm(packed)
+        return self.output(torch.cat([last_hidden[-2], last_hidden[-1]], dim=-1))
+
+
+class LowRankTensorFusion(MultimodalFusion):
+    """Low-rank multimodal fusion (Liu et al., 2018): the outer product of `[x_m, 1]` over modalities, computed as
+    a rank-`fusion_rank` sum of element-wise products of per-modality factors. An absent modality contributes the
+    multiplicative identity, so the product runs over the present modalities only.
+    """
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        rank = config.fusion_rank
+        self.factors = nn.ParameterDict(
+            {m: nn.Parameter(torch.empty(rank, self.hidden_size + 1, self.hidden_size)) for m in self.modalities}
+        )
+        self.rank_weights = nn.Parameter(torch.empty(1, rank))
+        self.bias = nn.Parameter(torch.empty(self.hidden_size))
+        self.layer_norm = nn.LayerNorm(self.hidden_size)
+        self.dropout = nn.Dropout(config.fusion_dropout)
+
+    def forward(self, features, presence, padding_masks=None):
+        product = None
+        for index, modality in enumerate(self.modalities):
+            with_one = nn.functional.pad(features[modality], (0, 1), value=1.0)
+            factor = torch.einsum("bd,rdo->bro", with_one, self.factors[modality])
+            factor = torch.where(presence[:, index, None, None], factor, torch.ones_like(factor))
+            product = factor if product is None else product * factor
+        fused = torch.einsum("xr,bro->bo", self.rank_weights, product) + self.bias
+        return self.dropout(self.layer_norm(fused))
+
+
+FUSION_CLASSES: dict[str, type[MultimodalFusion]] = {
+    "concat": ConcatFusion,
+    "weighted_sum": WeightedSumFusion,
+    "gated": GatedFusion,
+    "attention": AttentionFusion,
+    "transformer": TransformerFusion,
+    "bilstm": BiLSTMFusion,
+    "low_rank_tensor": LowRankTensorFusion,
+}
+
+
+__all__ = ["FUSION_CLASSES", "LowRankTensorFusion", "MultimodalFusion"]

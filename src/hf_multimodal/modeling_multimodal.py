@@ -1,0 +1,534 @@
+"""Multimodal (text + image + audio) encoders fused by a pluggable head, and the sequence classifier on top."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration_multimodal import MODALITIES, SUB_CONFIG_KEYS, MultimodalConfig
+from .configuration_wavenet import WaveNetConfig
+from .modeling_fusion import FUSION_CLASSES, LowRankTensorFusion, MultimodalFusion
+from .modeling_wavenet import WaveNetModel, masked_mean
+
+
+INPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "text": ("input_ids", "attention_mask", "token_type_ids"),
+    "image": ("pixel_values",),
+    "audio": ("input_values", "audio_attention_mask"),
+}
+"""Model input names per modality; the first one of each is the modality's main input."""
+
+PRESENCE_NAMES: dict[str, str] = {"text": "has_text", "image": "has_image", "audio": "has_audio"}
+"""Per-example presence masks, `(batch_size,)` bool: False where an example lacks that modality."""
+
+ENCODER_ATTRIBUTES: dict[str, str] = {"text": "text_model", "image": "vision_model", "audio": "audio_model"}
+
+REMOTE_CODE_AUTO_MAP: dict[str, str] = {
+    "AutoConfig": "configuration_multimodal.MultimodalConfig",
+    "AutoModel": "modeling_multimodal.MultimodalModel",
+    "AutoModelForSequenceClassification": "modeling_multimodal.MultimodalForSequenceClassification",
+}
+"""Every Auto class a saved folder loads with under `trust_remote_code=True`, whichever head was saved."""
+
+
+@dataclass
+class MultimodalModelOutput(ModelOutput):
+    r"""
+    Output of [`MultimodalModel`].
+
+    Args:
+        fused_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`):
+            The fused embedding of each example.
+        text_embeds, image_embeds, audio_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`):
+            Each modality's pooled, projected embedding (zeros for examples without it); `None` when the modality
+            was not in the inputs.
+        presence (`torch.BoolTensor` of shape `(batch_size, num_modalities)`):
+            Which modalities the fusion head used for each example, columns in `config.modalities` order (after
+            `modality_dropout` during training).
+    """
+
+    fused_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    presence: torch.BoolTensor | None = None
+
+
+@dataclass
+class MultimodalSequenceClassifierOutput(ModelOutput):
+    r"""
+    Output of [`MultimodalForSequenceClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
+            Cross-entropy, binary cross-entropy or mean squared error, depending on `config.problem_type`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Classification (or regression) scores before softmax / sigmoid.
+        fused_embeds, text_embeds, image_embeds, audio_embeds, presence:
+            As in [`MultimodalModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    fused_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    presence: torch.BoolTensor | None = None
+
+
+def build_encoder(config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised encoder for `config`, without a pooling layer where the architecture has one to drop
+    (poolers would be unused parameters: the multimodal model mean-pools the last hidden state)."""
+    if config.model_type == WaveNetConfig.model_type:  # by name: remote code may load a second copy of the class
+        return WaveNetModel(config)
+    model_class = MODEL_MAPPING[type(config)]
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return model_class(config, add_pooling_layer=False)
+    return model_class(config)
+
+
+def encoder_output_size(config: PreTrainedConfig) -> int:
+    """Width of the last hidden state of the encoder built from `config`."""
+    hidden_sizes = getattr(config, "hidden_sizes", None)
+    return hidden_sizes[-1] if hidden_sizes else config.hidden_size
+
+
+class ModalityProjection(nn.Module):
+    """Linear map of one modality's encoder features to the shared fusion width, then layer norm and dropout."""
+
+    def __init__(self, input_size: int, config: MultimodalConfig):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.fusion_hidden_size)
+        self.layer_norm = nn.LayerNorm(config.fusion_hidden_size)
+        self.dropout = nn.Dropout(config.fusion_dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.layer_norm(self.dense(features)))
+
+
+class MultimodalPreTrainedModel(PreTrainedModel):
+    config: MultimodalConfig
+    config_class = MultimodalConfig
+    base_model_prefix = "multimodal"
+    main_input_name = "input_ids"
+    input_modalities = ("text", "image", "audio")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MultimodalFusion):
+            std = self.config.initializer_range
+            for name, parameter in module.named_parameters(recurse=False):
+                if name in ("modality_logits", "bias"):
+                    init.zeros_(parameter)
+                elif name == "rank_weights":
+                    init.constant_(parameter, 1.0 / parameter.shape[-1])
+                else:
+                    init.normal_(parameter, mean=0.0, std=std)
+            if isinstance(module, LowRankTensorFusion):
+                for factor in module.factors.values():
+                    # Unit-scale factors keep the product over several modalities from vanishing.
+                    init.normal_(factor, mean=0.0, std=1.0 / math.sqrt(factor.shape[1]))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every head of this family when the classes
+        are registered for remote code (importing `hf_multimodal` does that)."""
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_backbones(
+        cls,
+        text: str | os.PathLike | PreTrainedConfig | dict | None = None,
+        vision: str | os.PathLike | PreTrainedConfig | dict | None = None,
+        audio: str | os.PathLike | PreTrainedConfig | dict | None = None,
+        **config_kwargs,
+    ) -> MultimodalPreTrainedModel:
+        r"""
+        Build a model whose encoders start from pretrained checkpoints.
+
+        Each of `text`, `vision` and `audio` is a local folder or Hub id of a pretrained encoder (its weights are
+        copied in), a config or dict (that encoder starts from random weights), or `None` (no such modality). Other
+        keyword arguments go to [`MultimodalConfig`].
+
+        Example:
+
+        ```python
+        >>> from hf_multimodal import MultimodalForSequenceClassification, WaveNetConfig
+        >>> model = MultimodalForSequenceClassification.from_backbones(
+        ...     text="sentence-transformers/all-MiniLM-L6-v2",  # or a local folder
+        ...     vision={"model_type": "resnet", "hidden_sizes": [32, 64], "depths": [1, 1]},
+        ...     audio=WaveNetConfig(),
+        ...     fusion_type="gated",
+        ...     num_labels=10,
+        ... )
+        ```
+        """
+        sources = {"text": text, "image": vision, "audio": audio}
+        pretrained, sub_configs, backbones = {}, {}, {}
+        for modality, source in sources.items():
+            if isinstance(source, (str, os.PathLike)):
+                encoder = _load_pretrained_encoder(source)
+                pretrained[modality] = encoder
+                sub_configs[modality] = encoder.config
+                backbones[modality] = str(source)
+            else:
+                sub_configs[modality] = source
+        config = MultimodalConfig(
+            text_config=sub_configs["text"],
+            vision_config=sub_configs["image"],
+            audio_config=sub_configs["audio"],
+            backbones=backbones or None,
+            **config_kwargs,
+        )
+        model = cls(config)
+        for modality, encoder in pretrained.items():
+            target = model.get_encoder(modality)
+            # Strict over the target's keys; weights it does not build (e.g. an unused pooler) are left out.
+            needed = target.state_dict().keys()
+            target.load_state_dict({k: v for k, v in encoder.state_dict().items() if k in needed}, strict=True)
+        return model
+
+    def get_encoder(self, modality: str) -> PreTrainedModel:
+        """The encoder of `modality` ("text", "image" or "audio"); `ValueError` if the model has none."""
+        if modality not in ENCODER_ATTRIBUTES:
+            raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}.")
+        encoder = getattr(self.base_model, ENCODER_ATTRIBUTES[modality], None)
+        if encoder is None:
+            raise ValueError(f"this model has no {modality} encoder (config.{SUB_CONFIG_KEYS[modality]} is None).")
+        return encoder
+
+
+def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
+    """Load a pretrained encoder from a folder or Hub id (WaveNet checkpoints load without Auto registration)."""
+    config_dict, _ = PreTrainedConfig.get_config_dict(source)
+    if config_dict.get("model_type") == WaveNetConfig.model_type:
+        return WaveNetModel.from_pretrained(source)
+    return AutoModel.from_pretrained(source)
+
+
+class MultimodalModel(MultimodalPreTrainedModel):
+    r"""
+    Encodes each present modality, mean-pools it over its real tokens / patches / frames, projects it to
+    `config.fusion_hidden_size` and fuses the modalities with the head named by `config.fusion_type`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_multimodal import MultimodalConfig, MultimodalModel
+    >>> config = MultimodalConfig(
+    ...     text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    ...     vision_config=None,
+    ...     audio_config={"hidden_size": 32, "num_stacks": 1, "layers_per_stack": 2},
+    ...     fusion_hidden_size=32,
+    ... )
+    >>> model = MultimodalModel(config).eval()
+    >>> outputs = model(
+    ...     input_ids=torch.tensor([[101, 7592, 102], [101, 102, 0]]),
+    ...     attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
+    ...     has_text=torch.tensor([True, False]),
+    ...     input_values=torch.randn(2, 16000),
+    ... )
+    >>> outputs.fused_embeds.shape, outputs.presence.tolist()
+    (torch.Size([2, 32]), [[True, True], [False, True]])
+    ```
+    """
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.text_model = build_encoder(config.text_config) if config.text_config is not None else None
+        self.vision_model = build_encoder(config.vision_config) if config.vision_config is not None else None
+        self.audio_model = build_encoder(config.audio_config) if config.audio_config is not None else None
+        self.projections = nn.ModuleDict(
+            {m: ModalityProjection(encoder_output_size(config.sub_config(m)), config) for m in config.modalities}
+        )
+        self.fusion = FUSION_CLASSES[config.fusion_type](config)
+        self._encoder_kwargs = {m: self._accepted_kwargs(m) for m in config.modalities}
+        self.post_init()
+
+    def _accepted_kwargs(self, modality: str) -> dict[str, str]:
+        """Map our input names of `modality` to the keyword names its encoder's forward accepts."""
+        encoder = getattr(self, ENCODER_ATTRIBUTES[modality])
+        parameters = inspect.signature(encoder.forward).parameters
+        names = {INPUT_NAMES[modality][0]: encoder.main_input_name}
+        for name in INPUT_NAMES[modality][1:]:
+            if name in parameters:
+                names[name] = name
+            elif name == "audio_attention_mask" and "attention_mask" in parameters:
+                names[name] = "attention_mask"
+        return names
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_values: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        has_text: torch.BoolTensor | None = None,
+        has_image: torch.BoolTensor | None = None,
+        has_audio: torch.BoolTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MultimodalModelOutput | tuple[torch.Tensor, ...]:
+        r"""
+        input_ids, attention_mask, token_type_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+            Tokenized text, as returned by the processor's tokenizer.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
+            Images, as returned by the processor's image processor.
+        input_values (`torch.FloatTensor` of shape `(batch_size, samples)`):
+            Audio: the main input of the audio encoder (raw 16 kHz waveforms for the WaveNet encoder).
+        audio_attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`):
+            1 for real audio samples, 0 for padding.
+        has_text, has_image, has_audio (`torch.BoolTensor` of shape `(batch_size,)`):
+            False for examples that lack that modality (their rows of the inputs are placeholders and are never
+            encoded). Defaults to True for every example of a modality whose inputs are given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "pixel_values": pixel_values,
+            "input_values": input_values,
+            "audio_attention_mask": audio_attention_mask,
+        }
+        given = {"has_text": has_text, "has_image": has_image, "has_audio": has_audio}
+        presence = self._presence(inputs, given)
+        if self.training and self.config.modality_dropout > 0:
+            presence = self._drop_modalities(presence)
+
+        batch_size = presence.shape[0]
+        embeddings: dict[str, torch.Tensor | None] = {}
+        features, padding_masks = {}, {}
+        for index, modality in enumerate(self.config.modalities):
+            rows = presence[:, index]
+            if not rows.any():
+                given_zeros = inputs[INPUT_NAMES[modality][0]] is not None
+                embeddings[modality] = self._zeros(batch_size, presence.device, sequence=False) if given_zeros else None
+                features[modality] = self._zeros(batch_size, presence.device, self.fusion.uses_sequences)
+                padding_masks[modality] = presence.new_zeros(batch_size, 1)
+                continue
+            sequence, sequence_mask = self._encode(modality, inputs, rows)
+            pooled = self.projections[modality](masked_mean(sequence, sequence_mask))
+            embeddings[modality] = self._scatter(pooled, rows)
+            if self.fusion.uses_sequences:
+                projected = self.projections[modality](sequence)
+                features[modality] = self._scatter(projected, rows)
+                mask = sequence_mask if sequence_mask is not None else rows.new_ones(projected.shape[:2])
+                padding_masks[modality] = self._scatter(mask, rows)
+            else:
+                features[modality] = embeddings[modality]
+
+        fused = self.fusion(features, presence, padding_masks if self.fusion.uses_sequences else None)
+        output = MultimodalModelOutput(
+            fused_embeds=fused,
+            text_embeds=embeddings.get("text"),
+            image_embeds=embeddings.get("image"),
+            audio_embeds=embeddings.get("audio"),
+            presence=presence,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _presence(self, inputs: dict, given: dict) -> torch.BoolTensor:
+        """(batch_size, num_modalities) bool mask of the modalities each example has; validates the inputs."""
+        modalities = self.config.modalities
+        for modality in MODALITIES:
+            supplied = [name for name in INPUT_NAMES[modality] if inputs[name] is not None]
+            if modality not in modalities and (supplied or given[PRESENCE_NAMES[modality]] is not None):
+                raise ValueError(
+                    f"got {modality} inputs ({', '.join(supplied) or PRESENCE_NAMES[modality]}) but this model has no "
+                    f"{modality} encoder (config.{SUB_CONFIG_KEYS[modality]} is None): drop them, or build the model with "
+                    f"a {SUB_CONFIG_KEYS[modality]}."
+                )
+        main_inputs = {m: inputs[INPUT_NAMES[m][0]] for m in modalities}
+        sizes = {m: tensor.shape[0] for m, tensor in main_inputs.items() if tensor is not None}
+        if not sizes:
+            expected = ", ".join(INPUT_NAMES[m][0] for m in modalities)
+            raise ValueError(f"no inputs given: pass at least one of {expected}.")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the modalities have different batch sizes {sizes}: pass one row per example for each.")
+        batch_size = next(iter(sizes.values()))
+        device = next(t for t in main_inputs.values() if t is not None).device
+        columns = []
+        for modality in modalities:
+            flags = given[PRESENCE_NAMES[modality]]
+            if main_inputs[modality] is None:
+                if flags is not None and bool(torch.as_tensor(flags).any()):
+                    raise ValueError(
+                        f"{PRESENCE_NAMES[modality]} marks examples as having {modality} but "
+                        f"{INPUT_NAMES[modality][0]} is None: pass the {modality} inputs."
+                    )
+                columns.append(torch.zeros(batch_size, dtype=torch.bool, device=device))
+            elif flags is None:
+                columns.append(torch.ones(batch_size, dtype=torch.bool, device=device))
+            else:
+                flags = torch.as_tensor(flags, device=device).bool().reshape(-1)
+                if flags.shape[0] != batch_size:
+                    raise ValueError(
+                        f"{PRESENCE_NAMES[modality]} has {flags.shape[0]} entries for a batch of {batch_size}."
+                    )
+                columns.append(flags)
+        presence = torch.stack(columns, dim=1)
+        empty = (~presence.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"examples {empty} have no modality at all (every has_* flag is False): each example needs at least "
+                "one of text, image or audio. Drop those examples."
+            )
+        return presence
+
+    def _drop_modalities(self, presence: torch.BoolTensor) -> torch.BoolTensor:
+        """Hide each present modality with probability `config.modality_dropout`, keeping one per example."""
+        scores = torch.rand(presence.shape, device=presence.device)
+        kept = presence & (scores >= self.config.modality_dropout)
+        emptied = ~kept.any(dim=1)
+        if emptied.any():
+            rescued = scores.masked_fill(~presence, -1.0).argmax(dim=1)
+            kept[emptied, rescued[emptied]] = True
+        return kept
+
+    def _encode(
+        self, modality: str, inputs: dict, rows: torch.BoolTensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the encoder of `modality` on the rows where it is present.
+
+        Returns its last hidden state as a `(rows, length, hidden)` sequence and a `(rows, length)` bool mask of
+        the real positions (None when every position is real).
+        """
+        encoder = getattr(self, ENCODER_ATTRIBUTES[modality])
+        select = (lambda tensor: tensor) if bool(rows.all()) else (lambda tensor: tensor[rows])
+        kwargs = {
+            encoder_name: select(inputs[name])
+            for name, encoder_name in self._encoder_kwargs[modality].items()
+            if inputs[name] is not None
+        }
+        hidden = encoder(**kwargs, return_dict=True).last_hidden_state
+        if hidden.dim() == 4:  # convolutional feature map (rows, channels, height, width)
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if modality == "text" and inputs["attention_mask"] is not None:
+            return hidden, select(inputs["attention_mask"]).bool()
+        if modality == "audio" and inputs["audio_attention_mask"] is not None:
+            mask = select(inputs["audio_attention_mask"])
+            return hidden, encoder._get_feature_vector_attention_mask(hidden.shape[1], mask).bool()
+        return hidden, None
+
+    @staticmethod
+    def _scatter(values: torch.Tensor, rows: torch.BoolTensor) -> torch.Tensor:
+        """Place `values` computed for the true `rows` into a zero tensor with one entry per example."""
+        if values.shape[0] == rows.shape[0]:
+            return values
+        full = values.new_zeros((rows.shape[0], *values.shape[1:]))
+        return full.index_put((rows.nonzero().flatten(),), values)
+
+    def _zeros(self, batch_size: int, device: torch.device, sequence: bool) -> torch.Tensor:
+        width = self.config.fusion_hidden_size
+        shape = (batch_size, 1, width) if sequence else (batch_size, width)
+        return torch.zeros(shape, device=device, dtype=self.dtype)
+
+
+class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
+    r"""
+    [`MultimodalModel`] with a linear classification (or regression) layer on the fused embedding.
+
+    The loss follows `config.problem_type`, inferred as transformers' sequence classifiers do when unset:
+    `"regression"` (MSE) for `num_labels == 1`, `"single_label_classification"` (cross-entropy) for integer labels,
+    `"multi_label_classification"` (binary cross-entropy) for float multi-hot labels.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_multimodal import MultimodalConfig, MultimodalForSequenceClassification
+    >>> config = MultimodalConfig(
+    ...     text_config=None,
+    ...     vision_config={"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16},
+    ...     audio_config={"hidden_size": 32, "num_stacks": 1, "layers_per_stack": 2},
+    ...     fusion_type="concat",
+    ...     fusion_hidden_size=32,
+    ...     num_labels=3,
+    ... )
+    >>> model = MultimodalForSequenceClassification(config)
+    >>> outputs = model(pixel_values=torch.randn(2, 3, 32, 32), input_values=torch.randn(2, 8000), labels=torch.tensor([0, 2]))
+    >>> outputs.logits.shape, outputs.loss.shape
+    (torch.Size([2, 3]), torch.Size([]))
+    ```
+    """
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.multimodal = MultimodalModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_values: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        has_text: torch.BoolTensor | None = None,
+        has_image: torch.BoolTensor | None = None,
+        has_audio: torch.BoolTensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MultimodalSequenceClassifierOutput | tuple[torch.Tensor, ...]:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Class indices for single-label classification, multi-hot floats for multi-label classification, targets
+            for regression.
+
+        The other inputs are those of [`MultimodalModel.forward`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.multimodal(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            input_values=input_values,
+            audio_attention_mask=audio_attention_mask,
+            has_text=has_text,
+            has_image=has_image,
+            has_audio=has_audio,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.fused_embeds))
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        output = MultimodalSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            fused_embeds=outputs.fused_embeds,
+            text_embeds=outputs.text_embeds,
+            image_embeds=outputs.image_embeds,
+            audio_embeds=outputs.audio_embeds,
+            presence=outputs.presence,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MultimodalForSequenceClassification",
+    "MultimodalModel",
+    "MultimodalModelOutput",
+    "MultimodalPreTrainedModel",
+    "MultimodalSequenceClassifierOutput",
+]

@@ -1,0 +1,201 @@
+"""WaveNet-style raw-waveform encoder: strided causal front-end, then gated dilated causal convolution stacks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .configuration_wavenet import WaveNetConfig
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `hidden_states` (batch, length, dim) over the positions where `mask` (batch, length) is true.
+
+    Rows with no true position give zeros rather than NaN.
+    """
+    if mask is None:
+        return hidden_states.mean(dim=1)
+    weights = mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class WaveNetCausalConv1d(nn.Conv1d):
+    """A `Conv1d` padded on the left only, so that output frame `t` never sees input past the end of its stride."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
+        self.left_padding = dilation * (kernel_size - 1) + 1 - stride
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(hidden_states, (self.left_padding, 0)))
+
+
+class WaveNetFrontend(nn.Module):
+    """Strided causal convolutions from (batch, samples) waveforms to (batch, hidden, frames) features."""
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        in_channels = [1, *config.frontend_channels[:-1]]
+        self.convs = nn.ModuleList(
+            WaveNetCausalConv1d(c_in, c_out, kernel, stride=stride)
+            for c_in, c_out, kernel, stride in zip(
+                in_channels, config.frontend_channels, config.frontend_kernel_sizes, config.frontend_strides
+            )
+        )
+        self.layer_norm = nn.LayerNorm(config.frontend_channels[-1], eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.frontend_channels[-1], config.hidden_size)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        hidden_states = input_values.unsqueeze(1)
+        for conv in self.convs:
+            hidden_states = F.gelu(conv(hidden_states))
+        hidden_states = self.projection(self.layer_norm(hidden_states.transpose(1, 2)))
+        return hidden_states.transpose(1, 2)
+
+
+class WaveNetResidualLayer(GradientCheckpointingLayer):
+    """One gated dilated layer: `z = tanh(W_f * x) * sigmoid(W_g * x)`, then a residual and a skip projection."""
+
+    def __init__(self, config: WaveNetConfig, dilation: int):
+        super().__init__()
+        self.dilated_conv = WaveNetCausalConv1d(
+            config.hidden_size, 2 * config.hidden_size, config.kernel_size, dilation=dilation
+        )
+        self.output_conv = nn.Conv1d(config.hidden_size, 2 * config.hidden_size, kernel_size=1)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        filter_part, gate_part = self.dilated_conv(hidden_states).chunk(2, dim=1)
+        gated = self.dropout(torch.tanh(filter_part) * torch.sigmoid(gate_part))
+        residual, skip = self.output_conv(gated).chunk(2, dim=1)
+        return (hidden_states + residual) * math.sqrt(0.5), skip
+
+
+class WaveNetPreTrainedModel(PreTrainedModel):
+    config: WaveNetConfig
+    config_class = WaveNetConfig
+    base_model_prefix = "wavenet"
+    main_input_name = "input_values"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WaveNetResidualLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.Conv1d):
+            # Variance-preserving convolutions train the deep gated stacks from scratch far better than N(0, 0.02).
+            init.kaiming_normal_(module.weight, nonlinearity="linear")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def _get_feature_vector_attention_mask(
+        self, feature_vector_length: int, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Frame-level mask (batch, frames) from a sample-level `attention_mask` (batch, samples).
+
+        A frame is real when it covers at least one real sample (same name and signature as in `Wav2Vec2Model`).
+        """
+        samples_per_frame = self.config.samples_per_frame
+        lengths = attention_mask.sum(dim=-1)
+        frames = ((lengths + samples_per_frame - 1) // samples_per_frame).clamp(min=1, max=feature_vector_length)
+        positions = torch.arange(feature_vector_length, device=attention_mask.device)
+        return positions.unsqueeze(0) < frames.unsqueeze(1)
+
+
+class WaveNetModel(WaveNetPreTrainedModel):
+    r"""
+    WaveNet-style encoder of raw 16 kHz mono audio.
+
+    Outputs a [`~transformers.modeling_outputs.BaseModelOutputWithPooling`]:
+    - `last_hidden_state` (`torch.FloatTensor` of shape `(batch_size, frames, hidden_size)`), with
+      `frames = ceil(samples / config.samples_per_frame)`;
+    - `pooler_output` (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): mean over the real frames;
+    - `hidden_states` (tuple of `(batch_size, frames, hidden_size)`, with `output_hidden_states=True`): the front-end
+      output and the residual stream after every dilated layer.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_multimodal import WaveNetConfig, WaveNetModel
+    >>> model = WaveNetModel(WaveNetConfig(hidden_size=32, num_stacks=1, layers_per_stack=3)).eval()
+    >>> outputs = model(torch.randn(2, 16000))
+    >>> outputs.last_hidden_state.shape, outputs.pooler_output.shape
+    (torch.Size([2, 100, 32]), torch.Size([2, 32]))
+    ```
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__(config)
+        self.frontend = WaveNetFrontend(config)
+        self.layers = nn.ModuleList(
+            WaveNetResidualLayer(config, dilation=2**index)
+            for _ in range(config.num_stacks)
+            for index in range(config.layers_per_stack)
+        )
+        self.output_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        audio_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, samples)`):
+            Mono waveforms at `config.sampling_rate`, as returned by [`WaveNetFeatureExtractor`].
+        audio_attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`, *optional*):
+            1 for real samples, 0 for padding. Padding then changes neither the real frames nor `pooler_output`.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_values.dim() == 3 and input_values.shape[1] == 1:
+            input_values = input_values.squeeze(1)
+        if input_values.dim() != 2:
+            raise ValueError(
+                f"input_values must have shape (batch_size, samples) of mono audio, got {tuple(input_values.shape)}: "
+                "mix channels down first (WaveNetFeatureExtractor does)."
+            )
+        samples_per_frame = self.config.samples_per_frame
+        remainder = (-input_values.shape[-1]) % samples_per_frame
+        if remainder:
+            input_values = F.pad(input_values, (0, remainder))
+
+        hidden_states = self.frontend(input_values)
+        all_hidden_states = (hidden_states.transpose(1, 2),) if output_hidden_states else None
+        skip_sum = torch.zeros_like(hidden_states)
+        for layer in self.layers:
+            hidden_states, skip = layer(hidden_states)
+            skip_sum = skip_sum + skip
+            if output_hidden_states:
+                all_hidden_states += (hidden_states.transpose(1, 2),)
+
+        last_hidden_state = self.layer_norm(self.output_proj(F.gelu(skip_sum.transpose(1, 2))))
+        frame_mask = (
+            self._get_feature_vector_attention_mask(last_hidden_state.shape[1], audio_attention_mask)
+            if audio_attention_mask is not None
+            else None
+        )
+        pooled_output = masked_mean(last_hidden_state, frame_mask)
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled_output, all_hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=pooled_output, hidden_states=all_hidden_states
+        )
+
+
+__all__ = ["WaveNetModel", "WaveNetPreTrainedModel"]

@@ -1,0 +1,311 @@
+"""Processor that turns any subset of text, images and audio into one batch for the multimodal model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    AutoTokenizer,
+    BatchFeature,
+    BertTokenizerFast,
+    ConvNextImageProcessorPil,
+)
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+from .feature_extraction_wavenet import WaveNetFeatureExtractor
+
+
+logger = logging.get_logger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_VOCAB = Path(__file__).with_name("bert_uncased_vocab.txt")
+
+
+def default_tokenizer() -> BertTokenizerFast:
+    """The uncased BERT WordPiece tokenizer (vocabulary of `bert-base-uncased`, bundled with the package)."""
+    return BertTokenizerFast(vocab=str(DEFAULT_VOCAB), do_lower_case=True, model_max_length=512)
+
+
+def default_image_processor() -> ConvNextImageProcessorPil:
+    """ResNet-style preprocessing: resize to 256, center-crop 224, ImageNet mean / std (as microsoft/resnet-50)."""
+    return ConvNextImageProcessorPil(
+        size={"shortest_edge": 224}, crop_pct=0.875, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    )
+
+
+class MultimodalProcessor(ProcessorMixin):
+    r"""
+    Wraps a tokenizer, an image processor and an audio feature extractor into one processor.
+
+    `processor(text=..., images=..., audio=..., sampling_rate=...)` takes any subset of the three. Each is one
+    example or a list with one entry per example, where `None` (or, for text, an empty string) marks an example
+    without that modality. It returns one [`~transformers.BatchFeature`] holding the model inputs of the given
+    modalities and a `(batch_size,)` presence mask per modality (`has_text`, `has_image`, `has_audio`); rows of
+    absent examples are placeholders the model never encodes.
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`], *optional*):
+            Any tokenizer; defaults to the uncased BERT tokenizer.
+        image_processor ([`BaseImageProcessor`], *optional*):
+            Any image processor; defaults to ResNet-style preprocessing (see `default_image_processor`).
+        feature_extractor ([`FeatureExtractionMixin`], *optional*):
+            Any raw-audio feature extractor; defaults to [`WaveNetFeatureExtractor`].
+        max_text_length (`int`, *optional*, defaults to 128):
+            Texts are truncated to this many tokens (a warning says so once).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from hf_multimodal import MultimodalProcessor
+    >>> processor = MultimodalProcessor()
+    >>> batch = processor(
+    ...     text=["a red dress", None],
+    ...     images=[Image.new("RGB", (64, 64)), Image.new("RGB", (32, 48))],
+    ...     audio=[None, np.zeros(16000, dtype=np.float32)],
+    ...     sampling_rate=16000,
+    ... )
+    >>> batch["has_text"].tolist(), batch["has_audio"].tolist(), batch["pixel_values"].shape
+    ([True, False], [False, True], torch.Size([2, 3, 224, 224]))
+    ```
+    """
+
+    def __init__(self, tokenizer=None, image_processor=None, feature_extractor=None, max_text_length: int = 128, **kwargs):
+        if not isinstance(max_text_length, int) or max_text_length < 2:
+            raise ValueError(f"max_text_length must be an integer >= 2, got {max_text_length!r}.")
+        self.max_text_length = max_text_length
+        super().__init__(
+            tokenizer if tokenizer is not None else default_tokenizer(),
+            image_processor if image_processor is not None else default_image_processor(),
+            feature_extractor if feature_extractor is not None else WaveNetFeatureExtractor(),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_backbones(
+        cls,
+        text: str | os.PathLike | None = None,
+        vision: str | os.PathLike | None = None,
+        audio: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> MultimodalProcessor:
+        """Build a processor from the preprocessing saved with pretrained encoders (folders or Hub ids); a modality
+        given as `None` gets the default sub-processor. Mirrors `MultimodalForSequenceClassification.from_backbones`.
+        """
+        return cls(
+            tokenizer=AutoTokenizer.from_pretrained(text) if text is not None else None,
+            image_processor=AutoImageProcessor.from_pretrained(vision) if vision is not None else None,
+            feature_extractor=AutoFeatureExtractor.from_pretrained(audio) if audio is not None else None,
+            **kwargs,
+        )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [
+            *self.tokenizer.model_input_names,
+            "pixel_values",
+            "input_values",
+            "audio_attention_mask",
+            "has_text",
+            "has_image",
+            "has_audio",
+        ]
+
+    def __call__(
+        self,
+        text: str | Sequence[str | None] | None = None,
+        images: Any = None,
+        audio: Any = None,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Prepare one example or a batch.
+
+        Args:
+            text (`str` or `list[str | None]`, *optional*):
+                Texts; `None`, empty or whitespace-only entries mark examples without text.
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of these and `None`, *optional*):
+                Images (any PIL mode; arrays as (height, width[, channels]) or (channels, height, width)).
+            audio (`np.ndarray`, `torch.Tensor`, `list[float]` or a list of these and `None`, *optional*):
+                Waveforms at `sampling_rate` (a 2-D array is one multichannel clip).
+            sampling_rate (`int`, *optional*):
+                Rate of `audio`; the feature extractor refuses a rate other than its own.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                Only `"pt"` is supported: presence masks and scattered rows are torch tensors.
+            kwargs:
+                Passed to the feature extractor (e.g. `max_length_seconds`).
+        """
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}.")
+        columns = {
+            "text": _as_column(text, "text", _is_single_text),
+            "image": _as_column(images, "images", _is_single_image),
+            "audio": _as_column(audio, "audio", _is_single_audio),
+        }
+        sizes = {name: len(column) for name, column in columns.items() if column is not None}
+        if not sizes:
+            raise ValueError("nothing to process: pass at least one of text=..., images=... or audio=....")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the modalities have different numbers of examples {sizes}: give one entry per example.")
+        batch_size = next(iter(sizes.values()))
+
+        data: dict[str, torch.Tensor] = {}
+        if columns["text"] is not None:
+            data.update(self._process_text(columns["text"]))
+        if columns["image"] is not None:
+            data.update(self._process_images(columns["image"], batch_size))
+        if columns["audio"] is not None:
+            data.update(self._process_audio(columns["audio"], batch_size, sampling_rate, kwargs))
+        return BatchFeature(data)
+
+    def _process_text(self, texts: list) -> dict[str, torch.Tensor]:
+        for index, value in enumerate(texts):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"text example {index} is a {type(value).__name__}; expected str or None.")
+        present = [value is not None and value.strip() != "" for value in texts]
+        encoded = self.tokenizer(
+            [value if keep else "" for value, keep in zip(texts, present)],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_length,
+            return_tensors="pt",
+        )
+        if any(getattr(encoding, "overflowing", None) for encoding in (encoded.encodings or [])):
+            logger.warning_once(
+                f"Text longer than max_text_length={self.max_text_length} tokens was truncated. Raise "
+                "processor.max_text_length (up to the text encoder's maximum) to keep more."
+            )
+        return {**encoded, "has_text": torch.tensor(present)}
+
+    def _process_images(self, images: list, batch_size: int) -> dict[str, torch.Tensor]:
+        present = [index for index, image in enumerate(images) if image is not None]
+        result = {"has_image": _mask(present, batch_size)}
+        if present:
+            prepared = [_prepare_image(images[index], index) for index in present]
+            pixel_values = self.image_processor(images=prepared, return_tensors="pt")["pixel_values"]
+            result["pixel_values"] = _scatter_rows(pixel_values, present, batch_size)
+        return result
+
+    def _process_audio(self, clips: list, batch_size: int, sampling_rate: int | None, kwargs: dict) -> dict:
+        present = [index for index, clip in enumerate(clips) if clip is not None]
+        result = {"has_audio": _mask(present, batch_size)}
+        if not present:
+            return result
+        extracted = self.feature_extractor(
+            [clips[index] for index in present],
+            sampling_rate=sampling_rate,
+            padding=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+            **kwargs,
+        )
+        main_name = self.feature_extractor.model_input_names[0]
+        result["input_values"] = _scatter_rows(extracted[main_name], present, batch_size)
+        mask = extracted.get("audio_attention_mask", extracted.get("attention_mask"))
+        if mask is not None:
+            result["audio_attention_mask"] = _scatter_rows(mask, present, batch_size)
+        return result
+
+
+def _is_single_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_single_image(value: Any) -> bool:
+    if hasattr(value, "getpixel"):  # PIL.Image.Image
+        return True
+    return hasattr(value, "ndim") and value.ndim in (2, 3)
+
+
+def _is_single_audio(value: Any) -> bool:
+    if hasattr(value, "ndim"):
+        return value.ndim in (1, 2)
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(sample, (int, float, np.number)) and not isinstance(sample, bool) for sample in value
+    )
+
+
+def _as_column(value: Any, name: str, is_single) -> list | None:
+    """One modality's inputs as a list with one entry per example (None when the modality was not passed)."""
+    if value is None:
+        return None
+    if is_single(value):
+        return [value]
+    if isinstance(value, (list, tuple)) or hasattr(value, "ndim"):  # a list, or an array batched on axis 0
+        if len(value) == 0:
+            raise ValueError(f"{name} is empty: pass at least one example, or leave {name} out.")
+        return list(value)
+    raise TypeError(f"{name} must be one example or a list of examples, got {type(value).__name__}.")
+
+
+def _prepare_image(image: Any, index: int) -> Any:
+    """Check one image and bring it to RGB: a PIL image in any mode, or an (height, width[, channels]) /
+    (channels, height, width) array of uint8, 16-bit integers or floats in [0, 1] or [0, 255]."""
+    if hasattr(image, "getpixel"):  # PIL.Image.Image
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"image {index} is empty ({image.width}x{image.height}).")
+        if image.mode in ("RGB", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "1", "LAB", "HSV"):
+            return image if image.mode == "RGB" else image.convert("RGB")
+        image = np.asarray(image)  # 16-bit and 32-bit integer or float modes: scale them below
+    if hasattr(image, "detach"):  # torch.Tensor
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image {index} is a {type(image).__name__}; expected a PIL image, numpy array or tensor.")
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+        image = image.transpose(1, 2, 0)  # (channels, height, width) -> (height, width, channels)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"image {index} has shape {tuple(image.shape)}: expected (height, width), (height, width, 1|3|4) or "
+            "(1|3|4, height, width)."
+        )
+    image = _to_uint8(image[..., :3], index)
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def _to_uint8(image: np.ndarray, index: int) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
+        raise TypeError(f"image {index} has dtype {image.dtype}; expected integers or floats.")
+    values = image.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"image {index} contains NaN or infinite values.")
+    if np.issubdtype(image.dtype, np.integer):
+        sixteen_bit = image.dtype.itemsize == 2 or values.max(initial=0) > 255
+        scale = 255.0 / 65535.0 if sixteen_bit else 1.0
+    else:
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
+def _mask(present: list[int], batch_size: int) -> torch.Tensor:
+    mask = torch.zeros(batch_size, dtype=torch.bool)
+    mask[present] = True
+    return mask
+
+
+def _scatter_rows(values: torch.Tensor, rows: list[int], batch_size: int) -> torch.Tensor:
+    """Place the rows computed for the present examples into a zero tensor with one row per example."""
+    values = torch.as_tensor(values)
+    if len(rows) == batch_size:
+        return values
+    full = values.new_zeros((batch_size, *values.shape[1:]))
+    full[rows] = values
+    return full
+
+
+__all__ = ["MultimodalProcessor"]

@@ -1,0 +1,140 @@
+"""Auto classes after `import hf_multimodal`, and `trust_remote_code=True` loading in a process that never imports it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+)
+
+from hf_multimodal import (
+    MultimodalConfig,
+    MultimodalForSequenceClassification,
+    MultimodalModel,
+    MultimodalProcessor,
+    WaveNetFeatureExtractor,
+)
+
+from conftest import tiny_image_processor, tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory, batch_inputs):
+    folder = tmp_path_factory.mktemp("saved")
+    model = tiny_model(fusion_type="transformer", id2label={0: "bird", 1: "cat", 2: "dog"})
+    processor = MultimodalProcessor(image_processor=tiny_image_processor(), max_text_length=16)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    logits = model(**processor(**batch_inputs)).logits.detach()
+    torch.save({"logits": logits, "inputs": batch_inputs}, folder.parent / "expected.pt")
+    return folder
+
+
+def test_folder_holds_safetensors_code_and_auto_map(saved_folder):
+    names = {path.name for path in saved_folder.iterdir()}
+    assert "model.safetensors" in names and not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
+    for code_file in (
+        "configuration_multimodal.py",
+        "configuration_wavenet.py",
+        "modeling_multimodal.py",
+        "modeling_fusion.py",
+        "modeling_wavenet.py",
+        "processing_multimodal.py",
+        "feature_extraction_wavenet.py",
+    ):
+        assert code_file in names
+    auto_map = json.loads((saved_folder / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
+    processor_map = json.loads((saved_folder / "processor_config.json").read_text())["auto_map"]
+    assert processor_map["AutoProcessor"] == "processing_multimodal.MultimodalProcessor"
+
+
+def test_auto_classes_load_without_remote_code(saved_folder, batch_inputs):
+    expected = torch.load(saved_folder.parent / "expected.pt", weights_only=False)["logits"]
+    assert isinstance(AutoConfig.from_pretrained(saved_folder), MultimodalConfig)
+    assert isinstance(AutoModel.from_pretrained(saved_folder), MultimodalModel)
+    assert isinstance(AutoFeatureExtractor.from_pretrained(saved_folder), WaveNetFeatureExtractor)
+    model = AutoModelForSequenceClassification.from_pretrained(saved_folder).eval()
+    processor = AutoProcessor.from_pretrained(saved_folder)
+    assert isinstance(model, MultimodalForSequenceClassification) and isinstance(processor, MultimodalProcessor)
+    assert model.config.id2label == {0: "bird", 1: "cat", 2: "dog"}
+    torch.testing.assert_close(model(**processor(**batch_inputs)).logits, expected)
+
+
+REMOTE_CODE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    class RefuseHfMultimodal:  # make sure the package itself is never imported
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "hf_multimodal":
+                raise ImportError("hf_multimodal must not be imported in this process")
+
+    sys.meta_path.insert(0, RefuseHfMultimodal())
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoProcessor
+
+    folder, expected_file = sys.argv[1], sys.argv[2]
+    expected = torch.load(expected_file, weights_only=False)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    logits = model(**processor(**expected["inputs"])).logits
+    torch.testing.assert_close(logits, expected["logits"])
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+    assert type(base).__name__ == "MultimodalModel"
+    assert not [name for name in sys.modules if name.startswith("hf_multimodal")]
+    print("REMOTE-CODE-OK", type(model).__module__)
+    """
+)
+
+
+def test_remote_code_in_a_fresh_process_gives_the_same_logits(saved_folder, tmp_path):
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_CODE_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(saved_folder), str(saved_folder.parent / "expected.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-CODE-OK transformers_modules" in result.stdout
+
+
+def test_remote_code_is_not_run_without_trust(saved_folder, tmp_path):
+    """In a process without the package, the saved code is refused unless trust_remote_code=True is given."""
+    script = tmp_path / "refuse.py"
+    script.write_text(
+        REMOTE_CODE_SCRIPT.split("import torch")[0]
+        + textwrap.dedent(
+            """
+            from transformers import AutoModelForSequenceClassification
+            try:
+                AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=False)
+            except ValueError as error:
+                print("REFUSED", "trust_remote_code" in str(error))
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), str(saved_folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
+    )
+    assert "REFUSED True" in result.stdout, result.stderr[-3000:]
+    assert not (tmp_path / "modules").exists() or not any((tmp_path / "modules").rglob("modeling_multimodal.py"))

@@ -1,0 +1,99 @@
+"""WaveNetFeatureExtractor: sampling-rate checks, mixdown, normalisation, truncation, padding, error messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoFeatureExtractor
+
+from hf_multimodal import WaveNetFeatureExtractor, resample_audio
+
+
+@pytest.fixture
+def extractor() -> WaveNetFeatureExtractor:
+    return WaveNetFeatureExtractor()
+
+
+class TestWaveNetFeatureExtractor:
+    def test_batch_is_padded_with_an_audio_attention_mask(self, extractor):
+        batch = extractor([np.ones(1600), np.ones(800)], sampling_rate=16000, return_tensors="pt")
+        assert set(batch) == {"input_values", "audio_attention_mask"}  # no clash with a tokenizer's attention_mask
+        assert batch["input_values"].shape == (2, 1600) and batch["input_values"].dtype == torch.float32
+        assert batch["audio_attention_mask"].sum(-1).tolist() == [1600, 800]
+        assert batch["input_values"][1, 800:].abs().max() == 0
+
+    def test_wrong_sampling_rate_names_both_rates(self, extractor):
+        with pytest.raises(ValueError, match="expected sampling rate 16000, got 44100: resample"):
+            extractor(np.zeros(100), sampling_rate=44100)
+
+    def test_normalisation_uses_real_samples_only(self, extractor):
+        rng = np.random.default_rng(0)
+        clip = rng.normal(3.0, 2.0, 4000)
+        values = extractor([clip, np.ones(8000)], sampling_rate=16000)["input_values"][0, :4000]
+        assert abs(values.mean()) < 1e-4 and abs(values.std() - 1.0) < 1e-3
+
+    def test_normalisation_can_be_disabled(self):
+        values = WaveNetFeatureExtractor(do_normalize=False)(np.full(10, 0.25), sampling_rate=16000)["input_values"]
+        np.testing.assert_allclose(values, 0.25)
+
+    @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+    def test_stereo_is_mixed_down(self, extractor, layout):
+        left, right = np.linspace(-1, 1, 1000), np.linspace(1, -1, 1000) * 0.5
+        stereo = np.stack([left, right]) if layout == "channels_first" else np.stack([left, right], axis=1)
+        mono = WaveNetFeatureExtractor(do_normalize=False)(stereo, sampling_rate=16000)["input_values"][0]
+        np.testing.assert_allclose(mono, (left + right) / 2, atol=1e-6)
+
+    def test_integer_pcm_is_scaled_to_unit_range(self):
+        pcm = np.array([-32768, 0, 16384], dtype=np.int16)
+        values = WaveNetFeatureExtractor(do_normalize=False)(pcm, sampling_rate=16000)["input_values"][0]
+        np.testing.assert_allclose(values, [-1.0, 0.0, 0.5])
+
+    def test_long_audio_is_truncated_to_max_length_seconds(self, extractor):
+        batch = extractor(np.ones(16000 * 3), sampling_rate=16000, max_length_seconds=1.5)
+        assert batch["input_values"].shape == (1, 24000)
+
+    def test_padding_to_max_length(self):
+        extractor = WaveNetFeatureExtractor(max_length_seconds=0.5)
+        batch = extractor([np.ones(100)], sampling_rate=16000, padding="max_length", return_tensors="np")
+        assert batch["input_values"].shape == (1, 8000)
+
+    @pytest.mark.parametrize(
+        ("audio", "error", "message"),
+        [
+            (np.zeros(0), ValueError, "audio example 0 is empty"),
+            ([np.ones(10), np.array([0.0, np.nan])], ValueError, "audio example 1 contains NaN or infinite"),
+            (np.array([1.0, np.inf]), ValueError, "NaN or infinite"),
+            (np.zeros((20, 30)), ValueError, "cannot tell channels from samples"),
+            (np.zeros((2, 20, 30)), ValueError, "audio example 0 has shape (20, 30): cannot tell channels"),
+            (np.float32(0.5), TypeError, "a list of waveforms, got float32"),
+            ("clip.wav", TypeError, "decode files first"),
+            ([], ValueError, "audio is an empty list"),
+            (np.array(["a", "b"]), TypeError, "must hold numbers"),
+            (np.array([1 + 2j]), TypeError, "complex-valued"),
+        ],
+    )
+    def test_bad_audio_names_the_problem(self, extractor, audio, error, message):
+        with pytest.raises(error) as raised:
+            extractor(audio, sampling_rate=16000)
+        assert message in str(raised.value)
+
+    def test_round_trip_through_auto_feature_extractor(self, tmp_path):
+        WaveNetFeatureExtractor(max_length_seconds=4.0, do_normalize=False).save_pretrained(tmp_path)
+        loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
+        assert isinstance(loaded, WaveNetFeatureExtractor)
+        assert loaded.max_length_seconds == 4.0 and loaded.do_normalize is False
+
+
+def test_resample_audio_keeps_duration_and_pitch():
+    rate = 8000
+    tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+    resampled = resample_audio(tone, rate, 16000)
+    assert resampled.shape == (16000,)
+    spectrum = np.abs(np.fft.rfft(resampled))
+    assert abs(np.argmax(spectrum) * 16000 / len(resampled) - 440) < 2
+
+
+def test_resample_audio_rejects_bad_rates():
+    with pytest.raises(ValueError, match="orig_sampling_rate must be a positive integer"):
+        resample_audio(np.zeros(10), 0, 16000)

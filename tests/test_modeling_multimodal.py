@@ -1,0 +1,270 @@
+"""MultimodalModel / MultimodalForSequenceClassification: every fusion type x every modality subset, missing
+modalities, padding invariance, gradients, losses, other encoders, pretrained-weight survival, save / load."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
+
+from hf_multimodal import (
+    FUSION_TYPES,
+    MODALITIES,
+    MultimodalForSequenceClassification,
+    MultimodalModel,
+    WaveNetConfig,
+    WaveNetModel,
+)
+
+from conftest import TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_config, tiny_model
+
+
+SUBSETS = [subset for size in (1, 2, 3) for subset in itertools.combinations(MODALITIES, size)]
+BATCH = 4
+
+
+def tensor_inputs(modalities, batch_size: int = BATCH, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random model inputs for `modalities`; the text and audio rows have different real lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {}
+    if "text" in modalities:
+        lengths = torch.arange(batch_size) % 5 + 3
+        inputs["input_ids"] = torch.randint(1000, 2000, (batch_size, 8), generator=generator)
+        inputs["attention_mask"] = (torch.arange(8)[None, :] < lengths[:, None]).long()
+        inputs["input_ids"] = inputs["input_ids"] * inputs["attention_mask"]
+    if "image" in modalities:
+        inputs["pixel_values"] = torch.randn(batch_size, 3, 32, 32, generator=generator)
+    if "audio" in modalities:
+        lengths = 800 * (torch.arange(batch_size) % 3 + 1)
+        inputs["input_values"] = torch.randn(batch_size, 2400, generator=generator)
+        inputs["audio_attention_mask"] = (torch.arange(2400)[None, :] < lengths[:, None]).long()
+        inputs["input_values"] = inputs["input_values"] * inputs["audio_attention_mask"]
+    return inputs
+
+
+def missing_pattern(modalities) -> dict[str, torch.Tensor]:
+    """Presence flags in which each modality misses somewhere but every example keeps at least one."""
+    flags = {}
+    for index, modality in enumerate(modalities):
+        column = torch.ones(BATCH, dtype=torch.bool)
+        if len(modalities) > 1:
+            column[index % BATCH] = False
+        flags[f"has_{modality}"] = column
+    return flags
+
+
+@pytest.mark.parametrize("fusion_type", FUSION_TYPES)
+def test_every_fusion_type_with_every_modality_subset(fusion_type):
+    """Shapes for every subset, with examples that miss a modality inside the batch, at training and inference."""
+    for modalities in SUBSETS:
+        model = tiny_model(modalities, fusion_type=fusion_type)
+        inputs = {**tensor_inputs(modalities), **missing_pattern(modalities)}
+        for training in (True, False):
+            model.train(training)
+            outputs = model(**inputs, labels=torch.tensor([0, 1, 2, 0]))
+            assert outputs.logits.shape == (BATCH, 3), (fusion_type, modalities)
+            assert outputs.fused_embeds.shape == (BATCH, 32)
+            assert torch.isfinite(outputs.logits).all() and torch.isfinite(outputs.loss)
+            expected_presence = torch.stack([inputs[f"has_{m}"] for m in modalities], dim=1)
+            assert torch.equal(outputs.presence, expected_presence)
+            for modality in MODALITIES:
+                embeds = getattr(outputs, f"{modality}_embeds")
+                assert (embeds is None) == (modality not in modalities)
+
+
+@pytest.mark.parametrize("fusion_type", FUSION_TYPES)
+def test_absent_rows_are_masked_not_read(fusion_type):
+    """What sits in the input rows of a missing modality never reaches the output, and neither do other examples."""
+    model = tiny_model(fusion_type=fusion_type)
+    inputs = {**tensor_inputs(MODALITIES), **missing_pattern(MODALITIES)}
+    reference = model(**inputs).logits
+    scrambled = dict(inputs)
+    scrambled["pixel_values"] = inputs["pixel_values"].clone()
+    scrambled["pixel_values"][~inputs["has_image"]] = 1e4
+    scrambled["input_values"] = inputs["input_values"].clone()
+    scrambled["input_values"][~inputs["has_audio"]] = -7.0
+    torch.testing.assert_close(model(**scrambled).logits, reference)
+    alone = {name: value[2:3] for name, value in inputs.items()}
+    torch.testing.assert_close(model(**alone).logits, reference[2:3], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion_type", ["gated", "transformer"])
+def test_text_and_audio_padding_do_not_change_predictions(fusion_type):
+    model = tiny_model(("text", "audio"), fusion_type=fusion_type)
+    inputs = tensor_inputs(("text", "audio"), batch_size=1)
+    inputs["attention_mask"][:] = 1
+    inputs["audio_attention_mask"][:] = 1
+    padded = {
+        "input_ids": torch.cat([inputs["input_ids"], torch.zeros(1, 9, dtype=torch.long)], dim=1),
+        "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 9, dtype=torch.long)], dim=1),
+        "input_values": torch.cat([inputs["input_values"], torch.zeros(1, 4321)], dim=1),
+        "audio_attention_mask": torch.cat([inputs["audio_attention_mask"], torch.zeros(1, 4321, dtype=torch.long)], 1),
+    }
+    torch.testing.assert_close(model(**padded).logits, model(**inputs).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_reach_present_encoders_only():
+    model = tiny_model(fusion_type="concat").train()
+    inputs = tensor_inputs(("text", "audio"))
+    model(**inputs, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    for modality, attribute in (("text", "text_model"), ("audio", "audio_model")):
+        grads = [p.grad for p in getattr(model.multimodal, attribute).parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), modality
+    assert all(p.grad is None for p in model.multimodal.vision_model.parameters())
+    assert all(p.grad is None for p in model.multimodal.projections["image"].parameters())
+
+
+def test_modality_flagged_absent_everywhere_gets_no_gradient():
+    model = tiny_model(fusion_type="attention").train()
+    inputs = {**tensor_inputs(MODALITIES), "has_image": torch.zeros(BATCH, dtype=torch.bool)}
+    model(**inputs, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    assert all(p.grad is None for p in model.multimodal.vision_model.parameters())
+    assert any(p.grad is not None for p in model.multimodal.text_model.parameters())
+
+
+def test_modality_dropout_hides_modalities_but_never_all():
+    model = tiny_model(modality_dropout=0.9).train()
+    inputs = tensor_inputs(MODALITIES, batch_size=BATCH)
+    seen = torch.zeros(3)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        presence = model.multimodal(**inputs).presence
+        assert presence.any(dim=1).all()
+        seen += (~presence).float().sum(dim=0)
+    assert (seen > 0).all()
+    model.eval()
+    assert model.multimodal(**inputs).presence.all()
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "labels", "num_labels"),
+    [
+        ("single_label_classification", torch.tensor([0, 2, 1, 1]), 3),
+        ("multi_label_classification", torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]]), 3),
+        ("regression", torch.tensor([0.5, -1.0, 2.0, 0.0]), 1),
+    ],
+)
+def test_problem_types_compute_the_matching_loss(problem_type, labels, num_labels):
+    model = tiny_model(("text", "image"), num_labels=num_labels)
+    outputs = model(**tensor_inputs(("text", "image")), labels=labels)
+    logits = outputs.logits
+    expected = {
+        "single_label_classification": lambda: torch.nn.functional.cross_entropy(logits, labels),
+        "multi_label_classification": lambda: torch.nn.functional.binary_cross_entropy_with_logits(logits, labels),
+        "regression": lambda: torch.nn.functional.mse_loss(logits.squeeze(), labels),
+    }[problem_type]()
+    assert model.config.problem_type == problem_type
+    torch.testing.assert_close(outputs.loss, expected)
+
+
+@pytest.mark.parametrize(
+    ("modality", "sub_config"),
+    [
+        ("text", {"model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}),
+        ("text", {"model_type": "roberta", **TINY_TEXT, "vocab_size": 2100}),
+        ("image", {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 64, "image_size": 32, "patch_size": 8}),
+        ("image", {"model_type": "convnext", "hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2}),
+        ("audio", {"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 64, "conv_dim": [16, 16], "conv_stride": [5, 4], "conv_kernel": [10, 8],
+                   "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2,
+                   "feat_extract_norm": "layer", "do_stable_layer_norm": True}),
+    ],
+)
+def test_other_encoders_from_auto_model(modality, sub_config):
+    key = {"text": "text_config", "image": "vision_config", "audio": "audio_config"}[modality]
+    torch.manual_seed(0)
+    config = tiny_config(MODALITIES, fusion_type="transformer", **{key: sub_config})
+    model = MultimodalForSequenceClassification(config).eval()
+    batch = {**tensor_inputs(MODALITIES), **missing_pattern(MODALITIES)}
+    outputs = model(**batch, labels=torch.tensor([0, 1, 2, 0]))
+    assert outputs.logits.shape == (BATCH, 3) and torch.isfinite(outputs.loss)
+    assert type(model.get_encoder(modality)).__name__.lower().startswith(sub_config["model_type"].replace("_", ""))
+
+
+def test_wav2vec2_audio_padding_is_masked_at_frame_level():
+    audio_config = {
+        "model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "conv_dim": [16, 16], "conv_stride": [5, 4], "conv_kernel": [10, 8],
+        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+    }
+    torch.manual_seed(0)
+    model = MultimodalModel(tiny_config(("audio",), audio_config=audio_config)).eval()
+    audio = torch.randn(1, 2000)
+    alone = model(input_values=audio, audio_attention_mask=torch.ones(1, 2000, dtype=torch.long)).fused_embeds
+    padded = torch.cat([audio, torch.zeros(1, 3000)], dim=1)
+    mask = (torch.arange(5000) < 2000).long()[None]
+    torch.testing.assert_close(model(input_values=padded, audio_attention_mask=mask).fused_embeds, alone, atol=1e-4, rtol=1e-3)
+
+
+class TestErrors:
+    def test_example_without_any_modality(self):
+        model = tiny_model(("text", "audio"))
+        inputs = {**tensor_inputs(("text", "audio")), "has_text": torch.tensor([True, False, True, True]),
+                  "has_audio": torch.tensor([True, False, False, True])}
+        with pytest.raises(ValueError, match=r"examples \[1\] have no modality at all"):
+            model(**inputs)
+
+    def test_inputs_for_a_modality_the_model_lacks(self):
+        model = tiny_model(("text", "audio"))
+        with pytest.raises(ValueError, match="got image inputs \\(pixel_values\\) but this model has no image encoder"):
+            model(**tensor_inputs(("text", "image")))
+
+    def test_no_inputs(self):
+        with pytest.raises(ValueError, match="no inputs given: pass at least one of input_ids, pixel_values"):
+            tiny_model(("text", "image"))()
+
+    def test_mismatched_batch_sizes(self):
+        inputs = {**tensor_inputs(("text",), batch_size=2), **tensor_inputs(("audio",), batch_size=3)}
+        with pytest.raises(ValueError, match="different batch sizes"):
+            tiny_model(("text", "audio"))(**inputs)
+
+    def test_presence_flag_without_inputs(self):
+        with pytest.raises(ValueError, match="has_audio marks examples as having audio but input_values is None"):
+            tiny_model(("text", "audio"))(**tensor_inputs(("text",)), has_audio=torch.ones(BATCH, dtype=torch.bool))
+
+    def test_unknown_modality_encoder(self):
+        with pytest.raises(ValueError, match="this model has no image encoder"):
+            tiny_model(("text",)).get_encoder("image")
+
+
+def test_gradient_checkpointing_trains_every_encoder():
+    model = tiny_model(fusion_type="gated").train()
+    model.activation_checkpointing_enable()
+    model(**tensor_inputs(MODALITIES), labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    assert model.multimodal.audio_model.layers[0].gradient_checkpointing
+    assert model.multimodal.text_model.encoder.layer[0].gradient_checkpointing
+    assert model.multimodal.audio_model.layers[0].dilated_conv.weight.grad is not None
+
+
+def test_pretrained_backbone_weights_survive_init_save_and_load(tmp_path):
+    backbone_folders = tmp_path / "backbones"
+    torch.manual_seed(1)
+    BertModel(BertConfig(**TINY_TEXT)).save_pretrained(backbone_folders / "bert")
+    WaveNetModel(WaveNetConfig(**TINY_AUDIO)).save_pretrained(backbone_folders / "wavenet")
+    bert = AutoModel.from_pretrained(backbone_folders / "bert")
+    wavenet = AutoModel.from_pretrained(backbone_folders / "wavenet")
+    model = MultimodalForSequenceClassification.from_backbones(
+        text=backbone_folders / "bert", vision=TINY_VISION, audio=backbone_folders / "wavenet",
+        fusion_hidden_size=32, fusion_num_heads=2, num_labels=2,
+    )
+    assert model.config.backbones == {"text": str(backbone_folders / "bert"), "audio": str(backbone_folders / "wavenet")}
+
+    def assert_same(encoder, reference):
+        state = encoder.state_dict()
+        for name, tensor in reference.state_dict().items():
+            if name.startswith("pooler."):  # unused by the multimodal model, so not built
+                continue
+            torch.testing.assert_close(state[name], tensor, rtol=0, atol=0, msg=name)
+
+    assert_same(model.get_encoder("text"), bert)
+    assert_same(model.get_encoder("audio"), wavenet)
+    model.save_pretrained(tmp_path / "model")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert_same(loaded.get_encoder("text"), bert)
+    assert_same(loaded.get_encoder("audio"), wavenet)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)

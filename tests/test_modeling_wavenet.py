@@ -1,0 +1,82 @@
+"""WaveNetModel: shapes, frame rate, causal padding invariance, gated dilated stacks, checkpointing, save / load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from hf_multimodal import WaveNetConfig, WaveNetModel
+from hf_multimodal.modeling_wavenet import WaveNetCausalConv1d
+
+from conftest import TINY_AUDIO
+
+
+def tiny_wavenet(**kwargs) -> WaveNetModel:
+    torch.manual_seed(0)
+    return WaveNetModel(WaveNetConfig(**{**TINY_AUDIO, **kwargs})).eval()
+
+
+class TestWaveNetModel:
+    def test_output_shapes_and_frame_rate(self):
+        model = tiny_wavenet()
+        outputs = model(torch.randn(3, 16000), output_hidden_states=True)
+        assert outputs.last_hidden_state.shape == (3, 100, 32)
+        assert outputs.pooler_output.shape == (3, 32)
+        # front-end output + one residual stream per dilated layer
+        assert len(outputs.hidden_states) == 1 + 2 * 2
+
+    def test_length_not_a_multiple_of_the_frame_is_padded_up(self):
+        model = tiny_wavenet()
+        assert model(torch.randn(1, 16001)).last_hidden_state.shape[1] == 101
+        assert model(torch.randn(1, 7)).last_hidden_state.shape[1] == 1
+
+    def test_dilations_cycle_per_stack(self):
+        model = tiny_wavenet(num_stacks=3, layers_per_stack=4)
+        dilations = [layer.dilated_conv.dilation[0] for layer in model.layers]
+        assert dilations == [1, 2, 4, 8] * 3
+
+    def test_convolutions_are_causal(self):
+        conv = WaveNetCausalConv1d(1, 1, kernel_size=3, dilation=4)
+        signal = torch.zeros(1, 1, 50)
+        signal[..., 30] = 1.0
+        response = conv(signal)[0, 0] - conv(torch.zeros(1, 1, 50))[0, 0]
+        assert response[:30].abs().max() == 0  # nothing before the impulse reacts to it
+        assert response[30:].abs().max() > 0
+
+    def test_padding_does_not_change_real_frames_or_pooling(self):
+        model = tiny_wavenet()
+        real = torch.randn(1, 5000)
+        alone = model(real, audio_attention_mask=torch.ones_like(real, dtype=torch.long))
+        padded = torch.cat([real, torch.zeros(1, 11000)], dim=1)
+        mask = torch.zeros_like(padded, dtype=torch.long)
+        mask[:, :5000] = 1
+        batched = model(padded, audio_attention_mask=mask)
+        frames = alone.last_hidden_state.shape[1]
+        torch.testing.assert_close(batched.last_hidden_state[:, :frames], alone.last_hidden_state, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.pooler_output, alone.pooler_output, atol=1e-5, rtol=1e-4)
+
+    def test_stereo_input_is_refused_with_a_fix(self):
+        with pytest.raises(ValueError, match="mix channels down first"):
+            tiny_wavenet()(torch.randn(2, 2, 1600))
+
+    def test_gradient_checkpointing_gives_the_same_gradients(self):
+        model = tiny_wavenet(hidden_dropout=0.0).train()
+        audio = torch.randn(2, 3200)
+        model(audio).pooler_output.sum().backward()
+        reference = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        model.gradient_checkpointing_enable()
+        assert all(layer.gradient_checkpointing for layer in model.layers)
+        model(audio).pooler_output.sum().backward()
+        for expected, parameter in zip(reference, model.parameters()):
+            torch.testing.assert_close(parameter.grad, expected)
+
+    def test_save_and_auto_load(self, tmp_path):
+        model = tiny_wavenet()
+        model.save_pretrained(tmp_path)
+        assert (tmp_path / "model.safetensors").exists()
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, WaveNetModel)
+        audio = torch.randn(1, 4000)
+        torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output)

@@ -16,6 +16,7 @@ from transformers.modeling_outputs import ModelOutput
 from .configuration_multimodal import MODALITIES, SUB_CONFIG_KEYS, MultimodalConfig
 from .configuration_wavenet import WaveNetConfig
 from .modeling_fusion import FUSION_CLASSES, LowRankTensorFusion, MultimodalFusion
+from .modeling_safe_io import SafeSerializationMixin, load_safetensors_only
 from .modeling_wavenet import WaveNetModel, masked_mean
 
 
@@ -115,7 +116,7 @@ class ModalityProjection(nn.Module):
         return self.dropout(self.layer_norm(self.dense(features)))
 
 
-class MultimodalPreTrainedModel(PreTrainedModel):
+class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
     config: MultimodalConfig
     config_class = MultimodalConfig
     base_model_prefix = "multimodal"
@@ -213,9 +214,8 @@ class MultimodalPreTrainedModel(PreTrainedModel):
 def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
     """Load a pretrained encoder from a folder or Hub id (WaveNet checkpoints load without Auto registration)."""
     config_dict, _ = PreTrainedConfig.get_config_dict(source)
-    if config_dict.get("model_type") == WaveNetConfig.model_type:
-        return WaveNetModel.from_pretrained(source)
-    return AutoModel.from_pretrained(source)
+    model_class = WaveNetModel if config_dict.get("model_type") == WaveNetConfig.model_type else AutoModel
+    return load_safetensors_only(model_class.from_pretrained, source)
 
 
 class MultimodalModel(MultimodalPreTrainedModel):
@@ -467,6 +467,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
     (torch.Size([2, 3]), torch.Size([]))
     ```
     """
+
+    newly_initialized_prefixes = ("classifier.",)
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)

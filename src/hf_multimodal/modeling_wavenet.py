@@ -13,6 +13,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_wavenet import WaveNetConfig
+from .modeling_safe_io import SafeSerializationMixin
 
 
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -78,7 +79,7 @@ class WaveNetResidualLayer(GradientCheckpointingLayer):
         return (hidden_states + residual) * math.sqrt(0.5), skip
 
 
-class WaveNetPreTrainedModel(PreTrainedModel):
+class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
     config: WaveNetConfig
     config_class = WaveNetConfig
     base_model_prefix = "wavenet"

@@ -48,7 +48,12 @@ class TestMultimodalProcessor:
         assert {flag for name, flag in given.items() if name in kwargs} == {k for k in batch if k.startswith("has_")}
 
     def test_empty_or_whitespace_text_counts_as_missing(self, processor):
-        assert processor(text=["", "   ", "word"])["has_text"].tolist() == [False, False, True]
+        batch = processor(text=["", "   ", "word"], images=[random_image(0)] * 3)
+        assert batch["has_text"].tolist() == [False, False, True]
+
+    def test_example_without_any_modality_is_refused(self, processor):
+        with pytest.raises(ValueError, match=r"examples \[0, 2\] have no text, image or audio"):
+            processor(text=[None, "word", "  "], images=[None, None, None])
 
     def test_image_modes_are_converted_to_rgb(self, processor):
         images = [

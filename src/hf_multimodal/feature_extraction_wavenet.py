@@ -183,6 +183,10 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
             return_tensors (`str` or [`~utils.TensorType`], *optional*):
                 `"pt"` or `"np"`.
         """
+        if sampling_rate is not None and (
+            not isinstance(sampling_rate, (int, np.integer)) or isinstance(sampling_rate, bool) or sampling_rate <= 0
+        ):
+            raise ValueError(f"sampling_rate must be a positive integer number of Hz, got {sampling_rate!r}.")
         if sampling_rate is None:
             logger.warning_once(
                 f"{type(self).__name__} was called without `sampling_rate`: assuming {self.sampling_rate} Hz. Pass "

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import (
     AutoFeatureExtractor,
     AutoImageProcessor,
@@ -160,6 +161,12 @@ class MultimodalProcessor(ProcessorMixin):
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the modalities have different numbers of examples {sizes}: give one entry per example.")
         batch_size = next(iter(sizes.values()))
+        empty = [row for row in range(batch_size) if not any(_has_value(c[row]) for c in columns.values() if c)]
+        if empty:
+            raise ValueError(
+                f"examples {empty} have no text, image or audio (every entry is None or blank): give each example at "
+                "least one modality, or drop those examples."
+            )
 
         data: dict[str, torch.Tensor] = {}
         if columns["text"] is not None:
@@ -172,9 +179,11 @@ class MultimodalProcessor(ProcessorMixin):
 
     def _process_text(self, texts: list) -> dict[str, torch.Tensor]:
         for index, value in enumerate(texts):
+            if isinstance(value, bytes):
+                raise TypeError(f"text example {index} is bytes; decode it to str first (e.g. value.decode('utf-8')).")
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"text example {index} is a {type(value).__name__}; expected str or None.")
-        present = [value is not None and value.strip() != "" for value in texts]
+        present = [_has_value(value) for value in texts]
         encoded = self.tokenizer(
             [value if keep else "" for value, keep in zip(texts, present)],
             padding=True,
@@ -219,6 +228,11 @@ class MultimodalProcessor(ProcessorMixin):
         return result
 
 
+def _has_value(value: Any) -> bool:
+    """Whether one example's entry counts as present: not None and, for text, not blank."""
+    return value is not None and not (isinstance(value, str) and value.strip() == "")
+
+
 def _is_single_text(value: Any) -> bool:
     return isinstance(value, str)
 
@@ -243,16 +257,17 @@ def _as_column(value: Any, name: str, is_single) -> list | None:
         return None
     if is_single(value):
         return [value]
-    if isinstance(value, (list, tuple)) or hasattr(value, "ndim"):  # a list, or an array batched on axis 0
-        if len(value) == 0:
-            raise ValueError(f"{name} is empty: pass at least one example, or leave {name} out.")
-        return list(value)
-    raise TypeError(f"{name} must be one example or a list of examples, got {type(value).__name__}.")
+    batched = isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0  # a list, or an array batched on axis 0
+    if not batched:
+        raise TypeError(f"{name} must be one example or a list of examples, got {type(value).__name__}.")
+    if len(value) == 0:
+        raise ValueError(f"{name} is empty: pass at least one example, or leave {name} out.")
+    return list(value)
 
 
 def _prepare_image(image: Any, index: int) -> Any:
-    """Check one image and bring it to RGB: a PIL image in any mode, or an (height, width[, channels]) /
-    (channels, height, width) array of uint8, 16-bit integers or floats in [0, 1] or [0, 255]."""
+    """Check one image and bring it to an RGB PIL image, from a PIL image in any mode or an (height, width[,
+    channels]) / (channels, height, width) array of uint8, 16-bit integers or floats in [0, 1] or [0, 255]."""
     if hasattr(image, "getpixel"):  # PIL.Image.Image
         if image.width < 1 or image.height < 1:
             raise ValueError(f"image {index} is empty ({image.width}x{image.height}).")
@@ -273,7 +288,7 @@ def _prepare_image(image: Any, index: int) -> Any:
             "(1|3|4, height, width)."
         )
     image = _to_uint8(image[..., :3], index)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    return Image.fromarray(np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image)
 
 
 def _to_uint8(image: np.ndarray, index: int) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -65,3 +67,75 @@ def batch_inputs() -> dict:
         "audio": [random_audio(0, 0.3), None, random_audio(2, 0.7), random_audio(3, 0.5)],
         "sampling_rate": 16000,
     }
+
+
+HUB_TOKENS = {"hf_test_alice_write_0123": "alice", "hf_test_bob_write_4567": "bob"}
+"""Tokens the local Hub server accepts, and their users."""
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """A Hub-compatible HTTP server on 127.0.0.1 (tests/hub_server.py), shared by the whole session."""
+    from hub_server import HubServer
+
+    server = HubServer(tmp_path_factory.mktemp("hub"), tokens=HUB_TOKENS).start()
+    yield server
+    server.stop()
+
+
+def client_env(hub_server, home: Path, token: str | None = None, **extra: str) -> dict[str, str]:
+    """A fresh user's environment for a subprocess: the local Hub as endpoint, an empty cache, no Xet, the token if
+    any, and `extra` variables."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "HF_HOME": str(home / "huggingface"),
+        "HF_ENDPOINT": hub_server.endpoint,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def write_trained_output_folder(folder, seed: int = 0, accuracy: float = 0.9) -> MultimodalForSequenceClassification:
+    """A folder shaped like scripts/train.py's output (tiny model + processor, metrics.json, trainer_state.json,
+    confusion_matrix.png, a checkpoint and training_args.bin that must stay local); returns the model."""
+    model = tiny_model(seed=seed, id2label={0: "zero", 1: "one", 2: "two"}, fusion_type="gated", modality_dropout=0.2)
+    model.config.backbones = {"text": "sentence-transformers/all-MiniLM-L6-v2"}
+    model.save_pretrained(folder)
+    MultimodalProcessor(image_processor=tiny_image_processor(), max_text_length=16).save_pretrained(folder)
+    scores = {"accuracy": accuracy, "precision": accuracy - 0.01, "recall": accuracy - 0.02, "f1": accuracy - 0.015}
+    ablation = {
+        f"without_{modality}": {name: value - drop for name, value in scores.items()} | {"num_examples": 60}
+        for modality, drop in (("text", 0.1), ("image", 0.3), ("audio", 0.05))
+    }
+    metrics = {
+        "dataset": "alice/av-digits",
+        "test": scores | {"num_examples": 60},
+        "ablation": ablation,
+        "hyperparameters": {"learning_rate": 3e-4, "num_train_epochs": 2, "per_device_train_batch_size": 8, "seed": 42},
+        "modalities": ["text", "image", "audio"],
+        "fusion_type": "gated",
+        "labels": ["zero", "one", "two"],
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    log = [{"loss": 1.05, "epoch": 0.5, "step": 4}, {"eval_loss": 0.98, "eval_accuracy": 0.7, "epoch": 1.0, "step": 8},
+           {"loss": 0.61, "epoch": 1.5, "step": 12}, {"eval_loss": 0.55, "eval_accuracy": 0.88, "epoch": 2.0, "step": 16}]
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    random_image(7, (12, 12)).save(folder / "confusion_matrix.png")
+    (folder / "checkpoint-8").mkdir()
+    (folder / "checkpoint-8" / "optimizer.pt").write_bytes(b"\0" * 64)
+    (folder / "training_args.bin").write_bytes(b"\0" * 64)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_output_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained") / "av-digits-gated"
+    write_trained_output_folder(folder)
+    return folder

@@ -3,17 +3,37 @@ message names the problem; never another exception, a hang or a NaN score."""
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import pipeline
 
-from fuzz_strategies import batches
-from conftest import tiny_model
+from conftest import tiny_image_processor, tiny_model
+from fuzz_strategies import (
+    bad_audios,
+    bad_images,
+    bad_texts,
+    batches,
+    GOOD_PNG,
+    GOOD_WAV,
+    corrupt_image_bytes,
+    corrupt_wav_bytes,
+    plausible_audios,
+    plausible_images,
+    plausible_texts,
+    sampling_rates,
+)
+from hf_multimodal import MultimodalProcessor
 
-NAMES_THE_PROBLEM = ("text", "image", "audio", "sampling", "example", "modalit", "nothing to process", "return_tensors")
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+NAMES_THE_PROBLEM = (
+    "text", "image", "audio", "sampling", "example", "modalit", "nothing to", "return_tensors", "batch_size",
+)
+FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,5 +62,57 @@ def test_processor_and_model_on_malformed_inputs(processor, model, arguments):
             logits = model(**batch).logits
         assert torch.isfinite(logits).all(), "NaN or infinite score"
         return logits
+
+    check_outcome(run)
+
+
+plausible_clips = st.one_of(
+    st.just(GOOD_WAV),
+    st.builds(lambda wave, rate: {"array": wave, "sampling_rate": rate}, plausible_audios, st.sampled_from([8000, 16000, 22050])),
+)
+PIPELINE_FIELDS = {
+    "text": (plausible_texts, bad_texts),
+    "image": (st.one_of(plausible_images, st.just(GOOD_PNG)), st.one_of(bad_images, corrupt_image_bytes)),
+    "audio": (plausible_clips, st.one_of(bad_audios, corrupt_wav_bytes, plausible_audios)),
+}
+
+
+@st.composite
+def pipeline_examples(draw):
+    """One pipeline input: a dict or a list of 1-3 dicts, plausible, with one malformed field, or malformed as a
+    whole (not a dict, unknown keys, nothing to classify)."""
+
+    def example(malformed: bool) -> dict:
+        keys = draw(st.lists(st.sampled_from(sorted(PIPELINE_FIELDS)), min_size=1, max_size=3, unique=True))
+        fields = {key: draw(PIPELINE_FIELDS[key][0]) for key in keys}
+        if malformed:
+            key = draw(st.sampled_from(keys))
+            fields[key] = draw(PIPELINE_FIELDS[key][1])
+            if draw(st.booleans()):
+                fields["sampling_rate"] = draw(sampling_rates)
+        return fields
+
+    kind = draw(st.sampled_from(["plausible", "plausible", "malformed_field", "malformed_field", "malformed_whole"]))
+    if kind == "malformed_whole":
+        return draw(st.sampled_from([{}, {"txt": "seven"}, {"text": None}, 5, "seven", b"\x00", [], [{"video": 1}]]))
+    examples = [example(kind == "malformed_field" and index == 0) for index in range(draw(st.integers(1, 3)))]
+    return examples[0] if draw(st.booleans()) else examples
+
+
+@pytest.fixture(scope="module")
+def classifier(model):
+    return pipeline("multimodal-classification", model=model, processor=MultimodalProcessor(
+        image_processor=tiny_image_processor(), max_text_length=32))
+
+
+@FUZZ
+@given(inputs=pipeline_examples())
+def test_pipeline_on_malformed_inputs(classifier, inputs):
+    def run():
+        outputs = classifier(inputs, batch_size=2)
+        for scores in outputs if isinstance(inputs, list) else [outputs]:
+            assert all(math.isfinite(entry["score"]) for entry in scores), "NaN or infinite score"
+        json.dumps(outputs)
+        return outputs
 
     check_outcome(run)

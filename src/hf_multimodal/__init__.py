@@ -1,22 +1,25 @@
 """hf_multimodal: text + image + audio classification as native Hugging Face transformers models.
 
 Importing the package registers its classes with transformers' Auto classes, so that `AutoConfig`, `AutoModel`,
-`AutoModelForSequenceClassification`, `AutoProcessor` and `AutoFeatureExtractor` load saved models without
-`trust_remote_code`. Saved models also carry their code, for loading with `trust_remote_code=True` where the package
-is not installed.
+`AutoModelForSequenceClassification`, `AutoProcessor`, `AutoFeatureExtractor` and `AutoImageProcessor` load saved
+models without `trust_remote_code`. Saved models also carry their code, for loading with `trust_remote_code=True` where
+the package is not installed.
 """
 
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_multimodal import FUSION_TYPES, MODALITIES, MultimodalConfig
 from .configuration_wavenet import WaveNetConfig
 from .feature_extraction_wavenet import WaveNetFeatureExtractor, resample_audio
+from .image_processing_multimodal import MultimodalImageProcessor
 from .modeling_multimodal import (
     MultimodalForSequenceClassification,
     MultimodalModel,
@@ -25,6 +28,7 @@ from .modeling_multimodal import (
     MultimodalSequenceClassifierOutput,
 )
 from .modeling_wavenet import WaveNetModel, WaveNetPreTrainedModel
+from .pipeline_multimodal import PIPELINE_TASK, MultimodalClassificationPipeline
 from .processing_multimodal import MultimodalProcessor
 
 
@@ -38,6 +42,12 @@ def _register() -> None:
     AutoModel.register(MultimodalConfig, MultimodalModel, exist_ok=True)
     AutoModelForSequenceClassification.register(MultimodalConfig, MultimodalForSequenceClassification, exist_ok=True)
     AutoFeatureExtractor.register(WaveNetConfig, WaveNetFeatureExtractor, exist_ok=True)
+    # Needs no torchvision: registered for both backends so neither lookup falls back with a warning.
+    AutoImageProcessor.register(
+        MultimodalConfig,
+        image_processor_classes={"pil": MultimodalImageProcessor, "torchvision": MultimodalImageProcessor},
+        exist_ok=True,
+    )
     AutoProcessor.register(MultimodalConfig, MultimodalProcessor, exist_ok=True)
 
     # Saved folders carry the code and an `auto_map`, so they also load with `trust_remote_code=True`.
@@ -47,7 +57,16 @@ def _register() -> None:
     WaveNetConfig.register_for_auto_class()
     WaveNetModel.register_for_auto_class("AutoModel")
     WaveNetFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+    MultimodalImageProcessor.register_for_auto_class("AutoImageProcessor")
     MultimodalProcessor.register_for_auto_class("AutoProcessor")
+
+    # pipeline("multimodal-classification", model=...); saved configs also carry it as `custom_pipelines`.
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK,
+        pipeline_class=MultimodalClassificationPipeline,
+        pt_model=AutoModelForSequenceClassification,
+        type="multimodal",
+    )
 
 
 _register()
@@ -55,8 +74,10 @@ _register()
 __all__ = [
     "FUSION_TYPES",
     "MODALITIES",
+    "MultimodalClassificationPipeline",
     "MultimodalConfig",
     "MultimodalForSequenceClassification",
+    "MultimodalImageProcessor",
     "MultimodalModel",
     "MultimodalModelOutput",
     "MultimodalPreTrainedModel",

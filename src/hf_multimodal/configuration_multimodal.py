@@ -52,6 +52,11 @@ def _build_sub_config(key: str, value: PreTrainedConfig | dict | None) -> PreTra
         ) from error
 
 
+LOADED_AS_REMOTE_CODE = __name__.startswith("transformers_modules.")
+"""True in the copy of this file that `trust_remote_code=True` runs; False in the installed package, whose import
+registers every class and `pipeline("multimodal-classification")`."""
+
+
 class MultimodalConfig(PreTrainedConfig):
     r"""
     Configuration of [`MultimodalModel`] and [`MultimodalForSequenceClassification`]: one encoder per modality, each
@@ -137,6 +142,10 @@ class MultimodalConfig(PreTrainedConfig):
     backbones: dict[str, str] | None = None
 
     def __post_init__(self, **kwargs):
+        if not LOADED_AS_REMOTE_CODE:
+            # `custom_pipelines` is saved for remote-code loading; with the package imported, transformers would
+            # otherwise demand trust_remote_code=True for a task the package registered itself.
+            kwargs.pop("custom_pipelines", None)
         for key in SUB_CONFIG_KEYS.values():
             setattr(self, key, _build_sub_config(key, getattr(self, key)))
         super().__post_init__(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -142,10 +143,15 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
                     init.normal_(factor, mean=0.0, std=1.0 / math.sqrt(factor.shape[1]))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every head of this family when the classes
-        are registered for remote code (importing `hf_multimodal` does that)."""
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every head of this family and the
+        `custom_pipelines` entry of `pipeline("multimodal-classification")` when the classes are registered for remote
+        code (importing `hf_multimodal` does that)."""
         if self._auto_class is not None:
+            # A relative import, so the pipeline's file is saved beside the model's code as well.
+            from .pipeline_multimodal import CUSTOM_PIPELINES
+
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
+            self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod

@@ -16,18 +16,16 @@ from transformers import (
     AutoTokenizer,
     BatchFeature,
     BertTokenizerFast,
-    ConvNextImageProcessorPil,
 )
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 from .feature_extraction_wavenet import WaveNetFeatureExtractor
+from .image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD, MultimodalImageProcessor  # noqa: F401 (re-exported)
 
 
 logger = logging.get_logger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_VOCAB = Path(__file__).with_name("bert_uncased_vocab.txt")
 
 
@@ -36,11 +34,10 @@ def default_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab=str(DEFAULT_VOCAB), do_lower_case=True, model_max_length=512)
 
 
-def default_image_processor() -> ConvNextImageProcessorPil:
-    """ResNet-style preprocessing: resize to 256, center-crop 224, ImageNet mean / std (as microsoft/resnet-50)."""
-    return ConvNextImageProcessorPil(
-        size={"shortest_edge": 224}, crop_pct=0.875, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
-    )
+def default_image_processor() -> MultimodalImageProcessor:
+    """ResNet-style preprocessing: resize to 256, center-crop 224, ImageNet mean / std (as microsoft/resnet-50), with
+    the fast path of [`MultimodalImageProcessor`]."""
+    return MultimodalImageProcessor()
 
 
 class MultimodalProcessor(ProcessorMixin):

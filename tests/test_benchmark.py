@@ -1,0 +1,190 @@
+"""scripts/benchmark.py and hf_multimodal.benchmarking: a smoke run at the tiny size (table, JSON, PNG) and the
+measuring primitives. No timed assertions: speed targets live in the benchmark's own output."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from hf_multimodal import FUSION_TYPES, MultimodalConfig
+from hf_multimodal.benchmarking import (
+    BENCHMARK_NAMES,
+    BenchmarkSettings,
+    Timings,
+    check_target,
+    main,
+    measure_peak_memory,
+    model_sharing_encoders,
+    run_benchmarks,
+    time_interleaved,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The whole benchmark at the tiny size through the command-line entry point."""
+    output_dir = tmp_path_factory.mktemp("benchmark")
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["--size", "tiny", "--output-dir", str(output_dir)])
+    return status, printed.getvalue(), output_dir
+
+
+def test_smoke_run_prints_the_table(smoke_run):
+    status, printed, _ = smoke_run
+    assert status == 0
+    assert "| # | measurement | value | target | met | details |" in printed
+    for item in range(1, 8):
+        assert f"\n| {item} | " in printed, f"item {item} missing from the table"
+    assert "load average before" in printed and "CPU cores" in printed
+
+
+def test_smoke_run_writes_json_with_every_measurement(smoke_run):
+    _, _, output_dir = smoke_run
+    report = json.loads((output_dir / "benchmark.json").read_text())
+    assert {"date", "machine", "torch", "transformers", "settings", "seconds", "load_average_before"} <= set(
+        report["meta"]
+    )
+    assert report["meta"]["settings"]["size"] == "tiny"
+    rows = report["rows"]
+    assert {row["item"] for row in rows} == set(range(1, 8))
+    for row in rows:
+        assert {"item", "name", "value", "unit", "target", "met", "note", "extra"} <= set(row)
+        if row["value"] is None:
+            assert row["note"].startswith("n/a:"), row  # not measurable here, and says why
+            continue
+        assert math.isfinite(row["value"]) and row["value"] > 0, row
+        assert row["met"] == check_target(row["value"], row["target"])
+    fusion_rows = [row for row in rows if row["item"] == 3]
+    assert len(fusion_rows) == len(FUSION_TYPES)
+    targets = {row["name"].split()[2].rstrip(":"): row["target"] for row in fusion_rows}
+    assert targets["concat"] == targets["weighted_sum"] == targets["gated"] == "<= 1.05"
+    assert targets["transformer"] == "<= 1.2"
+    training = next(row for row in rows if row["item"] == 1)
+    assert len(training["extra"]["trainer_step_seconds"]) == len(training["extra"]["loop_step_seconds"]) >= 2
+    workload = report["meta"]["settings"]["workload"]
+    single = next(row for row in rows if row["name"].startswith("inference batch 1: pipeline"))
+    rounds = workload["pipeline_examples"] * workload["repeat"]  # one example per timed call, interleaved
+    assert len(single["extra"]["pipeline_seconds"]) == len(single["extra"]["by_hand_seconds"]) == rounds
+    assert single["extra"]["ratio_of_medians"] > 0 and single["extra"]["cpu_ratio"] > 0
+    compute = next(row for row in rows if row["item"] == 4)
+    assert compute["extra"]["flops_per_step"] > 0
+    assert {row["unit"] for row in rows if row["item"] == 7} == {"MiB"}
+
+
+def test_smoke_run_writes_png_and_markdown(smoke_run):
+    _, printed, output_dir = smoke_run
+    png = (output_dir / "benchmark.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    table = (output_dir / "benchmark.md").read_text()
+    assert table.strip() in printed
+
+
+def test_script_is_a_thin_cli(tmp_path):
+    """The script's options, including the GPU ones, parse; invalid choices are refused by argparse."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    for option in ("--size", "--device", "--bf16", "--compile", "--output-dir", "--only", "--threads"):
+        assert option in result.stdout
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--only", "nonsense"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_settings_refuse_bad_values_with_the_fix():
+    with pytest.raises(ValueError, match="size must be one of"):
+        BenchmarkSettings(size="huge")
+    with pytest.raises(ValueError, match="choose from"):
+        BenchmarkSettings(only=("training", "speed"))
+    for threads in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            BenchmarkSettings(threads=threads)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            BenchmarkSettings(device="cuda")
+    assert BenchmarkSettings(only=("memory", "training")).only == ("training", "memory")  # issue order
+    assert set(BENCHMARK_NAMES) == {"training", "inference", "fusion", "compute", "audio", "preprocessing", "memory"}
+
+
+def test_threads_option_applies_to_the_run_and_is_restored():
+    before = torch.get_num_threads()
+    report = run_benchmarks(BenchmarkSettings(size="tiny", only=("audio",), threads=1), log=None)
+    assert report.meta["torch_threads"] == 1 and report.meta["settings"]["threads"] == 1
+    assert "with 1 torch thread(s)" in report.rows[0].note
+    assert torch.get_num_threads() == before
+
+
+def test_check_target():
+    assert check_target(0.95, ">= 0.95") and not check_target(0.94, ">= 0.95")
+    assert check_target(1.2, "<= 1.2") and not check_target(1.21, "<= 1.2")
+    assert check_target(None, ">= 1") is None and check_target(3.0, None) is None
+    with pytest.raises(ValueError, match="target must look like"):
+        check_target(1.0, "== 1")
+
+
+def test_time_interleaved_rotates_the_order_and_counts_calls():
+    calls = []
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rotated rounds
+    assert len(times["a"]) == len(times.cpu["b"]) == 3 and all(t >= 0 for t in times["a"])
+    with pytest.raises(ValueError, match="repeat"):
+        time_interleaved({"a": lambda: None}, repeat=0)
+
+
+def test_timings_ratio_pairs_calls_of_the_same_round():
+    """A load burst slowing one round must not decide the ratio: the value pairs calls timed in the same round."""
+    times = Timings(["a", "b"])
+    times["a"] += [1.0, 10.0, 10.0]  # round 2 and 3 of a, round 3 of b ran while another job held the cores
+    times["b"] += [2.0, 2.0, 20.0]
+    times.cpu["a"] += [1.0, 1.0, 1.0]
+    times.cpu["b"] += [4.0, 4.0, 4.0]
+    assert times.ratio("a", "b") == 0.5  # rounds: 0.5, 5, 0.5
+    assert times.ratio_of_medians("a", "b") == 5.0
+    assert times.ratio("a", "b", cpu=True) == 0.25
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak CPU memory is read from /proc")
+def test_measure_peak_memory_sees_a_temporary_allocation():
+    def allocate():
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched, then freed
+        return float(block[-1])
+
+    measured = measure_peak_memory(allocate, torch.device("cpu"))
+    assert measured["increase_mib"] >= 60
+    assert measured["peak_mib"] >= measured["increase_mib"]
+
+
+def test_model_sharing_encoders_reuses_the_encoder_modules():
+    base = tiny_model(fusion_type="gated")
+    other = model_sharing_encoders(base, "transformer")
+    assert other.config.fusion_type == "transformer" and isinstance(other.config, MultimodalConfig)
+    for attribute in ("text_model", "vision_model", "audio_model"):
+        assert getattr(other.multimodal, attribute) is getattr(base.multimodal, attribute)
+    assert not any(parameter.is_meta for parameter in other.parameters())
+    assert all(torch.isfinite(parameter).all() for parameter in other.parameters())
+    logits = other(input_ids=torch.tensor([[101, 2000, 102]]), input_values=torch.randn(1, 1600)).logits
+    assert logits.shape == (1, 3) and torch.isfinite(logits).all()

@@ -1,0 +1,379 @@
+"""scripts/train.py end to end at tiny sizes: outputs and their consistency, 2-process DDP, kill + resume, and the
+pieces (collator with raw columns, per-modality learning rates and freezing, metrics, examples without modality)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoProcessor
+
+from hf_multimodal.demo_data import build_demo_dataset, save_demo_dataset
+from hf_multimodal.training_multimodal import (
+    UNAVAILABLE_KEY,
+    ClassificationMetrics,
+    MultimodalDataCollator,
+    MultimodalTrainer,
+    build_model_and_processor,
+    build_trainer,
+    compare_runs,
+    load_splits,
+    parse_arguments,
+)
+
+from conftest import HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
+AUDIO_DIR = ROOT / "scripts" / "demo_assets" / "fsdd"
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+# Clean text in every example, so that a tiny random BERT learns the task within 150 steps.
+EASY = {"text": {"clean": 1.0, "ambiguous": 0.0, "uninformative": 0.0, "missing": 0.0}}
+STEPS = 150  # 15 steps per epoch, 10 epochs; checkpoints every 10 steps
+KILL_SCRIPT = """
+import os, signal, sys
+from transformers import TrainerCallback
+from hf_multimodal.training_multimodal import MultimodalTrainer, main
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class KillAtStep(TrainerCallback):  # SIGKILL at the end of a training step
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ.get("KILL_AT_STEP", -1)):
+            kill()
+
+save_rng_state = MultimodalTrainer._save_rng_state
+def save_rng_state_or_die(self, output_dir):  # SIGKILL in the middle of writing a checkpoint
+    if self.state.global_step == int(os.environ.get("KILL_IN_SAVE_AT", -1)):
+        kill()
+    save_rng_state(self, output_dir)
+MultimodalTrainer._save_rng_state = save_rng_state_or_die
+
+main(sys.argv[1:], callbacks=[KillAtStep()])
+"""
+
+
+def tiny_arguments(data: Path, output: Path, batch_size: int = 8, **overrides) -> list[str]:
+    options = {
+        "dataset": data,
+        "output_dir": output,
+        "text_config": json.dumps({**TINY_TEXT, **NO_DROPOUT}),
+        "vision_config": json.dumps(TINY_VISION),
+        "audio_config": json.dumps({**TINY_AUDIO, "hidden_dropout": 0.0}),
+        "fusion_hidden_size": 32,
+        "image_size": 16,
+        "max_text_tokens": 16,
+        "max_audio_seconds": 1.0,
+        "learning_rate": 3e-3,
+        "num_train_epochs": 10,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": 8,
+        "eval_strategy": "steps",
+        "save_strategy": "steps",
+        "eval_steps": 10,
+        "save_steps": 10,
+        "logging_steps": 10,
+        "save_total_limit": 20,
+        "early_stopping_patience": 0,
+        "dataloader_pin_memory": False,
+        "disable_tqdm": True,
+        **overrides,
+    }
+    arguments = []
+    for key, value in options.items():
+        arguments += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
+    return arguments
+
+
+def run(command: list[str], env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=ROOT, env={**env, **(env_extra or {})}, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command[:4]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    dataset = build_demo_dataset(AUDIO_DIR, num_train=120, num_validation=16, num_test=24, probabilities=EASY)
+    return save_demo_dataset(dataset, tmp_path_factory.mktemp("demo") / "data")
+
+
+@pytest.fixture(scope="module")
+def single_run(data, tmp_path_factory) -> Path:
+    """One uninterrupted 1-process run (150 steps): the reference of the resume and the 2-process tests."""
+    output = tmp_path_factory.mktemp("single") / "run"
+    result = run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(data, output)])
+    assert "| all modalities |" in result.stdout  # the table is printed
+    return output
+
+
+def read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_run_writes_model_processor_metrics_and_confusion_matrix(single_run):
+    names = {path.name for path in single_run.iterdir()}
+    assert {"model.safetensors", "config.json", "processor_config.json", "metrics.json", "confusion_matrix.png"} <= names
+    assert (single_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = read_metrics(single_run)
+    assert set(metrics) >= {"dataset", "test", "ablation", "hyperparameters", "modalities", "fusion_type", "labels"}
+    assert metrics["modalities"] == ["text", "image", "audio"] and metrics["fusion_type"] == "gated"
+    assert metrics["labels"][7] == "seven"
+    assert set(metrics["ablation"]) == {"without_text", "without_image", "without_audio"}
+    for values in [metrics["test"], *metrics["ablation"].values()]:
+        assert set(values) == {"accuracy", "precision", "recall", "f1", "num_examples"}
+        assert values["num_examples"] == 24 and all(0.0 <= values[k] <= 1.0 for k in ("accuracy", "precision", "recall", "f1"))
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 24
+    assert np.trace(matrix) / 24 == pytest.approx(metrics["test"]["accuracy"])
+    assert metrics["hyperparameters"]["global_steps"] == STEPS and metrics["hyperparameters"]["num_processes"] == 1
+    # clean text: the model learned (chance is 0.1), and it leans on text
+    assert metrics["test"]["accuracy"] >= 0.3
+    assert metrics["ablation"]["without_text"]["accuracy"] < metrics["test"]["accuracy"]
+
+
+def test_saved_model_reloads_and_reproduces_test_and_ablation_metrics(single_run, data):
+    metrics = read_metrics(single_run)
+    model = AutoModelForSequenceClassification.from_pretrained(single_run).eval()
+    processor = AutoProcessor.from_pretrained(single_run)
+    assert processor.image_processor.size == {"shortest_edge": 16} and processor.max_text_length == 16
+    test = datasets.load_from_disk(str(data))["test"]
+    for drop, expected in [((), metrics["test"]), (("text",), metrics["ablation"]["without_text"])]:
+        collator = MultimodalDataCollator(processor, model.config.modalities, drop_modalities=drop)
+        batch = collator(list(test))
+        with torch.no_grad():
+            predictions = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)
+        assert (predictions == batch["labels"]).float().mean().item() == pytest.approx(expected["accuracy"])
+
+
+def test_two_processes_finish_with_metrics_close_to_one_process(single_run, data, tmp_path):
+    output = tmp_path / "ddp"
+    config = ROOT / "scripts" / "accelerate" / "cpu_2proc.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    launch += ["--main_process_port", str(free_port()), str(TRAIN_SCRIPT)]
+    # same global batch (2 x 4 = 8) and same data order as the 1-process run
+    run([*launch, *tiny_arguments(data, output, batch_size=4)])
+    single, ddp = read_metrics(single_run), read_metrics(output)
+    assert ddp["hyperparameters"]["num_processes"] == 2 and ddp["hyperparameters"]["total_train_batch_size"] == 8
+    assert ddp["hyperparameters"]["global_steps"] == single["hyperparameters"]["global_steps"] == 150
+    assert ddp["test"]["num_examples"] == 24  # gathered from both processes, without duplicates
+    assert abs(ddp["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.125  # 3 of 24 examples
+    states = [json.loads((folder / "checkpoint-150" / "trainer_state.json").read_text()) for folder in (single_run, output)]
+    losses = [[entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry] for state in states]
+    # batch-norm statistics and dropout masks differ per process, so the paths differ a little; where they end does not
+    assert losses[1][-1] == pytest.approx(losses[0][-1], rel=0.1) and losses[1][-1] < 0.8 * losses[1][0]
+
+
+def test_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_weights(single_run, data, tmp_path):
+    output = tmp_path / "killed"
+    arguments = tiny_arguments(data, output)
+    kill = [sys.executable, "-c", KILL_SCRIPT, *arguments]
+
+    # 1. SIGKILL while checkpoint-30 is half written (model and optimizer saved, RNG states and trainer state not yet)
+    killed = run(kill, {"KILL_IN_SAVE_AT": "30"}, check=False)
+    assert killed.returncode == -9 and not (output / "metrics.json").exists()
+    partial = output / "_checkpoint-staging" / "checkpoint-30"
+    assert (partial / "model.safetensors").is_file() and not (partial / "trainer_state.json").exists()
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
+    for checkpoint in output.glob("checkpoint-*"):  # whatever is visible is whole
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        assert state["global_step"] == int(checkpoint.name.split("-")[1]) and (checkpoint / "rng_state.pth").is_file()
+        AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    refused = run([sys.executable, str(TRAIN_SCRIPT), *arguments], check=False)
+    assert refused.returncode != 0 and "--resume_from_checkpoint last" in refused.stderr
+
+    # 2. resumed from checkpoint-20, SIGKILL again at a random step
+    step = random.Random().randint(21, STEPS - 1)
+    killed = run([*kill, "--resume_from_checkpoint", "last"], {"KILL_AT_STEP": str(step)}, check=False)
+    assert killed.returncode == -9, f"not killed at step {step}"
+    assert not (output / "_checkpoint-staging").exists(), f"killed at step {step}"
+    last = max(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*"))
+    assert last == (step - 1) // 10 * 10, f"killed at step {step}"  # the save of step `step` never started
+
+    # 3. resumed again, it finishes exactly where the uninterrupted run did
+    run([sys.executable, str(TRAIN_SCRIPT), *arguments, "--resume_from_checkpoint", "last"])
+    resumed, reference = load_file(output / "model.safetensors"), load_file(single_run / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    differing = [name for name in reference if not torch.equal(resumed[name], reference[name])]
+    assert not differing, f"killed at step {step}: {len(differing)} tensors differ, e.g. {differing[:3]}"
+    assert read_metrics(output)["test"] == read_metrics(single_run)["test"]
+
+
+def test_arguments_keep_raw_columns_and_refuse_dropping_them(data, tmp_path):
+    _, _, training_args = parse_arguments(tiny_arguments(data, tmp_path / "a"))
+    assert training_args.remove_unused_columns is False and training_args.load_best_model_at_end
+    with pytest.raises(ValueError, match="raw text / image / audio columns"):
+        parse_arguments([*tiny_arguments(data, tmp_path / "b"), "--remove_unused_columns", "True"])
+    with pytest.raises(ValueError, match="fusion_type"):
+        parse_arguments([*tiny_arguments(data, tmp_path / "c"), "--fusion_type", "sum"])
+    with pytest.raises(ValueError, match="--modalities"):
+        parse_arguments([*tiny_arguments(data, tmp_path / "d"), "--modalities", "text", "video"])
+
+
+def test_trainer_gets_raw_columns_learning_rates_and_frozen_encoders(data, tmp_path):
+    model_args, data_args, training_args = parse_arguments(
+        [
+            *tiny_arguments(data, tmp_path / "run"),
+            "--freeze_modalities", "text",
+            "--audio_learning_rate", "0.01",
+            "--fusion_learning_rate", "0.002",
+        ]
+    )
+    trainer, splits = build_trainer(model_args, data_args, training_args)
+    assert {"text", "image", "audio", "label", "speaker"} <= set(splits.train.column_names)  # raw columns kept
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))  # the dataloader Trainer trains from
+    assert {"input_ids", "pixel_values", "input_values", "audio_attention_mask", "has_audio", "labels"} <= set(batch)
+    assert batch["pixel_values"].shape[-2:] == (16, 16)
+
+    optimizer = trainer.create_optimizer()
+    text_ids = {id(p) for p in model.get_encoder("text").parameters()}
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not text_ids & optimized  # frozen: not optimized
+    rates = {}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            part = next((m for m in ("image", "audio") if any(parameter is q for q in model.get_encoder(m).parameters())), "fusion")
+            rates.setdefault(part, set()).add(group["lr"])
+    assert rates == {"image": {3e-3}, "audio": {0.01}, "fusion": {0.002}}
+
+    before = {name: p.detach().clone() for name, p in model.get_encoder("text").named_parameters()}
+    model.train()
+    trainer.compute_loss(model, dict(batch)).backward()
+    optimizer.step()
+    assert not model.get_encoder("text").training and model.get_encoder("audio").training
+    assert all(torch.equal(p, before[name]) for name, p in model.get_encoder("text").named_parameters())
+
+
+def test_examples_without_the_models_modality_get_the_label_prior(data, tmp_path):
+    model_args, data_args, training_args = parse_arguments(tiny_arguments(data, tmp_path / "run", modalities=["audio"]))
+    splits = load_splits(data_args, model_args.modalities, training_args.seed)
+    full_train = datasets.load_from_disk(str(data))["train"]
+    assert len(splits.train) == sum(audio is not None for audio in full_train["audio"]) < len(full_train)
+    model, processor = build_model_and_processor(model_args, data_args, splits.labels)
+    assert model.config.modalities == ("audio",)
+    prior = torch.zeros(10)
+    prior[3] = 1.0
+    trainer = MultimodalTrainer(model=model.eval(), args=training_args, eval_dataset=splits.validation, label_prior=prior)
+    test = list(splits.test)
+    rows = [row for row in test if row["audio"] is None][:3] + [row for row in test if row["audio"] is not None][:5]
+    batch = MultimodalDataCollator(processor, ("audio",))(rows)
+    unavailable = torch.tensor([row["audio"] is None for row in rows])
+    assert unavailable.any() and torch.equal(batch[UNAVAILABLE_KEY], unavailable)
+    assert batch["input_values"].shape[0] == int((~unavailable).sum()) and batch["labels"].shape[0] == len(rows)
+    loss, logits, labels = trainer.prediction_step(model, dict(batch), prediction_loss_only=False)
+    assert logits.shape == (len(rows), 10) and torch.equal(labels, batch["labels"])
+    assert (logits[unavailable].argmax(-1) == 3).all() and torch.isfinite(loss)
+    # dropping the only modality leaves nothing to run the model on
+    nothing = MultimodalDataCollator(processor, ("audio",), drop_modalities=("audio",))(rows)
+    assert set(nothing) == {"labels", UNAVAILABLE_KEY} and nothing[UNAVAILABLE_KEY].all()
+
+
+def test_classification_metrics_match_scikit_learn():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    predictions, references = [0, 2, 1, 2, 2, 0], [0, 1, 1, 2, 0, 0]
+    result = ClassificationMetrics(keep_in_memory=True).compute(
+        predictions=predictions, references=references, num_labels=4
+    )
+    labels = [0, 1, 2, 3]
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["precision"] == pytest.approx(precision_score(references, predictions, labels=labels, average="macro", zero_division=0))
+    assert result["recall"] == pytest.approx(recall_score(references, predictions, labels=labels, average="macro", zero_division=0))
+    assert result["f1"] == pytest.approx(f1_score(references, predictions, labels=labels, average="macro", zero_division=0))
+
+
+def test_string_labels_decoded_columns_and_missing_validation_split(tmp_path):
+    image = {"bytes": _png_bytes(), "path": None}
+    rows = {"caption": ["a cat", "a dog", None, "two cats"] * 5, "picture": [image] * 20, "kind": ["cat", "dog", "dog", "cat"] * 5}
+    folder = tmp_path / "hub_like"
+    features = datasets.Features({"caption": datasets.Value("string"), "picture": datasets.Image(), "kind": datasets.Value("string")})
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features), "test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(folder))
+    model_args, data_args, training_args = parse_arguments(
+        [*tiny_arguments(folder, tmp_path / "run", modalities=["text", "image"]), "--text_column", "caption", "--image_column", "picture", "--label_column", "kind"]
+    )
+    splits = load_splits(data_args, model_args.modalities, training_args.seed)
+    assert splits.labels == ["cat", "dog"] and splits.label_to_id == {"cat": 0, "dog": 1}
+    assert len(splits.validation) == 2 and len(splits.train) == 18  # 10% held out of the train split
+    assert not splits.train.features["picture"].decode  # decoded by the collator, not by datasets
+    _, processor = build_model_and_processor(model_args, data_args, splits.labels)
+    collator = MultimodalDataCollator(
+        processor,
+        ("text", "image"),
+        columns=data_args.columns(),
+        label_column="kind",
+        label_to_id=splits.label_to_id,
+    )
+    batch = collator(list(splits.test.select(range(4))))
+    assert batch["labels"].tolist() == [0, 1, 1, 0] and batch["has_text"].tolist() == [True, True, False, True]
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_compare_runs_table(single_run):
+    table = compare_runs([single_run])
+    assert "| run | modalities | fusion |" in table
+    assert f"| {single_run.name} | text + image + audio | gated | {read_metrics(single_run)['test']['accuracy']:.3f} |" in table
+
+
+def test_early_stopping_keeps_the_best_checkpoint(data, tmp_path):
+    from hf_multimodal.training_multimodal import main
+
+    # learning rate 0: validation accuracy never improves after the first evaluation, so patience 1 stops at the second
+    metrics = main(
+        tiny_arguments(data, tmp_path / "run", learning_rate=0.0, early_stopping_patience=1, max_test_samples=8)
+    )
+    assert metrics["hyperparameters"]["global_steps"] == 20
+    assert metrics["hyperparameters"]["best_checkpoint"] == "checkpoint-10"
+    assert metrics["test"]["num_examples"] == 8 and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_hub_token_is_never_written_printed_or_pushed(data, tmp_path, hub_server):
+    token, user = next(iter(HUB_TOKENS.items()))
+    output, hf_home = tmp_path / "pushed", tmp_path / "hf_home"
+    arguments = tiny_arguments(data, output, max_steps=20, push_to_hub=True, hub_model_id=f"{user}/trained",
+                               hub_token=token, hub_strategy="checkpoint", log_level="debug")
+    env = {"HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(hf_home)}
+    result = run([sys.executable, str(TRAIN_SCRIPT), *arguments], env)
+
+    listing = run([sys.executable, "-c", f"import huggingface_hub as h; print(*h.list_repo_files('{user}/trained'))"],
+                  {**env, "HF_TOKEN": token})
+    files = listing.stdout.split()
+    assert {"model.safetensors", "config.json", "README.md", "metrics.json", "training_args.bin"} <= set(files)
+    assert "last-checkpoint/optimizer.pt" in files  # the token was used: the writes went through
+    card = (output / "README.md").read_text()
+    assert "- hf_multimodal" in card and "| without image |" in card and "alice/trained" in card  # our card, with results
+    written = [p for root in (output, hf_home, hub_server.storage.root) for p in Path(root).rglob("*") if p.is_file()]
+    assert len(written) > 30
+    leaks = [str(p) for p in written if token.encode() in p.read_bytes()]
+    assert not leaks, f"the Hub token was written to {leaks}"
+    assert token not in result.stdout + result.stderr
+    saved_args = torch.load(output / "training_args.bin", weights_only=False)
+    assert saved_args.hub_model_id == f"{user}/trained" and saved_args.hub_token is None

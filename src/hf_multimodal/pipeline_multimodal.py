@@ -211,9 +211,9 @@ def _decode_audio_bytes(data: bytes, source: str, max_seconds: float | None = No
         raise ImportError("decoding audio files needs soundfile: pip install soundfile") from error
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as file:
-            frames = -1 if max_seconds is None else _samples_to_keep(max_seconds, file.samplerate)
             sampling_rate = file.samplerate
-            frames = file.read(frames, dtype="float32", always_2d=True)
+            count = -1 if max_seconds is None else _samples_to_keep(max_seconds, sampling_rate)
+            frames = file.read(count, dtype="float32", always_2d=True)
     except MemoryError:
         raise
     except Exception as error:  # libsndfile errors for corrupt, truncated or unknown formats

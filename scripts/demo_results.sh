@@ -13,5 +13,5 @@ for modality in text image audio; do
     OUTPUT="outputs/results/only_$modality" bash scripts/demo.sh --modalities "$modality"
     runs+=("outputs/results/only_$modality")
 done
-.venv/bin/python -c 'import sys; from hf_multimodal.training_multimodal import compare_runs; print(compare_runs(sys.argv[1:]))' "${runs[@]}" \
+.venv/bin/python scripts/compare_runs.py "${runs[@]}" \
     | tee outputs/results/table.md

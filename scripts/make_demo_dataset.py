@@ -2,12 +2,404 @@
 """Build the demo dataset (README: "Demo dataset") from the vendored recordings and scikit-learn's digits.
 
     python scripts/make_demo_dataset.py --output_dir outputs/demo/data
+
+Deterministic builder of the demo dataset: digits that are written, handwritten and spoken, each often unreadable.
+
+Every example is one digit (0-9) given three ways, all from real material that ships offline:
+
+- **text**: words someone wrote about it ("looks like a seven", "either 4 or nine", "the ink is smudged");
+- **image**: a real handwritten digit (scikit-learn's `load_digits`, 8x8 scans) drawn at 32x32 with jitter;
+- **audio**: a real person saying the digit (Free Spoken Digit Dataset, five speakers, 8 kHz), at a random speed.
+
+Each modality of each example is independently *clean*, *ambiguous* (partial information: two or three candidate
+digits in the text, half the image occluded, a second speaker saying another digit over the first), *corrupted* (no
+digit in the text, the image buried in noise, the speech buried in noise at -15 to -9 dB SNR) or *missing*. No single
+modality is readable for much more than half of the examples, while the examples are drawn so that at least one
+modality carries information and at most one is missing: a model that fuses the three can be right far more often
+than any one-modality model. Images and recordings are split by source (no scan or recording is shared between
+train, validation and test), so test scores measure generalisation to unseen handwriting and unseen recordings.
+
+Example:
+
+```python
+>>> from make_demo_dataset import build_demo_dataset
+>>> dataset = build_demo_dataset("scripts/demo_assets/fsdd", num_train=20, num_validation=10, num_test=10)
+>>> dataset["train"].column_names
+['text', 'image', 'audio', 'label', 'text_state', 'image_state', 'audio_state', 'speaker']
+```
 """
 
+from __future__ import annotations
+
 import argparse
+import io
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
-from hf_multimodal.demo_data import build_demo_dataset, describe_demo_dataset, save_demo_dataset
+import datasets
+import numpy as np
+import soundfile
+from PIL import Image
+
+from hf_multimodal import resample_audio
+
+
+DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+VENDORED_AUDIO_DIR = Path(__file__).resolve().parent / "demo_assets" / "fsdd"
+AUDIO_SAMPLING_RATE = 8000
+IMAGE_SIZE = 32
+
+STATE_PROBABILITIES: dict[str, dict[str, float]] = {
+    "text": {"clean": 0.25, "ambiguous": 0.40, "uninformative": 0.20, "missing": 0.15},
+    "image": {"clean": 0.30, "occluded": 0.30, "noisy": 0.25, "missing": 0.15},
+    "audio": {"clean": 0.50, "overlapped": 0.25, "noisy": 0.10, "missing": 0.15},
+}
+"""Probability of each state per modality, before the draw is redone for examples with more than one modality missing
+or with no modality carrying information (see `INFORMATIVE_STATES`)."""
+
+INFORMATIVE_STATES = frozenset({"clean", "ambiguous", "occluded", "overlapped"})
+
+AUDIO_SPLIT_INDICES: dict[str, range] = {"test": range(0, 4), "validation": range(4, 6), "train": range(6, 50)}
+"""FSDD recording indices per split (FSDD's own convention keeps indices 0-4 for testing)."""
+
+IMAGE_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.6, "validation": 0.15, "test": 0.25}
+
+CLEAN_TEMPLATES = (
+    "{d}",
+    "the number {d}",
+    "it's a {d}",
+    "looks like a {d} to me",
+    "a {adj} {d}",
+    "written on the card: {d}",
+    "I think this is a {d}",
+    "definitely {d}, {filler}",
+)
+AMBIGUOUS_TEMPLATES_2 = ("either {a} or {b}", "{a} or {b}, I can't tell", "maybe {a}, maybe {b}", "{a}? or was it {b}")
+AMBIGUOUS_TEMPLATES_3 = ("could be {a}, {b} or {c}", "any of {a}, {b} and {c}", "{a}, {b} or {c}, {filler}")
+UNINFORMATIVE_TEXTS = (
+    "hard to tell",
+    "no idea",
+    "the ink is smudged",
+    "can't read it",
+    "some digit on a card",
+    "written in a hurry",
+    "illegible, sorry",
+    "a number, I think",
+    "the light was bad",
+    "not sure at all",
+)
+ADJECTIVES = ("neat", "shaky", "small", "bold", "slanted", "faint", "hurried", "careful")
+FILLERS = ("written in pencil", "on a blue card", "at the top of the page", "in the corner", "I'm fairly sure")
+
+_FILE_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.(wav|flac)$")
+_SPLIT_IDS = {name: index for index, name in enumerate(SPLITS)}
+
+
+def load_spoken_digits(audio_dir: str | os.PathLike) -> dict[str, dict[int, list[tuple[str, np.ndarray]]]]:
+    """Read FSDD recordings (`{digit}_{speaker}_{index}.wav|flac`, 8 kHz mono) from `audio_dir`, grouped by split
+    (see `AUDIO_SPLIT_INDICES`) and digit, in file-name order: `{split: {digit: [(speaker, waveform)]}}`."""
+    folder = Path(audio_dir)
+    if not folder.is_dir():
+        raise ValueError(
+            f"audio_dir {str(folder)!r} is not a folder: pass the folder of FSDD recordings "
+            "(scripts/demo_assets/fsdd in this repository)."
+        )
+    pools: dict[str, dict[int, list]] = {split: {digit: [] for digit in range(10)} for split in SPLITS}
+    for path in sorted(folder.iterdir()):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            continue
+        digit, speaker, index = int(match.group(1)), match.group(2), int(match.group(3))
+        split = next(name for name, indices in AUDIO_SPLIT_INDICES.items() if index in indices)
+        waveform, rate = soundfile.read(path, dtype="float32")
+        if rate != AUDIO_SAMPLING_RATE or waveform.ndim != 1:
+            raise ValueError(f"{path} is not 8 kHz mono audio ({rate} Hz, shape {waveform.shape}): use FSDD recordings.")
+        pools[split][digit].append((speaker, waveform))
+    for split, by_digit in pools.items():
+        empty = [digit for digit, clips in by_digit.items() if not clips]
+        if empty:
+            raise ValueError(
+                f"{folder} has no {split} recordings (indices {AUDIO_SPLIT_INDICES[split].start}-"
+                f"{AUDIO_SPLIT_INDICES[split].stop - 1}) of digits {empty}: it must hold FSDD files named "
+                "{digit}_{speaker}_{index}.wav or .flac for every digit and split."
+            )
+    return pools
+
+
+def load_handwritten_digits(seed: int = 0) -> dict[str, dict[int, list[np.ndarray]]]:
+    """scikit-learn's handwritten digits (8x8, values 0-16), split without overlap by `IMAGE_SPLIT_FRACTIONS`:
+    `{split: {digit: [image]}}`."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    bounds = np.cumsum([int(round(IMAGE_SPLIT_FRACTIONS[split] * len(order))) for split in SPLITS[:-1]])
+    pools = {}
+    for split, indices in zip(SPLITS, np.split(order, bounds)):
+        pools[split] = {digit: [digits.images[i] for i in sorted(indices) if digits.target[i] == digit] for digit in range(10)}
+    return pools
+
+
+def build_demo_dataset(
+    audio_dir: str | os.PathLike,
+    num_train: int = 2400,
+    num_validation: int = 400,
+    num_test: int = 800,
+    seed: int = 0,
+    probabilities: Mapping[str, Mapping[str, float]] | None = None,
+) -> datasets.DatasetDict:
+    """
+    Build the demo `DatasetDict` (train / validation / test). The same arguments always give the same bytes.
+
+    Args:
+        audio_dir (`str` or `os.PathLike`):
+            Folder of FSDD recordings (`scripts/demo_assets/fsdd` in this repository).
+        num_train, num_validation, num_test (`int`):
+            Examples per split; labels are balanced over the ten digits.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every random choice.
+        probabilities (`dict`, *optional*):
+            Per-modality state probabilities, as `STATE_PROBABILITIES` (which it defaults to).
+
+    Returns:
+        `datasets.DatasetDict` with columns `text` (string or None), `image` (`Image(decode=False)`: PNG bytes or
+        None), `audio` (`Audio(decode=False)`: 8 kHz WAV bytes or None), `label` (`ClassLabel` "zero" ... "nine"),
+        `text_state`, `image_state`, `audio_state` (what was done to each modality) and `speaker`.
+    """
+    probabilities = _check_probabilities(probabilities if probabilities is not None else STATE_PROBABILITIES)
+    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
+    for split, size in sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"num_{split} must be a positive integer, got {size!r}.")
+    audio_pools = load_spoken_digits(audio_dir)
+    image_pools = load_handwritten_digits(seed)
+    blob = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "image": blob,
+            "audio": blob,
+            "label": datasets.ClassLabel(names=list(DIGIT_WORDS)),
+            "text_state": datasets.Value("string"),
+            "image_state": datasets.Value("string"),
+            "audio_state": datasets.Value("string"),
+            "speaker": datasets.Value("string"),
+        }
+    )
+    splits = {}
+    for split, size in sizes.items():
+        labels = np.random.default_rng((seed, _SPLIT_IDS[split])).permutation(np.arange(size) % 10)
+        rows = [
+            _example(np.random.default_rng((seed, _SPLIT_IDS[split], index)), int(label), split, audio_pools, image_pools, probabilities)
+            for index, label in enumerate(labels)
+        ]
+        columns = {name: [row[name] for row in rows] for name in features}
+        dataset = datasets.Dataset.from_dict(columns, features=features)
+        # Stored as bytes and cast afterwards: `datasets` 5 needs torchcodec to *encode* Audio, not to store bytes.
+        dataset = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
+            "audio", datasets.Audio(decode=False)
+        )
+        _describe_info(dataset.info, seed)
+        splits[split] = dataset
+    return datasets.DatasetDict(splits)
+
+
+def save_demo_dataset(dataset: datasets.DatasetDict, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save `dataset` with `save_to_disk` plus a README (composition, license and credit) into `output_dir`.
+
+    Refuses a non-empty `output_dir` unless `overwrite=True`, so that no earlier data is lost by accident.
+    """
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ValueError(f"{output} exists and is not empty: choose another output folder or pass overwrite=True.")
+    dataset.save_to_disk(str(output))
+    (output / "README.md").write_text(describe_demo_dataset(dataset))
+    return output
+
+
+def describe_demo_dataset(dataset: datasets.DatasetDict) -> str:
+    """A Markdown description of a demo dataset: sizes, per-split state counts, license and credit."""
+    lines = [
+        "# hf_multimodal demo dataset: written, handwritten and spoken digits",
+        "",
+        "Built by `scripts/make_demo_dataset.py` (`hf_multimodal.demo_data`); see the repository README.",
+        "",
+        "| split | examples | text (clean / ambiguous / uninformative / missing) | image (clean / occluded / noisy / missing) "
+        "| audio (clean / overlapped / noisy / missing) |",
+        "|---|---|---|---|---|",
+    ]
+    for split, part in dataset.items():
+        cells = []
+        for modality in ("text", "image", "audio"):
+            counts = Counter(part[f"{modality}_state"])
+            cells.append(" / ".join(str(counts[state]) for state in STATE_PROBABILITIES[modality]))
+        lines.append(f"| {split} | {len(part)} | {' | '.join(cells)} |")
+    lines += ["", _CREDIT, ""]
+    return "\n".join(lines)
+
+
+_CREDIT = (
+    "Images: scikit-learn's copy of the UCI Optical Recognition of Handwritten Digits data (CC BY 4.0). Audio: adapted "
+    "from the Free Spoken Digit Dataset by Zohar Jackson and contributors "
+    "(https://github.com/Jakobovski/free-spoken-digit-dataset), CC BY-SA 4.0; this dataset's audio is shared under "
+    "the same license."
+)
+
+
+def _describe_info(info: datasets.DatasetInfo, seed: int) -> None:
+    info.description = f"hf_multimodal demo: digits written, handwritten and spoken, often corrupted (seed {seed})."
+    info.homepage = "https://github.com/Jakobovski/free-spoken-digit-dataset"
+    info.license = "CC BY-SA 4.0 (audio, adapted from FSDD); CC BY 4.0 (images, UCI handwritten digits)"
+    info.citation = _CREDIT
+
+
+def _check_probabilities(probabilities: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    checked = {}
+    for modality, defaults in STATE_PROBABILITIES.items():
+        given = dict(probabilities.get(modality, defaults))
+        if set(given) != set(defaults):
+            raise ValueError(f"probabilities[{modality!r}] must have the states {sorted(defaults)}, got {sorted(given)}.")
+        values = np.array([given[state] for state in defaults], dtype=np.float64)
+        if (values < 0).any() or not np.isclose(values.sum(), 1.0):
+            raise ValueError(f"probabilities[{modality!r}] must be non-negative and sum to 1, got {given}.")
+        if values[0] + values[1] == 0:
+            raise ValueError(f"probabilities[{modality!r}] gives its informative states probability 0.")
+        checked[modality] = {state: float(p) for state, p in zip(defaults, values)}
+    unknown = set(probabilities) - set(STATE_PROBABILITIES)
+    if unknown:
+        raise ValueError(f"probabilities has unknown modalities {sorted(unknown)}: use text, image and audio.")
+    return checked
+
+
+def _draw_states(rng: np.random.Generator, probabilities: dict[str, dict[str, float]]) -> dict[str, str]:
+    """One state per modality; redrawn until at most one modality is missing and at least one is informative."""
+    for _ in range(1000):
+        states = {m: str(rng.choice(list(p), p=list(p.values()))) for m, p in probabilities.items()}
+        missing = sum(state == "missing" for state in states.values())
+        if missing <= 1 and any(state in INFORMATIVE_STATES for state in states.values()):
+            return states
+    raise ValueError(
+        f"probabilities {probabilities} almost never give an example with at most one modality missing and one "
+        "informative: lower the 'missing' probabilities."
+    )
+
+
+def _example(rng, label, split, audio_pools, image_pools, probabilities) -> dict:
+    states = _draw_states(rng, probabilities)
+    audio, speaker = _make_audio(rng, label, states["audio"], audio_pools[split])
+    return {
+        "text": _make_text(rng, label, states["text"]),
+        "image": _make_image(rng, label, states["image"], image_pools[split]),
+        "audio": audio,
+        "label": label,
+        "text_state": states["text"],
+        "image_state": states["image"],
+        "audio_state": states["audio"],
+        "speaker": speaker,
+    }
+
+
+def _other_digits(rng: np.random.Generator, label: int, count: int) -> list[int]:
+    return [int(d) for d in rng.choice([d for d in range(10) if d != label], size=count, replace=False)]
+
+
+def _digit_text(rng: np.random.Generator, digit: int) -> str:
+    return DIGIT_WORDS[digit] if rng.random() < 0.7 else str(digit)
+
+
+def _make_text(rng: np.random.Generator, label: int, state: str) -> str | None:
+    if state == "missing":
+        return None
+    if state == "uninformative":
+        return str(rng.choice(UNINFORMATIVE_TEXTS))
+    filler, adjective = str(rng.choice(FILLERS)), str(rng.choice(ADJECTIVES))
+    if state == "clean":
+        return str(rng.choice(CLEAN_TEMPLATES)).format(d=_digit_text(rng, label), adj=adjective, filler=filler)
+    # ambiguous: the label among one or two other candidates, in random order
+    count = 2 if rng.random() < 0.6 else 3
+    candidates = [label, *_other_digits(rng, label, count - 1)]
+    words = [_digit_text(rng, digit) for digit in rng.permutation(candidates)]
+    template = str(rng.choice(AMBIGUOUS_TEMPLATES_2 if count == 2 else AMBIGUOUS_TEMPLATES_3))
+    return template.format(**dict(zip("abc", words)), filler=filler)
+
+
+def _make_image(rng: np.random.Generator, label: int, state: str, pool: dict[int, list[np.ndarray]]) -> dict | None:
+    if state == "missing":
+        return None
+    scan = pool[label][rng.integers(len(pool[label]))]
+    digit = Image.fromarray((scan * (255.0 / 16.0)).astype(np.uint8)).resize((24, 24), Image.BILINEAR)
+    digit = digit.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float64)
+    top, left = rng.integers(1, 8, size=2)
+    canvas[top : top + 24, left : left + 24] = np.asarray(digit, dtype=np.float64)
+    if state == "occluded":  # a block hides one side of the digit and then some: two or three digits stay plausible
+        side, cover = int(rng.integers(4)), int(rng.integers(13, 17))
+        fill = rng.uniform(0, 255)
+        if side == 0:
+            canvas[: top + cover] = fill
+        elif side == 1:
+            canvas[top + 24 - cover :] = fill
+        elif side == 2:
+            canvas[:, : left + cover] = fill
+        else:
+            canvas[:, left + 24 - cover :] = fill
+        canvas += rng.normal(0, 8, canvas.shape)
+    elif state == "noisy":  # faded and buried in noise
+        canvas = 0.1 * canvas + rng.normal(60, 90, canvas.shape)
+    else:
+        canvas += rng.normal(0, 8, canvas.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _speak(rng: np.random.Generator, pool: dict[int, list], digit: int, avoid_speaker: str | None = None):
+    """A random recording of `digit` (by another speaker than `avoid_speaker` where possible), sped up or slowed down
+    by resampling (speed 0.87 to 1.18), at a random level."""
+    clips = [clip for clip in pool[digit] if clip[0] != avoid_speaker] or pool[digit]
+    speaker, waveform = clips[rng.integers(len(clips))]
+    rate = int(rng.choice([6800, 7200, 7600, 8000, 8400, 8800, 9200]))  # played back at 8 kHz: tempo and pitch change
+    waveform = resample_audio(waveform, AUDIO_SAMPLING_RATE, rate)
+    waveform = waveform / (np.abs(waveform).max() + 1e-6) * rng.uniform(0.3, 0.9)
+    return speaker, waveform.astype(np.float64)
+
+
+def _add_noise(rng: np.random.Generator, waveform: np.ndarray, snr_db: float) -> np.ndarray:
+    noise = rng.normal(0, 1, waveform.shape)
+    if rng.random() < 0.5:  # brown-ish noise: low-frequency rumble instead of hiss
+        noise = np.cumsum(noise)
+        noise -= np.convolve(noise, np.ones(64) / 64, mode="same")
+    signal_power = np.mean(waveform**2) + 1e-12
+    noise *= np.sqrt(signal_power / (np.mean(noise**2) + 1e-12) / 10 ** (snr_db / 10))
+    return waveform + noise
+
+
+def _make_audio(rng: np.random.Generator, label: int, state: str, pool: dict[int, list]) -> tuple[dict | None, str | None]:
+    if state == "missing":
+        return None, None
+    speaker, waveform = _speak(rng, pool, label)
+    if state == "overlapped":  # another speaker says another digit at a similar level, roughly at the same time
+        _, other = _speak(rng, pool, _other_digits(rng, label, 1)[0], avoid_speaker=speaker)
+        other *= np.sqrt(np.mean(waveform**2) / (np.mean(other**2) + 1e-12)) * 10 ** (rng.uniform(-2, 2) / 20)
+        max_shift = int(0.15 * AUDIO_SAMPLING_RATE)
+        shift = int(rng.integers(-max_shift, max_shift + 1))
+        start_a, start_b = max(0, shift), max(0, -shift)
+        mixed = np.zeros(max(start_a + len(waveform), start_b + len(other)))
+        mixed[start_a : start_a + len(waveform)] += waveform
+        mixed[start_b : start_b + len(other)] += other
+        waveform = _add_noise(rng, mixed, rng.uniform(20, 35))
+    elif state == "noisy":
+        waveform = _add_noise(rng, waveform, rng.uniform(-15, -9))
+    else:
+        waveform = _add_noise(rng, waveform, rng.uniform(20, 35))
+    waveform = waveform / (np.abs(waveform).max() + 1e-9) * 0.9
+    buffer = io.BytesIO()
+    soundfile.write(buffer, waveform.astype(np.float32), AUDIO_SAMPLING_RATE, format="WAV", subtype="PCM_16")
+    return {"bytes": buffer.getvalue(), "path": None}, speaker
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -15,7 +407,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="Folder to write the DatasetDict to (save_to_disk).")
     parser.add_argument(
         "--audio_dir",
-        default=str(Path(__file__).resolve().parent / "demo_assets" / "fsdd"),
+        default=str(VENDORED_AUDIO_DIR),
         help="Folder of Free Spoken Digit Dataset recordings (default: the vendored subset).",
     )
     parser.add_argument("--num_train", type=int, default=2400)
@@ -24,6 +416,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="Replace the content of a non-empty --output_dir.")
     return parser.parse_args()
+
 
 
 if __name__ == "__main__":

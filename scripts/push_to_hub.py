@@ -3,7 +3,7 @@
 
 Usage:
     python scripts/push_to_hub.py outputs/demo my-name/demo-classifier [--private] [--license apache-2.0]
-        [--base-model text=sentence-transformers/all-MiniLM-L6-v2] [--commit-message "..."]
+        [--backbones text=sentence-transformers/all-MiniLM-L6-v2] [--commit-message "..."]
 
 The token comes from `HF_TOKEN` or `hf auth login`; `HF_ENDPOINT` selects another Hub. A failed push exits with
 status 1 and one message on stderr saying what failed and where the repo stands (still at its previous commit: a
@@ -16,17 +16,8 @@ import argparse
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from hf_multimodal.modelcard_multimodal import DEFAULT_LICENSE, HubPushError, push_output_folder_to_hub
-
-
-def parse_base_models(values: list[str]) -> dict[str, str]:
-    base_models = {}
-    for value in values:
-        modality, separator, repo_id = value.partition("=")
-        if not separator or not repo_id:
-            raise SystemExit(f"--base-model expects MODALITY=REPO_ID (e.g. text=bert-base-uncased), got {value!r}.")
-        base_models[modality] = repo_id
-    return base_models
+from hf_multimodal.hub import HubPushError, push_output_folder_to_hub
+from hf_multimodal.model_card import DEFAULT_LICENSE, parse_backbones
 
 
 def main() -> None:
@@ -36,11 +27,16 @@ def main() -> None:
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--license", default=DEFAULT_LICENSE, help="license id for the model card")
     parser.add_argument(
-        "--base-model", action="append", default=[], metavar="MODALITY=REPO_ID",
-        help="Hub id of a pretrained encoder loaded from a local folder (for the card's base_model); repeatable",
+        "--backbones", "--base-model", action="extend", nargs="+", default=[], metavar="MODALITY=REPO_ID",
+        help="Hub id of a pretrained encoder loaded from a local folder (the card's base_model); --base-model is its "
+        "name before hf_multimodal 0.2",
     )
     parser.add_argument("--commit-message", default=None)
     args = parser.parse_args()
+    try:
+        backbones = parse_backbones(args.backbones)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         info = push_output_folder_to_hub(
             args.folder,
@@ -48,7 +44,7 @@ def main() -> None:
             private=args.private or None,
             commit_message=args.commit_message,
             license=args.license,
-            base_model=parse_base_models(args.base_model),
+            backbones=backbones,
         )
     except (HubPushError, HfHubHTTPError) as error:  # Hub failures: their message says what to do, no traceback
         parser.exit(1, f"{parser.prog}: error: {' '.join(str(error).split())}\n")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# scripts/ holds the training CLI, the benchmark harness and the demo-data builder (not part of the package)
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np

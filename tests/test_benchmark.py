@@ -1,4 +1,4 @@
-"""scripts/benchmark.py and hf_multimodal.benchmarking: a smoke run at the tiny size (table, JSON, PNG) and the
+"""scripts/benchmark.py: a smoke run at the tiny size (table, JSON, PNG) and the
 measuring primitives. No timed assertions: speed targets live in the benchmark's own output."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_model
 
 from hf_multimodal import FUSION_TYPES, MultimodalConfig
-from hf_multimodal.benchmarking import (
+from benchmark import (
     BENCHMARK_NAMES,
     BenchmarkSettings,
     Timings,

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from hf_multimodal.demo_data import (
+from make_demo_dataset import (
     DIGIT_WORDS,
     INFORMATIVE_STATES,
     STATE_PROBABILITIES,

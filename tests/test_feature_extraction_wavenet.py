@@ -8,6 +8,8 @@ import torch
 from transformers import AutoFeatureExtractor
 
 from hf_multimodal import WaveNetFeatureExtractor, resample_audio
+from hf_multimodal.feature_extraction_wavenet import check_sampling_rate
+from hf_multimodal.media_loading import load_audio
 
 
 @pytest.fixture
@@ -16,11 +18,11 @@ def extractor() -> WaveNetFeatureExtractor:
 
 
 class TestWaveNetFeatureExtractor:
-    def test_batch_is_padded_with_an_audio_attention_mask(self, extractor):
+    def test_batch_is_padded_with_an_attention_mask(self, extractor):
         batch = extractor([np.ones(1600), np.ones(800)], sampling_rate=16000, return_tensors="pt")
-        assert set(batch) == {"input_values", "audio_attention_mask"}  # no clash with a tokenizer's attention_mask
+        assert set(batch) == {"input_values", "attention_mask"}  # as transformers' audio feature extractors
         assert batch["input_values"].shape == (2, 1600) and batch["input_values"].dtype == torch.float32
-        assert batch["audio_attention_mask"].sum(-1).tolist() == [1600, 800]
+        assert batch["attention_mask"].sum(-1).tolist() == [1600, 800]
         assert batch["input_values"][1, 800:].abs().max() == 0
 
     def test_wrong_sampling_rate_names_both_rates(self, extractor):
@@ -94,6 +96,14 @@ def test_resample_audio_keeps_duration_and_pitch():
     assert abs(np.argmax(spectrum) * 16000 / len(resampled) - 440) < 2
 
 
-def test_resample_audio_rejects_bad_rates():
-    with pytest.raises(ValueError, match="orig_sampling_rate must be a positive integer"):
-        resample_audio(np.zeros(10), 0, 16000)
+@pytest.mark.parametrize("rate", [0, -8000, 8000.5, True, "8000", 999, 400_000])
+def test_one_sampling_rate_check_everywhere(rate):
+    """The feature extractor, resample_audio and the pipeline's loaders refuse the same rates with the same words."""
+    message = "must be a whole number of Hz between 1000 and 384000"
+    with pytest.raises(ValueError, match=f"orig_sampling_rate {message}"):
+        resample_audio(np.zeros(10), rate, 16000)
+    with pytest.raises(ValueError, match=f"sampling_rate {message}"):
+        WaveNetFeatureExtractor()(np.zeros(10), sampling_rate=rate)
+    with pytest.raises(ValueError, match=f"sampling_rate {message}"):
+        load_audio({"array": np.zeros(10), "sampling_rate": rate}, target_sampling_rate=16000)
+    assert check_sampling_rate(16000.0) == 16000

@@ -202,7 +202,7 @@ WORKER = textwrap.dedent(
     from huggingface_hub import hf_hub_download
     from transformers import AutoModelForSequenceClassification, AutoProcessor, pipeline
     import hf_multimodal
-    from hf_multimodal.modelcard_multimodal import push_output_folder_to_hub
+    from hf_multimodal.hub import push_output_folder_to_hub
 
     job = json.load(open(sys.argv[1]))
     inputs = torch.load(job["inputs"], weights_only=False)

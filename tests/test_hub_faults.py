@@ -34,7 +34,7 @@ import torch
 from huggingface_hub import HfApi, constants
 
 from hf_multimodal import MultimodalForSequenceClassification
-from hf_multimodal.modelcard_multimodal import HubPushError, push_output_folder_to_hub
+from hf_multimodal.hub import HubPushError, push_output_folder_to_hub
 from hub_server import Fault
 
 from conftest import HUB_TOKENS, client_env, write_trained_output_folder
@@ -155,7 +155,7 @@ WORKER = textwrap.dedent(
     remote.save_pretrained(out / "remote-pipeline")
     del sys.meta_path[0]
     hf_multimodal = importlib.import_module("hf_multimodal")
-    push_output_folder_to_hub = importlib.import_module("hf_multimodal.modelcard_multimodal").push_output_folder_to_hub
+    push_output_folder_to_hub = importlib.import_module("hf_multimodal.hub").push_output_folder_to_hub
 
     # writes, with the token given explicitly
     model = hf_multimodal.MultimodalForSequenceClassification.from_pretrained(folder)

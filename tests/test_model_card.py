@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from transformers import Trainer, TrainingArguments
 
 from hf_multimodal import MultimodalProcessor
-from hf_multimodal.modelcard_multimodal import (
+from hf_multimodal.model_card import (
     ModelCardCallback,
     TrainingReport,
     build_model_card,
@@ -150,9 +150,9 @@ def test_bad_arguments_are_refused(tmp_path, trained_output_folder):
     with pytest.raises(ValueError, match="not a saved model folder"):
         model_card_from_output_folder(tmp_path)
     with pytest.raises(ValueError, match="is not a Hub repo id"):
-        model_card_from_output_folder(trained_output_folder, base_model={"text": "/local/bert"})
+        model_card_from_output_folder(trained_output_folder, backbones={"text": "/local/bert"})
     with pytest.raises(ValueError, match="unknown modality 'video'"):
-        model_card_from_output_folder(trained_output_folder, base_model={"video": "a/b"})
+        model_card_from_output_folder(trained_output_folder, backbones={"video": "a/b"})
     with pytest.raises(ValueError, match="needs repo_id or model_name"):
         build_model_card(tiny_model().config)
 

@@ -248,7 +248,7 @@ def test_pretrained_backbone_weights_survive_init_save_and_load(tmp_path):
     bert = AutoModel.from_pretrained(backbone_folders / "bert")
     wavenet = AutoModel.from_pretrained(backbone_folders / "wavenet")
     model = MultimodalForSequenceClassification.from_backbones(
-        text=backbone_folders / "bert", vision=TINY_VISION, audio=backbone_folders / "wavenet",
+        text=backbone_folders / "bert", image=TINY_VISION, audio=backbone_folders / "wavenet",
         fusion_hidden_size=32, fusion_num_heads=2, num_labels=2,
     )
     assert model.config.backbones == {"text": str(backbone_folders / "bert"), "audio": str(backbone_folders / "wavenet")}

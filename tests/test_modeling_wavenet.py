@@ -47,11 +47,11 @@ class TestWaveNetModel:
     def test_padding_does_not_change_real_frames_or_pooling(self):
         model = tiny_wavenet()
         real = torch.randn(1, 5000)
-        alone = model(real, audio_attention_mask=torch.ones_like(real, dtype=torch.long))
+        alone = model(real, attention_mask=torch.ones_like(real, dtype=torch.long))
         padded = torch.cat([real, torch.zeros(1, 11000)], dim=1)
         mask = torch.zeros_like(padded, dtype=torch.long)
         mask[:, :5000] = 1
-        batched = model(padded, audio_attention_mask=mask)
+        batched = model(padded, attention_mask=mask)
         frames = alone.last_hidden_state.shape[1]
         torch.testing.assert_close(batched.last_hidden_state[:, :frames], alone.last_hidden_state, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batched.pooler_output, alone.pooler_output, atol=1e-5, rtol=1e-4)

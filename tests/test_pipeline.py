@@ -22,7 +22,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from hf_multimodal import MultimodalClassificationPipeline, MultimodalProcessor, resample_audio
-from hf_multimodal.benchmarking import measure_peak_memory
+from benchmark import measure_peak_memory
 
 from conftest import random_audio, random_image, tiny_image_processor, tiny_model
 

@@ -18,20 +18,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
-from hf_multimodal.demo_data import build_demo_dataset, save_demo_dataset
-from hf_multimodal.training_multimodal import (
-    UNAVAILABLE_KEY,
-    ClassificationMetrics,
-    MultimodalDataCollator,
-    MultimodalTrainer,
-    build_model_and_processor,
-    build_trainer,
-    compare_runs,
-    load_splits,
-    parse_arguments,
-)
+from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
+from hf_multimodal.metrics import ClassificationMetrics
+from hf_multimodal.trainer import MultimodalTrainer
 
+from compare_runs import compare_runs
 from conftest import HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION
+from make_demo_dataset import build_demo_dataset, save_demo_dataset
+from train import build_model_and_processor, build_trainer, load_splits, parse_arguments
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +38,9 @@ STEPS = 150  # 15 steps per epoch, 10 epochs; checkpoints every 10 steps
 KILL_SCRIPT = """
 import os, signal, sys
 from transformers import TrainerCallback
-from hf_multimodal.training_multimodal import MultimodalTrainer, main
+sys.path.insert(0, "scripts")  # run from the repository root
+from hf_multimodal.trainer import MultimodalTrainer
+from train import main
 
 def kill():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -70,7 +66,7 @@ def tiny_arguments(data: Path, output: Path, batch_size: int = 8, **overrides) -
         "dataset": data,
         "output_dir": output,
         "text_config": json.dumps({**TINY_TEXT, **NO_DROPOUT}),
-        "vision_config": json.dumps(TINY_VISION),
+        "image_config": json.dumps(TINY_VISION),
         "audio_config": json.dumps({**TINY_AUDIO, "hidden_dropout": 0.0}),
         "fusion_hidden_size": 32,
         "image_size": 16,
@@ -191,10 +187,10 @@ def test_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_w
     # 1. SIGKILL while checkpoint-30 is half written (model and optimizer saved, RNG states and trainer state not yet)
     killed = run(kill, {"KILL_IN_SAVE_AT": "30"}, check=False)
     assert killed.returncode == -9 and not (output / "metrics.json").exists()
-    partial = output / "_checkpoint-staging" / "checkpoint-30"
+    partial = output / "checkpoint-30"
     assert (partial / "model.safetensors").is_file() and not (partial / "trainer_state.json").exists()
-    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
-    for checkpoint in output.glob("checkpoint-*"):  # whatever is visible is whole
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    for checkpoint in (output / "checkpoint-10", output / "checkpoint-20"):  # the complete ones are whole
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         assert state["global_step"] == int(checkpoint.name.split("-")[1]) and (checkpoint / "rng_state.pth").is_file()
         AutoModelForSequenceClassification.from_pretrained(checkpoint)
@@ -205,7 +201,7 @@ def test_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_w
     step = random.Random().randint(21, STEPS - 1)
     killed = run([*kill, "--resume_from_checkpoint", "last"], {"KILL_AT_STEP": str(step)}, check=False)
     assert killed.returncode == -9, f"not killed at step {step}"
-    assert not (output / "_checkpoint-staging").exists(), f"killed at step {step}"
+    assert all((p / "trainer_state.json").is_file() for p in output.glob("checkpoint-*")), f"killed at step {step}"
     last = max(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*"))
     assert last == (step - 1) // 10 * 10, f"killed at step {step}"  # the save of step `step` never started
 
@@ -344,7 +340,7 @@ def test_compare_runs_table(single_run):
 
 
 def test_early_stopping_keeps_the_best_checkpoint(data, tmp_path):
-    from hf_multimodal.training_multimodal import main
+    from train import main
 
     # learning rate 0: validation accuracy never improves after the first evaluation, so patience 1 stops at the second
     metrics = main(

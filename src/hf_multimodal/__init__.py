@@ -74,6 +74,7 @@ _register()
 __all__ = [
     "FUSION_TYPES",
     "MODALITIES",
+    "PIPELINE_TASK",
     "MultimodalClassificationPipeline",
     "MultimodalConfig",
     "MultimodalForSequenceClassification",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -28,6 +29,8 @@ FUSION_TYPES: tuple[str, ...] = (
 PROBLEM_TYPES: tuple[str, ...] = ("single_label_classification", "multi_label_classification", "regression")
 
 SUB_CONFIG_KEYS = {"text": "text_config", "image": "vision_config", "audio": "audio_config"}
+"""Sub-config attribute per modality. The image encoder's config keeps transformers' name, `vision_config` (as in
+CLIP or CLAP); everything else is keyed by the modality's name ("image")."""
 _DEFAULT_MODEL_TYPES = {"text_config": "bert", "vision_config": "resnet", "audio_config": "wavenet"}
 
 
@@ -50,6 +53,16 @@ def _build_sub_config(key: str, value: PreTrainedConfig | dict | None) -> PreTra
             f"{key} has model_type {model_type!r}, which transformers does not know: use a model type that "
             "AutoModel.from_config can build (e.g. 'bert', 'distilbert', 'resnet', 'vit', 'wav2vec2') or 'wavenet'."
         ) from error
+
+
+def image_or_deprecated_vision(image: Any, vision: Any, caller: str) -> Any:
+    """The `image=` argument of `caller`, or its deprecated spelling `vision=` (with a `FutureWarning`)."""
+    if vision is None:
+        return image
+    if image is not None:
+        raise ValueError(f"{caller} got both image= and vision= (its deprecated name): pass image= only.")
+    warnings.warn(f"{caller}(vision=...) is deprecated: pass image=... instead.", FutureWarning, stacklevel=3)
+    return vision
 
 
 LOADED_AS_REMOTE_CODE = __name__.startswith("transformers_modules.")

@@ -15,6 +15,34 @@ logger = logging.get_logger(__name__)
 
 AudioLike = np.ndarray | Sequence[float]  # torch tensors are accepted too
 MAX_CHANNELS = 8  # a 2-D array is read as (channels, samples) or (samples, channels) when one side is this small
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
+
+
+def check_sampling_rate(sampling_rate, name: str = "sampling_rate") -> int:
+    """`sampling_rate` as an int; ValueError when it is not a whole number of Hz between 1 kHz and 384 kHz.
+
+    The one check of a sampling rate in the package: the feature extractor, `resample_audio`, the media loaders and
+    the pipeline all use it. Whole floats such as `16000.0` are accepted.
+
+    Example:
+
+    ```python
+    >>> check_sampling_rate(16000.0)
+    16000
+    ```
+    """
+    if isinstance(sampling_rate, (float, np.floating)) and float(sampling_rate).is_integer():
+        sampling_rate = int(sampling_rate)
+    if (
+        not isinstance(sampling_rate, (int, np.integer))
+        or isinstance(sampling_rate, bool)
+        or not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE
+    ):
+        raise ValueError(
+            f"{name} must be a whole number of Hz between {MIN_SAMPLING_RATE} and {MAX_SAMPLING_RATE}, got "
+            f"{sampling_rate!r}."
+        )
+    return int(sampling_rate)
 
 
 def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, target_sampling_rate: int) -> np.ndarray:
@@ -28,9 +56,8 @@ def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, target_samplin
     (16000,)
     ```
     """
-    for name, rate in (("orig_sampling_rate", orig_sampling_rate), ("target_sampling_rate", target_sampling_rate)):
-        if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool) or rate <= 0:
-            raise ValueError(f"{name} must be a positive integer number of Hz, got {rate!r}.")
+    orig_sampling_rate = check_sampling_rate(orig_sampling_rate, "orig_sampling_rate")
+    target_sampling_rate = check_sampling_rate(target_sampling_rate, "target_sampling_rate")
     if orig_sampling_rate == target_sampling_rate:
         return waveform
     from scipy.signal import resample_poly
@@ -95,8 +122,9 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
     empty or non-finite audio, optionally normalises each example to zero mean and unit variance, truncates to
     `max_length_seconds` and pads the batch.
 
-    It returns `input_values` (`(batch_size, samples)` float32) and `audio_attention_mask` (`(batch_size, samples)`,
-    1 for real samples), named so as not to clash with a tokenizer's `attention_mask` inside a multimodal batch.
+    It returns `input_values` (`(batch_size, samples)` float32) and `attention_mask` (`(batch_size, samples)`, 1 for
+    real samples), as transformers' audio feature extractors do; [`MultimodalProcessor`] renames the mask
+    `audio_attention_mask` inside a multimodal batch, beside the tokenizer's `attention_mask`.
 
     Args:
         feature_size (`int`, *optional*, defaults to 1):
@@ -111,7 +139,7 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
         max_length_seconds (`float`, *optional*, defaults to 10.0):
             Longer audio is truncated to this many seconds (its start is kept), with a warning. `None` keeps it all.
         return_attention_mask (`bool`, *optional*, defaults to `True`):
-            Whether to return `audio_attention_mask`.
+            Whether to return `attention_mask`.
 
     Example:
 
@@ -120,12 +148,12 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
     >>> from hf_multimodal import WaveNetFeatureExtractor
     >>> extractor = WaveNetFeatureExtractor()
     >>> batch = extractor([np.zeros(16000), np.zeros(8000)], sampling_rate=16000, return_tensors="pt")
-    >>> batch["input_values"].shape, batch["audio_attention_mask"].sum(-1).tolist()
+    >>> batch["input_values"].shape, batch["attention_mask"].sum(-1).tolist()
     (torch.Size([2, 16000]), [16000, 8000])
     ```
     """
 
-    model_input_names = ["input_values", "audio_attention_mask"]
+    model_input_names = ["input_values", "attention_mask"]
 
     def __init__(
         self,
@@ -183,10 +211,8 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
             return_tensors (`str` or [`~utils.TensorType`], *optional*):
                 `"pt"` or `"np"`.
         """
-        if sampling_rate is not None and (
-            not isinstance(sampling_rate, (int, np.integer)) or isinstance(sampling_rate, bool) or sampling_rate <= 0
-        ):
-            raise ValueError(f"sampling_rate must be a positive integer number of Hz, got {sampling_rate!r}.")
+        if sampling_rate is not None:
+            sampling_rate = check_sampling_rate(sampling_rate)
         if sampling_rate is None:
             logger.warning_once(
                 f"{type(self).__name__} was called without `sampling_rate`: assuming {self.sampling_rate} Hz. Pass "
@@ -216,7 +242,7 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError("return_tensors needs equal lengths: use padding='longest' or 'max_length'.")
             features = {"input_values": examples}
             if return_attention_mask:
-                features["audio_attention_mask"] = [np.ones(len(example), dtype=np.int32) for example in examples]
+                features["attention_mask"] = [np.ones(len(example), dtype=np.int32) for example in examples]
             return BatchFeature(features)
         if padding not in (True, "longest", "max_length"):
             raise ValueError(f"padding must be one of True, False, 'longest', 'max_length', 'do_not_pad'; got {padding!r}.")
@@ -230,7 +256,7 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
             input_values[row, : len(example)] = example
         features = {"input_values": input_values}
         if return_attention_mask:
-            features["audio_attention_mask"] = (np.arange(target)[None, :] < lengths[:, None]).astype(np.int32)
+            features["attention_mask"] = (np.arange(target)[None, :] < lengths[:, None]).astype(np.int32)
         return BatchFeature(features, tensor_type=return_tensors)
 
     @staticmethod
@@ -259,4 +285,4 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
         return ((example - mean) / std).astype(np.float32)
 
 
-__all__ = ["WaveNetFeatureExtractor", "resample_audio"]
+__all__ = ["WaveNetFeatureExtractor", "check_sampling_rate", "resample_audio", "to_mono_float32"]

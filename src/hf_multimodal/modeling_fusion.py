@@ -31,6 +31,8 @@ class MultimodalFusion(nn.Module):
     """
 
     uses_sequences: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+    """One line for model cards: what the head does."""
 
     def __init__(self, config: MultimodalConfig):
         super().__init__()
@@ -44,6 +46,8 @@ class MultimodalFusion(nn.Module):
 
 class ConcatFusion(MultimodalFusion):
     """Concatenation followed by an MLP; an absent modality is replaced by a learned per-modality placeholder."""
+
+    description: ClassVar[str] = "concatenation of the modality embeddings, then an MLP"
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
@@ -62,6 +66,8 @@ class ConcatFusion(MultimodalFusion):
 class WeightedSumFusion(MultimodalFusion):
     """A learned weight per modality, softmax-normalised over the modalities present in each example."""
 
+    description: ClassVar[str] = "a learned weight per modality, softmax over the present ones"
+
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
         self.modality_logits = nn.Parameter(torch.empty(len(self.modalities)))
@@ -78,6 +84,8 @@ class GatedFusion(MultimodalFusion):
     Each modality gets `h_m = tanh(W_m x_m)` and a gate logit from `[x_m, context]`, where the context is the mean of
     the present modalities; gates are softmax-normalised over the present modalities and `sum_m g_m h_m` is returned.
     """
+
+    description: ClassVar[str] = "a gated multimodal unit with context-dependent gates"
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
@@ -99,6 +107,8 @@ class GatedFusion(MultimodalFusion):
 
 class AttentionFusion(MultimodalFusion):
     """A learned query attends over the modality tokens (plus type embeddings); absent ones are key-padding masked."""
+
+    description: ClassVar[str] = "a learned query attending over one token per modality"
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
@@ -122,6 +132,8 @@ class TransformerFusion(MultimodalFusion):
     Tokens of absent modalities and padding tokens are key-padding masked, so every layer attends across the real
     tokens of the present modalities only.
     """
+
+    description: ClassVar[str] = "a cross-modal transformer over all token sequences with a [CLS] readout"
 
     uses_sequences: ClassVar[bool] = True
 
@@ -157,6 +169,8 @@ class TransformerFusion(MultimodalFusion):
 class BiLSTMFusion(MultimodalFusion):
     """A bidirectional LSTM over the present modality tokens of each example, packed so absent ones are skipped."""
 
+    description: ClassVar[str] = "a bidirectional LSTM over the modality tokens"
+
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
         self.type_embeddings = nn.Parameter(torch.empty(len(self.modalities), self.hidden_size))
@@ -186,6 +200,8 @@ class LowRankTensorFusion(MultimodalFusion):
     a rank-`fusion_rank` sum of element-wise products of per-modality factors. An absent modality contributes the
     multiplicative identity, so the product runs over the present modalities only.
     """
+
+    description: ClassVar[str] = "low-rank multimodal tensor fusion (LMF)"
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)

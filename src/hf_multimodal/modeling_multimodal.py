@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import os
@@ -14,7 +13,7 @@ from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedM
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
-from .configuration_multimodal import MODALITIES, SUB_CONFIG_KEYS, MultimodalConfig
+from .configuration_multimodal import MODALITIES, SUB_CONFIG_KEYS, MultimodalConfig, image_or_deprecated_vision
 from .configuration_wavenet import WaveNetConfig
 from .modeling_fusion import FUSION_CLASSES, LowRankTensorFusion, MultimodalFusion
 from .modeling_safe_io import SafeSerializationMixin, load_safetensors_only
@@ -143,31 +142,30 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
                     init.normal_(factor, mean=0.0, std=1.0 / math.sqrt(factor.shape[1]))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every head of this family and the
-        `custom_pipelines` entry of `pipeline("multimodal-classification")` when the classes are registered for remote
-        code (importing `hf_multimodal` does that)."""
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every head of this family when the classes
+        are registered for remote code (importing `hf_multimodal` does that), so that a saved classifier also loads
+        with `AutoModel` under `trust_remote_code=True`. The pipeline's code and `custom_pipelines` entry are written
+        by `MultimodalClassificationPipeline.save_pretrained`."""
         if self._auto_class is not None:
-            # A relative import, so the pipeline's file is saved beside the model's code as well.
-            from .pipeline_multimodal import CUSTOM_PIPELINES
-
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
-            self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_backbones(
         cls,
         text: str | os.PathLike | PreTrainedConfig | dict | None = None,
-        vision: str | os.PathLike | PreTrainedConfig | dict | None = None,
+        image: str | os.PathLike | PreTrainedConfig | dict | None = None,
         audio: str | os.PathLike | PreTrainedConfig | dict | None = None,
+        vision: str | os.PathLike | PreTrainedConfig | dict | None = None,
         **config_kwargs,
     ) -> MultimodalPreTrainedModel:
         r"""
         Build a model whose encoders start from pretrained checkpoints.
 
-        Each of `text`, `vision` and `audio` is a local folder or Hub id of a pretrained encoder (its weights are
-        copied in), a config or dict (that encoder starts from random weights), or `None` (no such modality). Other
-        keyword arguments go to [`MultimodalConfig`].
+        Each of `text`, `image` and `audio` is a local folder or Hub id of a pretrained encoder (its weights are
+        copied in and the source is recorded in `config.backbones`), a config or dict (that encoder starts from random
+        weights), or `None` (no such modality). `vision` is the deprecated name of `image`. Other keyword arguments go
+        to [`MultimodalConfig`].
 
         Example:
 
@@ -175,14 +173,15 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
         >>> from hf_multimodal import MultimodalForSequenceClassification, WaveNetConfig
         >>> model = MultimodalForSequenceClassification.from_backbones(
         ...     text="sentence-transformers/all-MiniLM-L6-v2",  # or a local folder
-        ...     vision={"model_type": "resnet", "hidden_sizes": [32, 64], "depths": [1, 1]},
+        ...     image={"model_type": "resnet", "hidden_sizes": [32, 64], "depths": [1, 1]},
         ...     audio=WaveNetConfig(),
         ...     fusion_type="gated",
         ...     num_labels=10,
         ... )
         ```
         """
-        sources = {"text": text, "image": vision, "audio": audio}
+        image = image_or_deprecated_vision(image, vision, f"{cls.__name__}.from_backbones")
+        sources = {"text": text, "image": image, "audio": audio}
         pretrained, sub_configs, backbones = {}, {}, {}
         for modality, source in sources.items():
             if isinstance(source, (str, os.PathLike)):

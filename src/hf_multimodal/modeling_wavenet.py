@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -149,7 +150,7 @@ class WaveNetModel(WaveNetPreTrainedModel):
     def forward(
         self,
         input_values: torch.Tensor,
-        audio_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -157,9 +158,15 @@ class WaveNetModel(WaveNetPreTrainedModel):
         r"""
         input_values (`torch.FloatTensor` of shape `(batch_size, samples)`):
             Mono waveforms at `config.sampling_rate`, as returned by [`WaveNetFeatureExtractor`].
-        audio_attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`, *optional*):
+        attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`, *optional*):
             1 for real samples, 0 for padding. Padding then changes neither the real frames nor `pooler_output`.
+            (`audio_attention_mask`, its name before hf_multimodal 0.2, is still accepted, with a warning.)
         """
+        if "audio_attention_mask" in kwargs:
+            if attention_mask is not None:
+                raise ValueError("got attention_mask and audio_attention_mask (its old name): pass attention_mask only.")
+            warnings.warn("WaveNetModel(audio_attention_mask=...) is deprecated: pass attention_mask=...", FutureWarning)
+            attention_mask = kwargs.pop("audio_attention_mask")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -187,8 +194,8 @@ class WaveNetModel(WaveNetPreTrainedModel):
 
         last_hidden_state = self.layer_norm(self.output_proj(F.gelu(skip_sum.transpose(1, 2))))
         frame_mask = (
-            self._get_feature_vector_attention_mask(last_hidden_state.shape[1], audio_attention_mask)
-            if audio_attention_mask is not None
+            self._get_feature_vector_attention_mask(last_hidden_state.shape[1], attention_mask)
+            if attention_mask is not None
             else None
         )
         pooled_output = masked_mean(last_hidden_state, frame_mask)

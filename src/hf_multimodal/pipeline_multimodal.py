@@ -3,256 +3,28 @@
 from __future__ import annotations
 
 import collections.abc
-import io
-import math
 import os
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import BatchFeature, Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .feature_extraction_wavenet import resample_audio, to_mono_float32
+from .configuration_multimodal import MODALITIES
+from .feature_extraction_wavenet import check_sampling_rate
+from .media_loading import load_audio, load_image
+from .processing_multimodal import MODALITY_ARGUMENTS, check_text
 
 
 PIPELINE_TASK = "multimodal-classification"
 
-CUSTOM_PIPELINES: dict[str, dict] = {
-    PIPELINE_TASK: {
-        "impl": "pipeline_multimodal.MultimodalClassificationPipeline",
-        "pt": ["AutoModelForSequenceClassification"],
-        "type": "multimodal",
-    }
-}
-"""`config.custom_pipelines` of a saved model: lets `pipeline(model=..., trust_remote_code=True)` find this pipeline
-in the code saved beside the weights, in a process that never imports hf_multimodal."""
-
 EXAMPLE_KEYS: tuple[str, ...] = ("text", "image", "audio", "sampling_rate")
 FUNCTIONS_TO_APPLY: tuple[str, ...] = ("softmax", "sigmoid", "none")
-MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
-MAX_DOWNLOAD_BYTES = 200 * 2**20
-DEFAULT_TIMEOUT = 10.0
 _UNSET = object()
-
-
-def _is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
-
-
-def _read_source(source: str | os.PathLike, what: str, timeout: float | None) -> bytes:
-    """The bytes of a local file or an http(s) URL; ValueError naming the source when they cannot be read."""
-    source = os.fspath(source)
-    if _is_url(source):
-        try:
-            with urllib.request.urlopen(source, timeout=timeout or DEFAULT_TIMEOUT) as response:
-                data = response.read(MAX_DOWNLOAD_BYTES + 1)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            raise ValueError(f"could not download the {what} from {source}: {error}.") from error
-        if len(data) > MAX_DOWNLOAD_BYTES:
-            raise ValueError(f"the {what} at {source} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB.")
-        return data
-    if not os.path.isfile(source):
-        raise ValueError(
-            f"{what} file not found: {source!r}. Pass an existing file path, an http(s) URL, the file's bytes or "
-            "decoded data."
-        )
-    with open(source, "rb") as file:
-        return file.read()
-
-
-def _undecoded_dataset_value(value: dict, what: str) -> bytes | str:
-    """The `{"bytes": ..., "path": ...}` form `datasets` gives for `Image(decode=False)` / `Audio(decode=False)`."""
-    data, path = value.get("bytes"), value.get("path")
-    if data is not None:
-        return data
-    if path is not None:
-        return path
-    raise ValueError(f"the {what} dict has neither 'bytes' nor 'path' set.")
-
-
-def load_image(image: Any, timeout: float | None = None) -> Image.Image | np.ndarray | torch.Tensor:
-    """Decode one image given as a PIL image, numpy array, torch tensor, file path, http(s) URL, bytes or a
-    `datasets` `{"bytes", "path"}` dict. Arrays and tensors are returned as they are (the processor checks them).
-
-    Example:
-
-    ```python
-    >>> import io
-    >>> from PIL import Image
-    >>> buffer = io.BytesIO()
-    >>> Image.new("RGB", (8, 6)).save(buffer, format="PNG")
-    >>> load_image(buffer.getvalue()).size
-    (8, 6)
-    ```
-    """
-    if isinstance(image, dict):
-        image = _undecoded_dataset_value(image, "image")
-    if isinstance(image, Image.Image):
-        return _decoded(image, "the PIL image")
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        return image
-    if isinstance(image, (str, os.PathLike)):
-        source = os.fspath(image)
-        return _decode_image_bytes(_read_source(source, "image", timeout), repr(source))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decode_image_bytes(bytes(image), f"from {len(image)} bytes")
-    raise TypeError(
-        f"image is a {type(image).__name__}; expected a PIL image, numpy array, torch tensor, file path, http(s) URL, "
-        "bytes or a {'bytes', 'path'} dict."
-    )
-
-
-def _decode_image_bytes(data: bytes, source: str) -> Image.Image:
-    if not data:
-        raise ValueError(f"image {source} is empty (0 bytes).")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except MemoryError:
-        raise
-    except Exception as error:  # PIL raises many types for corrupt or unknown data
-        raise ValueError(
-            f"could not decode image {source}: {error}. Pass a valid image file (PNG, JPEG, ...), a PIL image or an "
-            "array."
-        ) from error
-    return _decoded(image, f"image {source}")
-
-
-def _decoded(image: Image.Image, source: str) -> Image.Image:
-    """Force PIL's lazy decoding now, so that truncated or corrupt data fails here with a clear error."""
-    try:
-        image.load()
-    except MemoryError:
-        raise
-    except Exception as error:
-        raise ValueError(f"could not decode {source}: {error}. The file is truncated or corrupt.") from error
-    return image
-
-
-def load_audio(
-    audio: Any,
-    sampling_rate: int | None = None,
-    target_sampling_rate: int | None = None,
-    timeout: float | None = None,
-    max_seconds: float | None = None,
-) -> np.ndarray:
-    """Decode one clip to a mono float32 waveform at `target_sampling_rate` (resampled when needed).
-
-    With `max_seconds`, only the start of a longer clip is decoded, mixed down and resampled: its first `max_seconds`
-    plus one second (a margin for the resampling filter, so the kept part equals that of the whole clip resampled).
-    Memory and time then stay those of a short clip, however long the input.
-
-    `audio` is a file path, an http(s) URL, the bytes of an audio file (WAV, FLAC, OGG: anything `soundfile`
-    reads), a `{"array", "sampling_rate"}` (or `{"raw", "sampling_rate"}`) dict, a `datasets` `{"bytes", "path"}`
-    dict, or a waveform (numpy array, torch tensor, list of floats) at `sampling_rate`.
-
-    Example:
-
-    ```python
-    >>> import numpy as np
-    >>> clip = {"array": np.zeros(8000, dtype=np.float32), "sampling_rate": 8000}
-    >>> load_audio(clip, target_sampling_rate=16000).shape
-    (16000,)
-    ```
-    """
-    if isinstance(audio, dict):
-        audio, sampling_rate = _audio_from_dict(audio, sampling_rate)
-    if isinstance(audio, (str, os.PathLike)):
-        data, source = _read_source(audio, "audio", timeout), repr(os.fspath(audio))
-        audio, sampling_rate = _decode_audio_bytes(data, source, max_seconds)
-    elif isinstance(audio, (bytes, bytearray, memoryview)):
-        audio, sampling_rate = _decode_audio_bytes(bytes(audio), f"from {len(audio)} bytes", max_seconds)
-    elif hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder, as `datasets` 5 decodes Audio() columns
-        samples = audio.get_all_samples()
-        audio, sampling_rate = samples.data, samples.sample_rate
-    elif sampling_rate is None:
-        raise ValueError(
-            "audio is a raw waveform without a sampling rate: pass {'array': waveform, 'sampling_rate': rate}, or "
-            "sampling_rate=rate to the pipeline call."
-        )
-    sampling_rate = check_sampling_rate(sampling_rate)
-    waveform = to_mono_float32(audio)
-    if max_seconds is not None:
-        waveform = waveform[: _samples_to_keep(max_seconds, sampling_rate)]
-    if target_sampling_rate is None:
-        return waveform
-    return resample_audio(waveform, sampling_rate, target_sampling_rate)
-
-
-def _audio_from_dict(audio: dict, sampling_rate: int | None) -> tuple[Any, int | None]:
-    if "bytes" in audio or "path" in audio:
-        return _undecoded_dataset_value(audio, "audio"), sampling_rate
-    keys = [key for key in ("array", "raw") if key in audio]
-    if len(keys) != 1 or "sampling_rate" not in audio or set(audio) - {keys[0], "sampling_rate"}:
-        raise ValueError(
-            f"audio dict has keys {sorted(audio)}: expected {{'array', 'sampling_rate'}} (or 'raw' instead of "
-            "'array'), or a datasets {'bytes', 'path'} dict."
-        )
-    return audio[keys[0]], audio["sampling_rate"]
-
-
-def _samples_to_keep(max_seconds: float, sampling_rate: int) -> int:
-    return int(math.ceil((max_seconds + 1.0) * sampling_rate))
-
-
-def _decode_audio_bytes(data: bytes, source: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    if not data:
-        raise ValueError(f"audio {source} is empty (0 bytes).")
-    try:
-        import soundfile
-    except ImportError as error:
-        raise ImportError("decoding audio files needs soundfile: pip install soundfile") from error
-    try:
-        with soundfile.SoundFile(io.BytesIO(data)) as file:
-            sampling_rate = file.samplerate
-            count = -1 if max_seconds is None else _samples_to_keep(max_seconds, sampling_rate)
-            frames = file.read(count, dtype="float32", always_2d=True)
-    except MemoryError:
-        raise
-    except Exception as error:  # libsndfile errors for corrupt, truncated or unknown formats
-        raise ValueError(
-            f"could not decode audio {source}: {error}. Pass a valid WAV / FLAC / OGG file or a waveform array."
-        ) from error
-    return frames.mean(axis=1), sampling_rate  # (frames, channels) -> mono
-
-
-def check_sampling_rate(sampling_rate: Any) -> int:
-    """`sampling_rate` as an int, or ValueError when it is not a whole number of Hz in a plausible range."""
-    if isinstance(sampling_rate, (float, np.floating)) and float(sampling_rate).is_integer():
-        sampling_rate = int(sampling_rate)
-    if (
-        not isinstance(sampling_rate, (int, np.integer))
-        or isinstance(sampling_rate, bool)
-        or not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE
-    ):
-        raise ValueError(
-            f"sampling_rate must be a whole number of Hz between {MIN_SAMPLING_RATE} and {MAX_SAMPLING_RATE}, got "
-            f"{sampling_rate!r}."
-        )
-    return int(sampling_rate)
-
-
-def _check_text(text: Any) -> str | None:
-    if text is None:
-        return None
-    if isinstance(text, (bytes, bytearray)):
-        raise TypeError("text is bytes: decode it to str first (e.g. text.decode('utf-8')).")
-    if not isinstance(text, str):
-        raise TypeError(f"text is a {type(text).__name__}; expected a str.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(
-            f"text is not valid Unicode ({error.reason} at position {error.start}): clean it first."
-        ) from None
-    return text if text.strip() else None
 
 
 class MultimodalClassificationPipeline(Pipeline):
@@ -323,7 +95,7 @@ class MultimodalClassificationPipeline(Pipeline):
             A list of `{"label", "score"}` dicts for one example, a list of such lists for a list of examples, or an
             iterator over them for a dataset or generator.
         """
-        example = {key: kwargs.pop(key) for key in ("text", "image", "audio") if key in kwargs}
+        example = {key: kwargs.pop(key) for key in MODALITIES if key in kwargs}
         if example:
             if inputs is not None:
                 raise ValueError("pass the example either as a dict or as text=/image=/audio= keywords, not both.")
@@ -378,7 +150,7 @@ class MultimodalClassificationPipeline(Pipeline):
         if unknown:
             raise ValueError(f"unknown example keys {unknown}: expected any of {', '.join(EXAMPLE_KEYS)}.")
         modalities = self.model.config.modalities
-        given = {key for key in ("text", "image", "audio") if inputs.get(key) is not None}
+        given = {key for key in MODALITIES if inputs.get(key) is not None}
         missing = sorted(given - set(modalities))
         if missing:
             raise ValueError(
@@ -387,7 +159,7 @@ class MultimodalClassificationPipeline(Pipeline):
             )
         if inputs.get("sampling_rate") is not None:
             sampling_rate = check_sampling_rate(inputs["sampling_rate"])
-        example = {"text": _check_text(inputs.get("text")), "image": None, "audio": None}
+        example = {"text": check_text(inputs.get("text")), "image": None, "audio": None}
         if inputs.get("image") is not None:
             example["image"] = load_image(inputs["image"], timeout=timeout)
         if inputs.get("audio") is not None:
@@ -403,8 +175,8 @@ class MultimodalClassificationPipeline(Pipeline):
     def _collate(self, examples: list[dict[str, Any]]) -> BatchFeature:
         """Run the processor on a batch of decoded examples; a modality missing from every example is left out."""
         arguments = {}
-        for key, argument in (("text", "text"), ("image", "images"), ("audio", "audio")):
-            column = [example[key] for example in examples]
+        for modality, argument in MODALITY_ARGUMENTS.items():
+            column = [example[modality] for example in examples]
             if any(value is not None for value in column):
                 arguments[argument] = column
         if "audio" in arguments:
@@ -464,9 +236,11 @@ class MultimodalClassificationPipeline(Pipeline):
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Save the model (with its code and `custom_pipelines`) and the processor, so that
-        `pipeline(model=save_directory)` rebuilds this pipeline."""
-        self.model.save_pretrained(save_directory, **kwargs)
+        """`Pipeline.save_pretrained` (the model, and with the task registered by `import hf_multimodal`, this
+        pipeline's code and the config's `custom_pipelines` entry), plus the processor, which transformers' version
+        leaves out: `pipeline(model=save_directory)` then rebuilds this pipeline, with `trust_remote_code=True` even
+        where hf_multimodal is not installed."""
+        super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
 
 
@@ -487,4 +261,4 @@ def _rows_if_hf_dataset(inputs: Any) -> Any:
     return ({key: value for key, value in row.items() if key in EXAMPLE_KEYS} for row in inputs)
 
 
-__all__ = ["CUSTOM_PIPELINES", "PIPELINE_TASK", "MultimodalClassificationPipeline", "load_audio", "load_image"]
+__all__ = ["PIPELINE_TASK", "MultimodalClassificationPipeline"]

@@ -20,6 +20,7 @@ from transformers import (
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
+from .configuration_multimodal import image_or_deprecated_vision
 from .feature_extraction_wavenet import WaveNetFeatureExtractor
 from .image_processing_multimodal import MultimodalImageProcessor
 
@@ -27,6 +28,35 @@ from .image_processing_multimodal import MultimodalImageProcessor
 logger = logging.get_logger(__name__)
 
 DEFAULT_VOCAB = Path(__file__).with_name("bert_uncased_vocab.txt")
+
+MODALITY_ARGUMENTS: dict[str, str] = {"text": "text", "image": "images", "audio": "audio"}
+"""The processor's argument for each modality's inputs."""
+
+
+def is_missing(value: Any) -> bool:
+    """Whether one example's entry of a modality counts as absent: `None`, or text that is empty or blank.
+
+    The one definition of a missing entry, used by the processor, the pipeline, the training data collator and the
+    training script's filters.
+    """
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_text(value: Any, index: int | None = None) -> str | None:
+    """One example's text, checked: `None` when it is missing (see `is_missing`), the string otherwise; `TypeError`
+    for bytes or other types, `ValueError` for strings that are not valid Unicode (lone surrogates)."""
+    where = "text" if index is None else f"text example {index}"
+    if isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"{where} is bytes: decode it to str first (e.g. value.decode('utf-8')).")
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{where} is a {type(value).__name__}; expected a str or None.")
+    if is_missing(value):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{where} is not valid Unicode ({error.reason} at position {error.start}): clean it first.") from None
+    return value
 
 
 def default_tokenizer() -> BertTokenizerFast:
@@ -93,16 +123,19 @@ class MultimodalProcessor(ProcessorMixin):
     def from_backbones(
         cls,
         text: str | os.PathLike | None = None,
-        vision: str | os.PathLike | None = None,
+        image: str | os.PathLike | None = None,
         audio: str | os.PathLike | None = None,
+        vision: str | os.PathLike | None = None,
         **kwargs,
     ) -> MultimodalProcessor:
         """Build a processor from the preprocessing saved with pretrained encoders (folders or Hub ids); a modality
-        given as `None` gets the default sub-processor. Mirrors `MultimodalForSequenceClassification.from_backbones`.
+        given as `None` gets the default sub-processor. Mirrors `MultimodalForSequenceClassification.from_backbones`
+        (`vision=` is the deprecated name of `image=`).
         """
+        image = image_or_deprecated_vision(image, vision, f"{cls.__name__}.from_backbones")
         return cls(
             tokenizer=AutoTokenizer.from_pretrained(text) if text is not None else None,
-            image_processor=AutoImageProcessor.from_pretrained(vision) if vision is not None else None,
+            image_processor=AutoImageProcessor.from_pretrained(image) if image is not None else None,
             feature_extractor=AutoFeatureExtractor.from_pretrained(audio) if audio is not None else None,
             **kwargs,
         )
@@ -158,7 +191,7 @@ class MultimodalProcessor(ProcessorMixin):
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the modalities have different numbers of examples {sizes}: give one entry per example.")
         batch_size = next(iter(sizes.values()))
-        empty = [row for row in range(batch_size) if not any(_has_value(c[row]) for c in columns.values() if c)]
+        empty = [row for row in range(batch_size) if all(is_missing(c[row]) for c in columns.values() if c)]
         if empty:
             raise ValueError(
                 f"examples {empty} have no text, image or audio (every entry is None or blank): give each example at "
@@ -175,14 +208,10 @@ class MultimodalProcessor(ProcessorMixin):
         return BatchFeature(data)
 
     def _process_text(self, texts: list) -> dict[str, torch.Tensor]:
-        for index, value in enumerate(texts):
-            if isinstance(value, bytes):
-                raise TypeError(f"text example {index} is bytes; decode it to str first (e.g. value.decode('utf-8')).")
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"text example {index} is a {type(value).__name__}; expected str or None.")
-        present = [_has_value(value) for value in texts]
+        texts = [check_text(value, index) for index, value in enumerate(texts)]
+        present = [value is not None for value in texts]
         encoded = self.tokenizer(
-            [value if keep else "" for value, keep in zip(texts, present)],
+            [value if value is not None else "" for value in texts],
             padding=True,
             truncation=True,
             max_length=self.max_text_length,
@@ -219,15 +248,11 @@ class MultimodalProcessor(ProcessorMixin):
         )
         main_name = self.feature_extractor.model_input_names[0]
         result["input_values"] = _scatter_rows(extracted[main_name], present, batch_size)
-        mask = extracted.get("audio_attention_mask", extracted.get("attention_mask"))
+        # Renamed: the batch's "attention_mask" is the tokenizer's.
+        mask = extracted.get("attention_mask")
         if mask is not None:
             result["audio_attention_mask"] = _scatter_rows(mask, present, batch_size)
         return result
-
-
-def _has_value(value: Any) -> bool:
-    """Whether one example's entry counts as present: not None and, for text, not blank."""
-    return value is not None and not (isinstance(value, str) and value.strip() == "")
 
 
 def _is_single_text(value: Any) -> bool:
@@ -320,4 +345,4 @@ def _scatter_rows(values: torch.Tensor, rows: list[int], batch_size: int) -> tor
     return full
 
 
-__all__ = ["MultimodalProcessor"]
+__all__ = ["MODALITY_ARGUMENTS", "MultimodalProcessor", "check_text", "is_missing"]

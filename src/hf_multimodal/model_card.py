@@ -1,6 +1,5 @@
-"""Model cards for multimodal classifiers: card data from the config and a training run, rendered from a Jinja
-template in `model_cards/`, a `TrainerCallback` that fills the card while training, and a one-call push of a trained
-output folder (model, processor, code and card) to the Hub."""
+"""Model cards of multimodal classifiers: card data from the config and a training run, rendered from the Jinja
+template in `model_cards/` (shipped inside the wheel), and a `TrainerCallback` that fills the card while training."""
 
 from __future__ import annotations
 
@@ -8,29 +7,24 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import huggingface_hub
 import transformers
-from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoProcessor, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 
 from .configuration_multimodal import SUB_CONFIG_KEYS, MultimodalConfig
-from .modeling_multimodal import ENCODER_ATTRIBUTES, MultimodalForSequenceClassification, encoder_output_size
-
-try:  # huggingface_hub 2.x sends its requests through httpx2, 1.x through httpx
-    from httpx2 import TimeoutException as HubTimeoutError
-    from httpx2 import TransportError as HubTransportError
-except ImportError:
-    from httpx import TimeoutException as HubTimeoutError
-    from httpx import TransportError as HubTransportError
+from .metrics import METRIC_NAMES
+from .modeling_fusion import FUSION_CLASSES
+from .modeling_multimodal import ENCODER_ATTRIBUTES, encoder_output_size
+from .trainer import checkpoints
 
 
 DEFAULT_TEMPLATE = "multimodal_classification.jinja"
@@ -42,25 +36,7 @@ name of `pipeline("multimodal-classification")` goes into the tags."""
 LIBRARY_NAME = "transformers"
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-TRAINER_STATE_FILE = "trainer_state.json"
-EXTRA_FILES: tuple[str, ...] = (METRICS_FILE, CONFUSION_MATRIX_FILE)
-"""Files of a trained output folder that are pushed beside the model, processor, code and card."""
 
-METRIC_NAMES: dict[str, str] = {
-    "accuracy": "Accuracy",
-    "precision": "Precision (macro)",
-    "recall": "Recall (macro)",
-    "f1": "F1 (macro)",
-}
-FUSION_DESCRIPTIONS: dict[str, str] = {
-    "concat": "concatenation of the modality embeddings, then an MLP",
-    "weighted_sum": "a learned weight per modality, softmax over the present ones",
-    "gated": "a gated multimodal unit with context-dependent gates",
-    "attention": "a learned query attending over one token per modality",
-    "transformer": "a cross-modal transformer over all token sequences with a [CLS] readout",
-    "bilstm": "a bidirectional LSTM over the modality tokens",
-    "low_rank_tensor": "low-rank multimodal tensor fusion (LMF)",
-}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _LOG_SKIP = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
@@ -74,6 +50,29 @@ def template_path(name: str = DEFAULT_TEMPLATE) -> Path:
     raise FileNotFoundError(
         f"model card template {name!r} not found in {here / 'model_cards'} or the source tree's model_cards/."
     )
+
+
+def parse_backbones(pairs: Sequence[str], option: str = "--backbones") -> dict[str, str]:
+    """`["text=sentence-transformers/all-MiniLM-L6-v2", ...]` (a command line's `modality=hub_id` pairs) as
+    `{modality: hub_id}`; ValueError naming `option` for a malformed pair.
+
+    Example:
+
+    ```python
+    >>> parse_backbones(["text=sentence-transformers/all-MiniLM-L6-v2"])
+    {'text': 'sentence-transformers/all-MiniLM-L6-v2'}
+    ```
+    """
+    backbones = {}
+    for pair in pairs:
+        modality, _, hub_id = pair.partition("=")
+        if modality not in SUB_CONFIG_KEYS or not looks_like_hub_id(hub_id):
+            raise ValueError(
+                f"{option} entry {pair!r} is not modality=hub_id with a modality among {', '.join(SUB_CONFIG_KEYS)} and "
+                "a Hub repo id (e.g. text=sentence-transformers/all-MiniLM-L6-v2)."
+            )
+        backbones[modality] = hub_id
+    return backbones
 
 
 def looks_like_hub_id(value: str | None) -> bool:
@@ -95,8 +94,8 @@ class TrainingReport:
         ablation (`dict`, *optional*): Test metrics with one modality removed, keyed `without_text`, ...
         hyperparameters (`dict`, *optional*): Training hyper-parameters, shown as a table.
         log_history (`list[dict]`, *optional*): `TrainerState.log_history` (training loss and validation metrics).
-        base_model (`dict[str, str]`, *optional*): Hub ids of the pretrained encoders, by modality, where the config
-            only knows local folders.
+        backbones (`dict[str, str]`, *optional*): Hub ids of the pretrained encoders, by modality, where the config
+            only knows local folders (the card's `base_model`).
         limitations (`list[str]`, *optional*): Extra limitations to state in the card.
 
     Example:
@@ -113,7 +112,7 @@ class TrainingReport:
     ablation: dict[str, dict[str, Any]] | None = None
     hyperparameters: dict[str, Any] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
-    base_model: dict[str, str] | None = None
+    backbones: dict[str, str] | None = None
     limitations: list[str] = field(default_factory=list)
 
     @classmethod
@@ -130,7 +129,7 @@ class TrainingReport:
             raise ValueError(f"{metrics_file} is not valid JSON ({error}): rewrite it or remove it.") from error
         if not isinstance(metrics, dict):
             raise ValueError(f"{metrics_file} must hold a JSON object, got {type(metrics).__name__}.")
-        for key, kind in (("test", dict), ("ablation", dict), ("hyperparameters", dict), ("base_model", dict)):
+        for key, kind in (("test", dict), ("ablation", dict), ("hyperparameters", dict), ("backbones", dict)):
             if metrics.get(key) is not None and not isinstance(metrics[key], kind):
                 raise ValueError(f"{metrics_file}: '{key}' must be a JSON object, got {type(metrics[key]).__name__}.")
         for name, value in (metrics.get("test") or {}).items():
@@ -140,17 +139,15 @@ class TrainingReport:
         report.test = metrics.get("test")
         report.ablation = metrics.get("ablation")
         report.hyperparameters = metrics.get("hyperparameters")
-        report.base_model = metrics.get("base_model")
+        report.backbones = metrics.get("backbones")
         report.limitations = list(metrics.get("limitations") or [])
         return report
 
 
 def _read_log_history(folder: Path) -> list[dict[str, Any]]:
     """`log_history` of the folder's `trainer_state.json`, or of its latest checkpoint's; empty when there is none."""
-    candidates = [folder / TRAINER_STATE_FILE]
-    steps = {path: path.name.rpartition("-")[2] for path in folder.glob("checkpoint-*")}
-    latest_first = sorted((path for path, step in steps.items() if step.isdigit()), key=lambda p: -int(steps[p]))
-    candidates += [checkpoint / TRAINER_STATE_FILE for checkpoint in latest_first]
+    candidates = [folder / TRAINER_STATE_NAME]
+    candidates += [checkpoint / TRAINER_STATE_NAME for checkpoint in reversed(checkpoints(folder))]
     for candidate in candidates:
         if candidate.is_file():
             try:
@@ -233,7 +230,7 @@ def build_model_card(
     repo_id: str | None = None,
     model_name: str | None = None,
     license: str = DEFAULT_LICENSE,
-    base_model: dict[str, str] | None = None,
+    backbones: dict[str, str] | None = None,
     parameter_counts: dict[str, int] | None = None,
     processor: Any = None,
     confusion_matrix: str | None = None,
@@ -254,8 +251,8 @@ def build_model_card(
         repo_id (`str`, *optional*): Where the model lives (used by the usage snippet); defaults to `model_name`.
         model_name (`str`, *optional*): Title of the card; defaults to the last part of `repo_id`.
         license (`str`, *optional*, defaults to `"apache-2.0"`): Hub license id.
-        base_model (`dict[str, str]`, *optional*): Hub ids of pretrained encoders by modality, overriding those found
-            in `config.backbones` and the report.
+        backbones (`dict[str, str]`, *optional*): Hub ids of pretrained encoders by modality (the card's
+            `base_model`), overriding those found in `config.backbones` and the report.
         parameter_counts (`dict[str, int]`, *optional*): As returned by [`count_parameters`].
         processor ([`MultimodalProcessor`], *optional*): Its settings (text length, sampling rate) are stated.
         confusion_matrix (`str`, *optional*): Relative path of a confusion-matrix image shipped with the card.
@@ -279,7 +276,7 @@ def build_model_card(
     model_name = model_name or repo_id.split("/")[-1]
     modalities = list(config.modalities)
     labels = [str(config.id2label[index]) for index in sorted(config.id2label)]
-    base_models = _base_models(config, report, base_model)
+    base_models = _base_models(config, report, backbones)
     dataset = _dataset_info(report)
     counts = parameter_counts or {}
 
@@ -303,7 +300,7 @@ def build_model_card(
         "problem_type": config.problem_type or "single_label_classification",
         "fusion": {
             "name": config.fusion_type,
-            "description": FUSION_DESCRIPTIONS.get(config.fusion_type, config.fusion_type),
+            "description": FUSION_CLASSES[config.fusion_type].description,
             "hidden_size": config.fusion_hidden_size,
             "modality_dropout": config.modality_dropout,
         },
@@ -339,12 +336,12 @@ def _package_version() -> str:
 
 def _base_models(config: MultimodalConfig, report: TrainingReport, overrides: dict[str, str] | None) -> dict[str, str]:
     found = {m: source for m, source in (config.backbones or {}).items() if looks_like_hub_id(source)}
-    for extra in (report.base_model, overrides):
+    for extra in (report.backbones, overrides):
         for modality, repo in (extra or {}).items():
             if modality not in SUB_CONFIG_KEYS:
-                raise ValueError(f"base_model has unknown modality {modality!r}: use text, image or audio.")
+                raise ValueError(f"backbones has unknown modality {modality!r}: use text, image or audio.")
             if not looks_like_hub_id(repo):
-                raise ValueError(f"base_model[{modality!r}] = {repo!r} is not a Hub repo id (namespace/name).")
+                raise ValueError(f"backbones[{modality!r}] = {repo!r} is not a Hub repo id (namespace/name).")
             found[modality] = repo
     return found
 
@@ -537,7 +534,7 @@ def model_card_from_output_folder(
     *,
     repo_id: str | None = None,
     license: str = DEFAULT_LICENSE,
-    base_model: dict[str, str] | None = None,
+    backbones: dict[str, str] | None = None,
     processor: Any = None,
 ) -> ModelCard:
     """
@@ -551,7 +548,7 @@ def model_card_from_output_folder(
     >>> card.save("outputs/demo/README.md")  # doctest: +SKIP
     ```
     """
-    folder = _checked_model_folder(folder)
+    folder = checked_model_folder(folder)
     config = MultimodalConfig.from_pretrained(folder)
     return build_model_card(
         config,
@@ -559,14 +556,14 @@ def model_card_from_output_folder(
         repo_id=repo_id,
         model_name=None if repo_id else folder.name,
         license=license,
-        base_model=base_model,
+        backbones=backbones,
         parameter_counts=count_parameters(folder),
         processor=processor if processor is not None else AutoProcessor.from_pretrained(folder),
         confusion_matrix=CONFUSION_MATRIX_FILE if (folder / CONFUSION_MATRIX_FILE).is_file() else None,
     )
 
 
-def _checked_model_folder(folder: str | os.PathLike) -> Path:
+def checked_model_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(
@@ -587,7 +584,7 @@ class ModelCardCallback(TrainerCallback):
         repo_id (`str`, *optional*): Hub repo the model is meant for; defaults to `args.hub_model_id`, else the name
             of `output_dir`.
         license (`str`, *optional*, defaults to `"apache-2.0"`): Hub license id.
-        base_model (`dict[str, str]`, *optional*): Hub ids of pretrained encoders by modality.
+        backbones (`dict[str, str]`, *optional*): Hub ids of pretrained encoders by modality.
 
     Example:
 
@@ -604,12 +601,12 @@ class ModelCardCallback(TrainerCallback):
         dataset: str | None = None,
         repo_id: str | None = None,
         license: str = DEFAULT_LICENSE,
-        base_model: dict[str, str] | None = None,
+        backbones: dict[str, str] | None = None,
     ):
         self.dataset = dataset
         self.repo_id = repo_id
         self.license = license
-        self.base_model = base_model
+        self.backbones = backbones
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
         self._write_card(args, state, model, processing_class)
@@ -617,7 +614,7 @@ class ModelCardCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
-            state.save_to_json(os.path.join(args.output_dir, TRAINER_STATE_FILE))
+            state.save_to_json(os.path.join(args.output_dir, TRAINER_STATE_NAME))
         self._write_card(args, state, model, processing_class)
 
     def _write_card(self, args, state, model, processing_class) -> None:
@@ -631,7 +628,7 @@ class ModelCardCallback(TrainerCallback):
             report,
             repo_id=self.repo_id or args.hub_model_id or Path(args.output_dir).resolve().name,
             license=self.license,
-            base_model=self.base_model,
+            backbones=self.backbones,
             parameter_counts=count_parameters(model),
             processor=processing_class,
         )
@@ -639,181 +636,13 @@ class ModelCardCallback(TrainerCallback):
         card.save(os.path.join(args.output_dir, "README.md"))
 
 
-class HubPushError(OSError):
-    r"""
-    A push of a trained output folder failed after its repo existed: the Hub answered an error, or the connection
-    dropped or timed out, beyond what the `huggingface_hub` client retries by itself. The message says which repo,
-    what failed (the Hub's status and message, or the broken connection, and the request), where the repo stands
-    (normally still at its previous commit: the Hub applies a commit whole or not at all) and what to do. It never
-    holds the token; the client's original error is chained as `__cause__`.
-
-    Attributes:
-        repo_id (`str`): The repo pushed to.
-        previous_commit (`str`, *optional*): The repo's commit when the push started.
-        current_commit (`str`, *optional*): Its commit read back after the failure; None when that failed too.
-        status (`int`, *optional*): The Hub's HTTP status; None when the connection failed.
-
-    Example:
-
-    ```python
-    >>> try:
-    ...     push_output_folder_to_hub("outputs/demo", "me/demo-classifier")  # doctest: +SKIP
-    ... except HubPushError as error:
-    ...     print(error.repo_id, error.current_commit == error.previous_commit)  # doctest: +SKIP
-    me/demo-classifier True
-    ```
-    """
-
-    def __init__(
-        self,
-        message: str,
-        repo_id: str | None = None,
-        previous_commit: str | None = None,
-        current_commit: str | None = None,
-        status: int | None = None,
-    ):
-        super().__init__(message)
-        self.repo_id = repo_id
-        self.previous_commit = previous_commit
-        self.current_commit = current_commit
-        self.status = status
-
-
-def push_output_folder_to_hub(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | bool | None = None,
-    commit_message: str | None = None,
-    license: str = DEFAULT_LICENSE,
-    base_model: dict[str, str] | None = None,
-) -> CommitInfo:
-    """
-    Push a trained output folder to the Hub in one commit: the model (safetensors + config with `auto_map` and
-    `custom_pipelines`), its processor, the code of model, processor and pipeline, the generated model card
-    (`README.md`), `metrics.json` and the confusion matrix. Checkpoints and other training files stay local.
-
-    The model and processor are loaded first (a folder whose weights do not load is refused before anything is
-    sent) and saved again by the installed package. The repo is created if needed (`private` applies then). The
-    commit is made on top of the commit the repo is at when the upload starts, so it either lands whole on exactly
-    that commit or not at all.
-
-    Raises:
-        [`HubPushError`]: The upload or the commit failed (an HTTP error, or a dropped or timed-out connection, after
-            the client's own retries). The message says what failed, that the repo is still at its previous commit
-            (or where it stands) and to rerun the push, which sends only what the Hub does not store yet.
-        [`~huggingface_hub.errors.HfHubHTTPError`]: The repo could not be created or reached (e.g. no or a wrong
-            token, or no write access to the namespace): nothing was sent.
-
-    Example:
-
-    ```python
-    >>> info = push_output_folder_to_hub("outputs/demo", "me/demo-classifier", private=True)  # doctest: +SKIP
-    >>> info.commit_url  # doctest: +SKIP
-    ```
-    """
-    folder = _checked_model_folder(folder)
-    model = MultimodalForSequenceClassification.from_pretrained(folder)
-    processor = AutoProcessor.from_pretrained(folder)
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    card = model_card_from_output_folder(
-        folder, repo_id=repo_id, license=license, base_model=base_model, processor=processor
-    )
-    with tempfile.TemporaryDirectory() as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        card.save(os.path.join(staging, "README.md"))
-        for name in EXTRA_FILES:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, os.path.join(staging, name))
-        previous_commit = None
-        try:
-            previous_commit = api.repo_info(repo_id).sha
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=staging,
-                commit_message=commit_message or f"Upload {folder.name}: model, processor, code and model card",
-                delete_patterns=["*.safetensors", "*.safetensors.index.json", "*.py"],  # no stale shards or code
-                parent_commit=previous_commit,
-            )
-        except Exception as error:
-            failure = _hub_failure(error)
-            if failure is None:
-                raise
-            raise _push_error(api, folder, repo_id, previous_commit, error, failure) from error
-
-
-def _hub_failure(error: BaseException | None) -> HfHubHTTPError | HubTransportError | None:
-    """The HTTP error answer or broken connection behind `error` (`huggingface_hub` wraps failed LFS uploads in a
-    `RuntimeError`), or None when `error` is no Hub failure."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (HfHubHTTPError, HubTransportError)):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _push_error(
-    api: HfApi,
-    folder: Path,
-    repo_id: str,
-    previous_commit: str | None,
-    error: BaseException,
-    failure: HfHubHTTPError | HubTransportError,
-) -> HubPushError:
-    """A [`HubPushError`] saying what failed, where `repo_id` stands now (read back from the Hub) and what to do."""
-    if isinstance(failure, HfHubHTTPError):
-        status, request = failure.response.status_code, failure.response.request
-        what = f"the Hub answered {status} {failure.response.reason_phrase}"
-        if failure.server_message:
-            what += f" ({' '.join(failure.server_message.split())})"
-    else:
-        status = None
-        what = "the request timed out" if isinstance(failure, HubTimeoutError) else "the connection dropped"
-        what += f" ({type(failure).__name__}: {failure})"
-        try:
-            request = failure.request
-        except RuntimeError:  # httpx attaches the request to most, not all, transport errors
-            request = None
-    if request is not None:  # without the query: presigned storage URLs carry signatures there
-        what += f" during {request.method} {str(request.url).split('?', 1)[0]}"
-    if error is not failure:  # e.g. which file an LFS upload was sending
-        what += f" ({' '.join(str(error).split())})"
-    try:
-        current_commit = api.repo_info(repo_id).sha
-    except Exception as check_error:  # the Hub may still be failing: report that, never mask the push's error
-        current_commit = None
-        state = f"Its commit could not be read back ({type(check_error).__name__})"
-        state += f"; it was at commit {previous_commit} when this push started." if previous_commit else "."
-    if current_commit is not None and current_commit == previous_commit:
-        state = f"The repo is unchanged: {repo_id} is still at commit {previous_commit}."
-    elif current_commit is not None:
-        state = f"{repo_id} is now at commit {current_commit}, not at the commit this push started from "
-        state += f"({previous_commit or 'unknown'}): check it before pushing again."
-    if status in (401, 403):
-        advice = f"Check that the token in use (token=..., HF_TOKEN or `hf auth login`) may write to {repo_id}."
-    elif status == 412:
-        advice = "Someone else pushed to the repo meanwhile: rerun the push to commit on top of their commit."
-    elif status is None or status in (408, 429) or status >= 500:
-        advice = "This looks transient: rerun the push to retry (files the Hub already stored are not sent again)."
-    else:
-        advice = "Fix the cause above, then rerun the push."
-    message = f"Pushing {folder} to {repo_id} failed: {what}. {state} {advice}"
-    return HubPushError(message, repo_id, previous_commit, current_commit, status)
-
-
 __all__ = [
-    "HubPushError",
     "ModelCardCallback",
     "TrainingReport",
     "build_model_card",
     "count_parameters",
     "hyperparameters_from_args",
     "model_card_from_output_folder",
-    "push_output_folder_to_hub",
+    "parse_backbones",
     "template_path",
 ]

@@ -1,0 +1,192 @@
+"""`Trainer` for multimodal classifiers: a learning rate per encoder, frozen encoders kept in eval mode, predictions
+for examples without any modality the model reads, and resumption from the last *complete* checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from transformers import Trainer
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .data_collator import UNAVAILABLE_KEY
+
+
+logger = logging.get_logger(__name__)
+
+FUSION_PART = "fusion"
+"""Name of the parameter group of everything outside the encoders: projections, fusion head and classifier."""
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a checkpoint that `Trainer` finished writing.
+
+    `Trainer._save_checkpoint` writes the model, the optimizer and scheduler, the RNG states and, last,
+    `trainer_state.json`; a checkpoint whose `trainer_state.json` is there and parses is whole. A run killed while
+    saving leaves a folder without it (tests/test_training.py kills a run there and resumes bitwise-identically).
+    """
+    try:
+        json.loads((Path(folder) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-<step>` folders of `output_dir`, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir()]
+    steps = {path: path.name.rpartition("-")[2] for path in found}
+    return sorted((path for path, step in steps.items() if step.isdigit()), key=lambda path: int(steps[path]))
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of `output_dir` (see `is_complete_checkpoint`), or None."""
+    complete = [path for path in checkpoints(output_dir) if is_complete_checkpoint(path)]
+    return complete[-1] if complete else None
+
+
+def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the checkpoints of `output_dir` that a killed run left half-written; returns them."""
+    removed = [path for path in checkpoints(output_dir) if not is_complete_checkpoint(path)]
+    for path in removed:
+        logger.warning(f"Removing {path}: an interrupted run left it half-written (it has no {TRAINER_STATE_NAME}).")
+        shutil.rmtree(path)
+    return removed
+
+
+class MultimodalTrainer(Trainer):
+    r"""
+    `Trainer` with a learning rate per encoder and for the fusion part, frozen encoders kept in eval mode, and
+    predictions for examples the model cannot read. It overrides public `Trainer` methods only.
+
+    `train(resume_from_checkpoint=True)` resumes from the newest *complete* checkpoint and deletes half-written ones
+    (a run killed while saving leaves one; `Trainer` alone would pick it and fail, or resume from a partial state).
+
+    Args:
+        learning_rates (`Mapping[str, float | None]`, *optional*):
+            Learning rate of the `"text"`, `"image"` and `"audio"` encoders and of the `"fusion"` part (projections,
+            fusion head, classifier); missing or `None` entries use `args.learning_rate`.
+        frozen_modalities (`Sequence[str]`, *optional*):
+            Encoders that are not trained: their parameters must have `requires_grad=False`; they stay in eval mode
+            (no dropout, frozen batch-norm statistics) while the rest trains.
+        label_prior (`torch.Tensor`, *optional*):
+            `(num_labels,)` class frequencies of the training set. Examples flagged `unavailable` by the collator
+            (none of the model's modalities) get `log(label_prior)` as logits: the best guess without input.
+            Defaults to uniform.
+        Other arguments: as `Trainer`.
+
+    Example:
+
+    ```python
+    >>> trainer = MultimodalTrainer(
+    ...     model=model, args=MultimodalTrainingArguments("out"), train_dataset=train, eval_dataset=validation,
+    ...     data_collator=MultimodalDataCollator(processor, model.config.modalities), processing_class=processor,
+    ...     learning_rates={"audio": 3e-3}, frozen_modalities=["text"],
+    ... )  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(
+        self,
+        *args,
+        learning_rates: Mapping[str, float | None] | None = None,
+        frozen_modalities: Sequence[str] = (),
+        label_prior: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.learning_rates = dict(learning_rates or {})
+        self.frozen_modalities = tuple(m for m in frozen_modalities if m in self.model.config.modalities)
+        num_labels = self.model.config.num_labels
+        prior = label_prior if label_prior is not None else torch.full((num_labels,), 1.0 / num_labels)
+        self.fallback_logits = torch.log(prior.clamp(min=1e-12)).float()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` takes the newest complete checkpoint of `args.output_dir`
+        and removes half-written ones."""
+        if resume_from_checkpoint is True:
+            if self.args.should_save:
+                remove_incomplete_checkpoints(self.args.output_dir)
+            self.accelerator.wait_for_everyone()
+            last = last_complete_checkpoint(self.args.output_dir)
+            if last is None:
+                raise ValueError(f"resume_from_checkpoint=True: {self.args.output_dir} holds no complete checkpoint.")
+            resume_from_checkpoint = str(last)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The optimizer of `args.optim` with one parameter group per encoder and one for the fusion part (each split
+        into weight-decay and no-decay parameters as `Trainer` does)."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            unwrapped = self.accelerator.unwrap_model(opt_model)
+            owner = {id(p): m for m in unwrapped.config.modalities for p in unwrapped.get_encoder(m).parameters()}
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+            for name, parameter in opt_model.named_parameters():
+                if parameter.requires_grad:
+                    groups.setdefault((owner.get(id(parameter), FUSION_PART), name in decay), []).append(parameter)
+            param_groups = [
+                {
+                    "params": parameters,
+                    "weight_decay": self.args.weight_decay if decays else 0.0,
+                    "lr": self.learning_rates.get(part) or self.args.learning_rate,
+                }
+                for (part, decays), parameters in groups.items()
+            ]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Keeps the card of this package in `output_dir/README.md` (written by [`ModelCardCallback`] during training
+        and with the test results at the end of `scripts/train.py`) instead of transformers' generic one."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unavailable = inputs.pop(UNAVAILABLE_KEY, None)
+        if unavailable is not None and bool(unavailable.any()):
+            raise ValueError(
+                "a training batch holds examples with none of the model's modalities: drop them from the training "
+                "set (scripts/train.py does) or add a modality they have."
+            )
+        if model.training:
+            unwrapped = self.accelerator.unwrap_model(model)
+            for modality in self.frozen_modalities:
+                unwrapped.get_encoder(modality).eval()
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """`Trainer.prediction_step`, where examples flagged `unavailable` get the label-prior logits and the loss is
+        the cross-entropy over the whole batch."""
+        unavailable = inputs.pop(UNAVAILABLE_KEY, None)
+        if unavailable is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        labels = inputs.pop("labels")
+        logits = self.fallback_logits.to(labels.device).expand(len(labels), -1).clone()
+        keep = ~unavailable.to(labels.device)
+        if bool(keep.any()):  # the collator gave model inputs for the kept rows only
+            _, kept_logits, _ = super().prediction_step(
+                model, {**inputs, "labels": labels[keep]}, False, ignore_keys=ignore_keys
+            )
+            logits[keep] = kept_logits.to(labels.device, logits.dtype)
+        loss = F.cross_entropy(logits, labels)
+        return (loss, None, None) if prediction_loss_only else (loss, logits, labels)
+
+
+__all__ = [
+    "FUSION_PART",
+    "MultimodalTrainer",
+    "is_complete_checkpoint",
+    "last_complete_checkpoint",
+    "remove_incomplete_checkpoints",
+]

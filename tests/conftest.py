@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread per process, for this process and the subprocesses it starts: the suite's tensors are tiny, and on a
+# shared 2-core machine every multi-threaded op waits for a thread that is off its core (often 10-100x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # scripts/ holds the training CLI, the benchmark harness and the demo-data builder (not part of the package)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -17,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+torch.set_num_threads(1)
 from transformers import ConvNextImageProcessorPil
 
 from hf_multimodal import MultimodalConfig, MultimodalForSequenceClassification, MultimodalProcessor

@@ -236,6 +236,8 @@ WORKER = textwrap.dedent(
     out["api_commits"] = [model.push_to_hub("api-pushed", token=alice).oid,
                           processor.push_to_hub("alice/api-pushed", token=alice).oid]
     out["api_logits"] = logits("alice/api-pushed")
+    classifier = pipeline("multimodal-classification", model=model, processor=processor)
+    out["pipeline_commit"] = classifier.push_to_hub("alice/api-pipeline", token=alice).oid
     # a private repo is not readable without the token
     push_output_folder_to_hub(job["v1"], "alice/av-private", private=True, token=alice)
     out["private_anonymous"] = error_name(lambda: hf_hub_download("alice/av-private", "config.json"))
@@ -389,8 +391,14 @@ def test_model_and_processor_push_to_hub(hub_server, round_trip):
     assert len(set(worker["api_commits"])) == 2 and hub_server.head("alice/api-pushed") == worker["api_commits"][1]
     files = hub_server.files("alice/api-pushed")
     expected = {"model.safetensors", "config.json", "processor_config.json", "tokenizer.json"}
-    assert expected | {"pipeline_multimodal.py"} <= set(files)
+    assert expected | {"modeling_multimodal.py", "processing_multimodal.py"} <= set(files)
     assert torch.equal(worker["api_logits"], round_trip["expected"]["v1_logits"])
+    # the pipeline's own push adds its code and the config's custom_pipelines entry
+    assert hub_server.head("alice/api-pipeline") == worker["pipeline_commit"]
+    files = hub_server.files("alice/api-pipeline")
+    assert expected | {"pipeline_multimodal.py", "media_loading.py"} <= set(files)
+    custom = json.loads(files["config.json"])["custom_pipelines"]["multimodal-classification"]
+    assert custom["impl"] == "pipeline_multimodal.MultimodalClassificationPipeline"
 
 
 def test_private_repos_and_refused_writes(hub_server, round_trip):

@@ -23,6 +23,7 @@ FUSION_TYPES: tuple[str, ...] = (
     "transformer",
     "bilstm",
     "low_rank_tensor",
+    "comparator",
 )
 """Names accepted by `MultimodalConfig.fusion_type` (see `modeling_fusion.FUSION_CLASSES`)."""
 
@@ -86,7 +87,9 @@ class MultimodalConfig(PreTrainedConfig):
             without audio.
         fusion_type (`str`, *optional*, defaults to `"gated"`):
             One of `"concat"`, `"weighted_sum"`, `"gated"`, `"attention"`, `"transformer"`, `"bilstm"`,
-            `"low_rank_tensor"`.
+            `"low_rank_tensor"`, `"comparator"` (see `FUSION_CLASSES` in `modeling_fusion.py`; for labels that are
+            a relation between modalities, such as "do the image and the recording show the same thing", use one
+            that can express it: `"comparator"`, `"concat"`, `"transformer"` or `"low_rank_tensor"`).
         fusion_hidden_size (`int`, *optional*, defaults to 256):
             Width every modality is projected to, and of the fused embedding.
         fusion_num_layers (`int`, *optional*, defaults to 2):
@@ -100,8 +103,23 @@ class MultimodalConfig(PreTrainedConfig):
         classifier_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the classification layer.
         modality_dropout (`float`, *optional*, defaults to 0.0):
-            Training-time probability of hiding each present modality of an example from the fusion head; at least
-            one present modality of every example is always kept.
+            Training-time probability of hiding each present modality of an example from the fusion head, to make the
+            model robust to missing modalities. At least `modality_dropout_min_present` of them are always kept.
+        modality_dropout_min_present (`int`, *optional*, defaults to 1):
+            Modality dropout never leaves an example with fewer present modalities than this (nor hides any of an
+            example that has no more). Set 2 when the label is a relation between modalities: a row left with one
+            modality says nothing about the relation, and dropout would turn its label into noise.
+        contrastive_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of an auxiliary InfoNCE loss that aligns the embeddings of every pair of modalities present in the
+            same example (see `MultimodalModel.forward(return_loss=True)`), added to the classification loss during
+            training. Only meaningful when the modalities of an example describe the same thing (not for relational
+            labels such as "same" / "different").
+        modality_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of auxiliary per-modality classification losses (a linear classifier on each modality's own
+            embedding, on the examples that have it), added during training so that every encoder learns to read
+            its modality even when another one dominates the fused prediction.
+        logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
+            Initial value of the learnable log inverse temperature of the contrastive loss (CLIP's `ln(1 / 0.07)`).
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the projection, fusion and classification layers.
         backbones (`dict[str, str]`, *optional*):
@@ -151,6 +169,10 @@ class MultimodalConfig(PreTrainedConfig):
     fusion_dropout: float = 0.1
     classifier_dropout: float = 0.1
     modality_dropout: float = 0.0
+    modality_dropout_min_present: int = 1
+    contrastive_loss_weight: float = 0.0
+    modality_loss_weight: float = 0.0
+    logit_scale_init_value: float = 2.6592
     initializer_range: float = 0.02
     backbones: dict[str, str] | None = None
 
@@ -185,7 +207,8 @@ class MultimodalConfig(PreTrainedConfig):
                 "text_config, vision_config and audio_config are all None: a multimodal model needs at least one "
                 "encoder. Pass a config (or {} for the default) for at least one modality."
             )
-        for name in ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_rank"):
+        sizes = ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_rank", "modality_dropout_min_present")
+        for name in sizes:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
@@ -198,6 +221,10 @@ class MultimodalConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
+        for name in ("contrastive_loss_weight", "modality_loss_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0.0:
+                raise ValueError(f"{name} must be a number >= 0 (0 turns the loss off), got {value!r}.")
 
 
 __all__ = ["FUSION_TYPES", "MODALITIES", "SUB_CONFIG_KEYS", "MultimodalConfig"]

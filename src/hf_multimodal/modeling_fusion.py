@@ -9,6 +9,7 @@ learned placeholder), never read as zeros that could pass for data. Every exampl
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,9 @@ class MultimodalFusion(nn.Module):
     uses_sequences: ClassVar[bool] = False
     description: ClassVar[str] = ""
     """One line for model cards: what the head does."""
+    expresses_relations: ClassVar[bool] = True
+    """Whether the head can represent a label that is a relation between modalities (e.g. "the image and the
+    recording show the same digit"). tests/test_modeling_fusion.py checks it on a toy equality task."""
 
     def __init__(self, config: MultimodalConfig):
         super().__init__()
@@ -64,9 +68,14 @@ class ConcatFusion(MultimodalFusion):
 
 
 class WeightedSumFusion(MultimodalFusion):
-    """A learned weight per modality, softmax-normalised over the modalities present in each example."""
+    """A learned weight per modality, softmax-normalised over the modalities present in each example.
+
+    It is additive in the modalities: it cannot express a relation between them (whether two modalities agree), so
+    use another head for relational labels.
+    """
 
     description: ClassVar[str] = "a learned weight per modality, softmax over the present ones"
+    expresses_relations: ClassVar[bool] = False
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
@@ -83,9 +92,13 @@ class GatedFusion(MultimodalFusion):
 
     Each modality gets `h_m = tanh(W_m x_m)` and a gate logit from `[x_m, context]`, where the context is the mean of
     the present modalities; gates are softmax-normalised over the present modalities and `sum_m g_m h_m` is returned.
+    Its output is a weighted sum of per-modality transforms, so it cannot express a relation between modalities
+    beyond what the gates capture (0.73 balanced accuracy on a toy "are the two equal?" task where the comparator,
+    concat, attention, transformer, BiLSTM and low-rank heads reach 1.0): use one of those for relational labels.
     """
 
     description: ClassVar[str] = "a gated multimodal unit with context-dependent gates"
+    expresses_relations: ClassVar[bool] = False
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
@@ -225,6 +238,48 @@ class LowRankTensorFusion(MultimodalFusion):
         return self.dropout(self.layer_norm(fused))
 
 
+class ComparatorFusion(MultimodalFusion):
+    """Explicit pairwise comparison, as natural-language-inference models compare two sentences (Mou et al., 2016;
+    Conneau et al., 2017): for every pair `(a, b)` of modalities a small MLP reads `[a, b, a * b, |a - b|]`, which
+    makes agreement and disagreement between two modalities directly visible. The representations of the pairs an
+    example has (both modalities present) are averaged, and so are its present modalities; the two means are fused
+    by a linear layer. An example with a single modality has no pair: a learned placeholder stands in for the pair
+    mean, so any non-empty subset of modalities works.
+    """
+
+    description: ClassVar[str] = "a comparator MLP over [a, b, a * b, |a - b|] for every pair of present modalities"
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__(config)
+        self.pairs = list(itertools.combinations(range(len(self.modalities)), 2))
+        self.comparators = nn.ModuleDict(
+            {
+                self._pair_name(i, j): nn.Sequential(
+                    nn.Linear(4 * self.hidden_size, self.hidden_size), nn.GELU(), nn.Dropout(config.fusion_dropout)
+                )
+                for i, j in self.pairs
+            }
+        )
+        self.missing_pair = nn.Parameter(torch.empty(self.hidden_size))
+        self.output = nn.Linear(2 * self.hidden_size, self.hidden_size)
+        self.layer_norm = nn.LayerNorm(self.hidden_size)
+
+    def _pair_name(self, i: int, j: int) -> str:
+        return f"{self.modalities[i]}_{self.modalities[j]}"
+
+    def forward(self, features, presence, padding_masks=None):
+        weights = presence.unsqueeze(-1).to(features[self.modalities[0]].dtype)
+        unary = (self.stack(features) * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        pair_sum, pair_count = torch.zeros_like(unary), torch.zeros_like(unary[:, :1])
+        for i, j in self.pairs:
+            a, b = features[self.modalities[i]], features[self.modalities[j]]
+            compared = self.comparators[self._pair_name(i, j)](torch.cat([a, b, a * b, (a - b).abs()], dim=-1))
+            both = (presence[:, i] & presence[:, j]).unsqueeze(-1).to(unary.dtype)
+            pair_sum, pair_count = pair_sum + both * compared, pair_count + both
+        pairs = torch.where(pair_count > 0, pair_sum / pair_count.clamp(min=1.0), self.missing_pair.to(unary.dtype))
+        return self.layer_norm(self.output(torch.cat([pairs, unary], dim=-1)))
+
+
 FUSION_CLASSES: dict[str, type[MultimodalFusion]] = {
     "concat": ConcatFusion,
     "weighted_sum": WeightedSumFusion,
@@ -233,7 +288,8 @@ FUSION_CLASSES: dict[str, type[MultimodalFusion]] = {
     "transformer": TransformerFusion,
     "bilstm": BiLSTMFusion,
     "low_rank_tensor": LowRankTensorFusion,
+    "comparator": ComparatorFusion,
 }
 
 
-__all__ = ["FUSION_CLASSES", "LowRankTensorFusion", "MultimodalFusion"]
+__all__ = ["FUSION_CLASSES", "ComparatorFusion", "LowRankTensorFusion", "MultimodalFusion"]

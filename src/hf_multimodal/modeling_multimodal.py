@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from .configuration_multimodal import MODALITIES, SUB_CONFIG_KEYS, MultimodalConfig, image_or_deprecated_vision
 from .configuration_wavenet import WaveNetConfig
@@ -46,16 +47,21 @@ class MultimodalModelOutput(ModelOutput):
     Output of [`MultimodalModel`].
 
     Args:
+        loss (`torch.FloatTensor` of shape `()`, returned with `return_loss=True`):
+            Contrastive (InfoNCE) loss between the embeddings of every pair of modalities present in the same
+            examples (see [`MultimodalModel.contrastive_loss`]).
         fused_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`):
             The fused embedding of each example.
         text_embeds, image_embeds, audio_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`):
             Each modality's pooled, projected embedding (zeros for examples without it); `None` when the modality
-            was not in the inputs.
+            was not in the inputs. These live in one space shared by the modalities (aligned by the contrastive
+            loss), as `get_text_features` / `get_image_features` / `get_audio_features` return them.
         presence (`torch.BoolTensor` of shape `(batch_size, num_modalities)`):
             Which modalities the fusion head used for each example, columns in `config.modalities` order (after
             `modality_dropout` during training).
     """
 
+    loss: torch.FloatTensor | None = None
     fused_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
@@ -70,7 +76,9 @@ class MultimodalSequenceClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
-            Cross-entropy, binary cross-entropy or mean squared error, depending on `config.problem_type`.
+            Cross-entropy, binary cross-entropy or mean squared error, depending on `config.problem_type`; in
+            training mode plus the auxiliary losses that `config.contrastive_loss_weight` and
+            `config.modality_loss_weight` turn on.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Classification (or regression) scores before softmax / sigmoid.
         fused_embeds, text_embeds, image_embeds, audio_embeds, presence:
@@ -127,6 +135,8 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, MultimodalModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         if isinstance(module, MultimodalFusion):
             std = self.config.initializer_range
             for name, parameter in module.named_parameters(recurse=False):
@@ -215,6 +225,41 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
             raise ValueError(f"this model has no {modality} encoder (config.{SUB_CONFIG_KEYS[modality]} is None).")
         return encoder
 
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        The text encoder's output, its `pooler_output` being the text embedding in the space shared by the
+        modalities (`(batch_size, fusion_hidden_size)`, not normalised), as `CLIPModel.get_text_features` returns it.
+
+        Example:
+
+        ```python
+        >>> inputs = processor(text=["seven", "a shaky 7"])
+        >>> model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output.shape  # doctest: +SKIP
+        torch.Size([2, 256])
+        ```
+        """
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.base_model.encode_modality("text", inputs)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> BaseModelOutputWithPooling:
+        """The image encoder's output, its `pooler_output` being the image embedding in the shared space (see
+        `get_text_features`)."""
+        return self.base_model.encode_modality("image", {"pixel_values": pixel_values})
+
+    def get_audio_features(
+        self, input_values: torch.FloatTensor, audio_attention_mask: torch.LongTensor | None = None
+    ) -> BaseModelOutputWithPooling:
+        """The audio encoder's output, its `pooler_output` being the audio embedding in the shared space (see
+        `get_text_features`)."""
+        return self.base_model.encode_modality(
+            "audio", {"input_values": input_values, "audio_attention_mask": audio_attention_mask}
+        )
+
 
 def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
     """Load a pretrained encoder from a folder or Hub id (WaveNet checkpoints load without Auto registration)."""
@@ -251,6 +296,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
     ```
     """
 
+    # Checkpoints older than the contrastive loss have no logit_scale; a fusion head of another type starts anew.
+    newly_initialized_prefixes = ("logit_scale", "fusion.")
+
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
         self.text_model = build_encoder(config.text_config) if config.text_config is not None else None
@@ -260,6 +308,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
             {m: ModalityProjection(encoder_output_size(config.sub_config(m)), config) for m in config.modalities}
         )
         self.fusion = FUSION_CLASSES[config.fusion_type](config)
+        # Learnable log inverse temperature of the contrastive loss, as CLIP's `logit_scale`.
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self._encoder_kwargs = {m: self._accepted_kwargs(m) for m in config.modalities}
         self.post_init()
 
@@ -286,6 +336,7 @@ class MultimodalModel(MultimodalPreTrainedModel):
         has_text: torch.BoolTensor | None = None,
         has_image: torch.BoolTensor | None = None,
         has_audio: torch.BoolTensor | None = None,
+        return_loss: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MultimodalModelOutput | tuple[torch.Tensor, ...]:
@@ -301,6 +352,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
         has_text, has_image, has_audio (`torch.BoolTensor` of shape `(batch_size,)`):
             False for examples that lack that modality (their rows of the inputs are placeholders and are never
             encoded). Defaults to True for every example of a modality whose inputs are given.
+        return_loss (`bool`, *optional*):
+            Also return the contrastive loss (see `contrastive_loss`): the objective of alignment pre-training on
+            unlabelled examples whose modalities describe the same thing, as `CLIPModel(return_loss=True)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = {
@@ -339,7 +393,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
                 features[modality] = embeddings[modality]
 
         fused = self.fusion(features, presence, padding_masks if self.fusion.uses_sequences else None)
+        loss = self.contrastive_loss(embeddings, presence, required=True) if return_loss else None
         output = MultimodalModelOutput(
+            loss=loss,
             fused_embeds=fused,
             text_embeds=embeddings.get("text"),
             image_embeds=embeddings.get("image"),
@@ -397,14 +453,63 @@ class MultimodalModel(MultimodalPreTrainedModel):
         return presence
 
     def _drop_modalities(self, presence: torch.BoolTensor) -> torch.BoolTensor:
-        """Hide each present modality with probability `config.modality_dropout`, keeping one per example."""
+        """Hide each present modality with probability `config.modality_dropout`, keeping at least
+        `config.modality_dropout_min_present` of every example's modalities (all of them when it has no more): the
+        best-scored ones of the draw are kept back."""
         scores = torch.rand(presence.shape, device=presence.device)
         kept = presence & (scores >= self.config.modality_dropout)
-        emptied = ~kept.any(dim=1)
-        if emptied.any():
-            rescued = scores.masked_fill(~presence, -1.0).argmax(dim=1)
-            kept[emptied, rescued[emptied]] = True
-        return kept
+        needed = presence.sum(dim=1, keepdim=True).clamp(max=self.config.modality_dropout_min_present)
+        rank = scores.masked_fill(~presence, -1.0).argsort(dim=1, descending=True).argsort(dim=1)
+        return kept | (presence & (rank < needed))
+
+    def contrastive_loss(
+        self, embeddings: dict[str, torch.Tensor | None], presence: torch.BoolTensor, required: bool = False
+    ) -> torch.Tensor | None:
+        r"""
+        InfoNCE between every pair of modalities, as CLIP / CLAP / ImageBind align theirs: for each pair `(a, b)`, the
+        examples that have both give `logit_scale.exp() * cos(a_i, b_j)`, and each `a_i` must pick its own `b_i`
+        among the batch's `b` (and the other way round). The mean over pairs is returned.
+
+        Args:
+            embeddings (`dict[str, torch.Tensor]`): `(batch_size, fusion_hidden_size)` embeddings per modality.
+            presence (`torch.BoolTensor` of shape `(batch_size, num_modalities)`): Which examples have which.
+            required (`bool`, *optional*): Raise a `ValueError` when the batch has no pair of modalities shared by
+                two examples (else return None).
+        """
+        losses = []
+        for (i, a), (j, b) in itertools.combinations(enumerate(self.config.modalities), 2):
+            both = presence[:, i] & presence[:, j]
+            if embeddings.get(a) is None or embeddings.get(b) is None or int(both.sum()) < 2:
+                continue
+            first = nn.functional.normalize(embeddings[a][both], dim=-1)
+            second = nn.functional.normalize(embeddings[b][both], dim=-1)
+            logits = self.logit_scale.clamp(max=math.log(100.0)).exp() * first @ second.T
+            targets = torch.arange(logits.shape[0], device=logits.device)
+            losses.append((nn.functional.cross_entropy(logits, targets) + nn.functional.cross_entropy(logits.T, targets)) / 2)
+        if not losses:
+            if required:
+                raise ValueError(
+                    "the contrastive loss needs pairs: no two examples of this batch share two modalities. Give every "
+                    "example at least two modalities (e.g. an image and its recording), and batches of 2 or more."
+                )
+            return None
+        return torch.stack(losses).mean()
+
+    def encode_modality(self, modality: str, inputs: dict[str, torch.Tensor | None]) -> BaseModelOutputWithPooling:
+        """Encode one modality of every example: the encoder's last hidden state (as a `(batch, length, hidden)`
+        sequence) and, as `pooler_output`, its mean over the real positions projected into the shared space."""
+        self.get_encoder(modality)
+        unknown = sorted(set(inputs) - set(INPUT_NAMES[modality]))
+        if unknown:
+            raise ValueError(f"{modality} takes {', '.join(INPUT_NAMES[modality])}; got also {unknown}.")
+        main = inputs.get(INPUT_NAMES[modality][0])
+        if main is None:
+            raise ValueError(f"pass {INPUT_NAMES[modality][0]} to encode {modality}.")
+        everything = {name: inputs.get(name) for names in INPUT_NAMES.values() for name in names}
+        rows = torch.ones(main.shape[0], dtype=torch.bool, device=main.device)
+        sequence, mask = self._encode(modality, everything, rows)
+        pooled = self.projections[modality](masked_mean(sequence, mask))
+        return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled)
 
     def _encode(
         self, modality: str, inputs: dict, rows: torch.BoolTensor
@@ -473,7 +578,9 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
     ```
     """
 
-    newly_initialized_prefixes = ("classifier.",)
+    # A classifier may start from a saved `MultimodalModel` (e.g. an aligned one) with another fusion head, and from
+    # checkpoints older than the contrastive loss: these weights may be missing and start from their initialisation.
+    newly_initialized_prefixes = ("classifier.", "modality_classifiers.", "multimodal.fusion.", "multimodal.logit_scale")
 
     def __init__(self, config: MultimodalConfig):
         super().__init__(config)
@@ -481,6 +588,10 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         self.multimodal = MultimodalModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
+        if config.modality_loss_weight > 0:
+            self.modality_classifiers = nn.ModuleDict(
+                {m: nn.Linear(config.fusion_hidden_size, config.num_labels) for m in config.modalities}
+            )
         self.post_init()
 
     def forward(
@@ -519,7 +630,11 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.fused_embeds))
-        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+            if self.training:
+                loss = loss + self._auxiliary_losses(outputs, labels)
         output = MultimodalSequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -530,6 +645,26 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             presence=outputs.presence,
         )
         return output if return_dict else output.to_tuple()
+
+    def _auxiliary_losses(self, outputs: MultimodalModelOutput, labels: torch.Tensor) -> torch.Tensor | float:
+        """`config.contrastive_loss_weight` x the contrastive loss between the modalities of the batch, plus
+        `config.modality_loss_weight` x the mean of the per-modality classification losses (each modality's own
+        classifier on the examples that have it)."""
+        total = 0.0
+        embeddings = {m: getattr(outputs, f"{m}_embeds") for m in self.config.modalities}
+        if self.config.contrastive_loss_weight > 0:
+            contrastive = self.multimodal.contrastive_loss(embeddings, outputs.presence)
+            if contrastive is not None:
+                total = total + self.config.contrastive_loss_weight * contrastive
+        if self.config.modality_loss_weight > 0:
+            losses = []
+            for index, modality in enumerate(self.config.modalities):
+                rows = outputs.presence[:, index]
+                if bool(rows.any()):
+                    own_logits = self.modality_classifiers[modality](self.dropout(embeddings[modality][rows]))
+                    losses.append(self.loss_function(labels[rows], own_logits, self.config))
+            total = total + self.config.modality_loss_weight * torch.stack(losses).mean()
+        return total
 
 
 __all__ = [

@@ -792,6 +792,7 @@ def model_sharing_encoders(
         if getattr(model.multimodal, attribute) is not None:
             setattr(model.multimodal, attribute, getattr(base.multimodal, attribute))
     device = next(base.parameters()).device
+    model.multimodal.logit_scale = torch.nn.Parameter(torch.tensor(config.logit_scale_init_value, device=device))
     for module in (model.multimodal.projections, model.multimodal.fusion, model.classifier):
         module.to_empty(device=device)
         module.apply(model._init_weights)

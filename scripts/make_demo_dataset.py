@@ -1,31 +1,44 @@
 #!/usr/bin/env python
-"""Build the demo dataset (README: "Demo dataset") from the vendored recordings and scikit-learn's digits.
+"""Build the demo datasets (README: "Demo datasets") from the vendored recordings and scikit-learn's digits.
 
-    python scripts/make_demo_dataset.py --output_dir outputs/demo/data
+    python scripts/make_demo_dataset.py --output_dir outputs/demo/data                       # classify digits
+    python scripts/make_demo_dataset.py --task match --output_dir outputs/match/data         # does the image match the recording?
+    python scripts/make_demo_dataset.py --task match --match text image --output_dir ...     # does the note match the image?
+    python scripts/make_demo_dataset.py --task pairs --output_dir outputs/pairs/data         # paired digits (alignment)
 
-Deterministic builder of the demo dataset: digits that are written, handwritten and spoken, each often unreadable.
-
-Every example is one digit (0-9) given three ways, all from real material that ships offline:
+Every example is built from digits (0-9) given up to three ways, all from real material that ships offline:
 
 - **text**: words someone wrote about it ("looks like a seven", "either 4 or nine", "the ink is smudged");
 - **image**: a real handwritten digit (scikit-learn's `load_digits`, 8x8 scans) drawn at 32x32 with jitter;
 - **audio**: a real person saying the digit (Free Spoken Digit Dataset, five speakers, 8 kHz), at a random speed.
 
-Each modality of each example is independently *clean*, *ambiguous* (partial information: two or three candidate
-digits in the text, half the image occluded, a second speaker saying another digit over the first), *corrupted* (no
-digit in the text, the image buried in noise, the speech buried in noise at -15 to -9 dB SNR) or *missing*. No single
-modality is readable for much more than half of the examples, while the examples are drawn so that at least one
-modality carries information and at most one is missing: a model that fuses the three can be right far more often
-than any one-modality model. Images and recordings are split by source (no scan or recording is shared between
-train, validation and test), so test scores measure generalisation to unseen handwriting and unseen recordings.
+Three tasks:
+
+- `classify` (the main demo): the label is the digit. Each modality of each example is independently *clean*,
+  *ambiguous* (partial information: two or three candidate digits in the text, half the image occluded, a second
+  speaker saying another digit over the first), *corrupted* (no digit in the text, the image buried in noise, the
+  speech buried in noise at -15 to -9 dB SNR) or *missing*. No single modality is readable for much more than half of
+  the examples, while the examples are drawn so that at least one modality carries information and at most one is
+  missing: a model that fuses the three can be right far more often than any one-modality model.
+- `match` (relational): two modalities (by default a scan and a recording) each show a digit, and the label says
+  whether the digits agree ("same" / "different", exactly half and half). Each modality alone is at chance by
+  construction: only the relation between them is informative. With `--match audio image` a note that carries no
+  digit ("from the archive") accompanies half of the examples; with `--match text image` the note names a digit.
+- `pairs`: unlabelled paired examples for contrastive alignment (text, scan and recording of the same digit); the
+  `label` column (the digit) is only used to score retrieval and zero-shot classification.
+
+Splits are by source: no scan or recording is shared between splits, and one speaker (`--held_out_speaker`) is
+left out of training and validation entirely. `test` holds unseen recordings of the four training speakers and
+unseen scans; `test_unseen_speaker` holds the held-out speaker's recordings with unseen scans, so results say how the
+model does on a voice it never heard.
 
 Example:
 
 ```python
 >>> from make_demo_dataset import build_demo_dataset
 >>> dataset = build_demo_dataset("scripts/demo_assets/fsdd", num_train=20, num_validation=10, num_test=10)
->>> dataset["train"].column_names
-['text', 'image', 'audio', 'label', 'text_state', 'image_state', 'audio_state', 'speaker']
+>>> list(dataset), dataset["train"].column_names
+(['train', 'validation', 'test', 'test_unseen_speaker'], ['text', 'image', 'audio', 'label', 'text_state', 'image_state', 'audio_state', 'speaker'])
 ```
 """
 
@@ -36,7 +49,7 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import datasets
@@ -48,8 +61,12 @@ from hf_multimodal import resample_audio
 
 
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SPLITS: tuple[str, ...] = ("train", "validation", "test", "test_unseen_speaker")
+TASKS: tuple[str, ...] = ("classify", "match", "pairs")
+MATCH_LABELS: tuple[str, ...] = ("different", "same")
 VENDORED_AUDIO_DIR = Path(__file__).resolve().parent / "demo_assets" / "fsdd"
+HELD_OUT_SPEAKER = "jackson"
+"""The FSDD speaker left out of training and validation (the `test_unseen_speaker` split)."""
 AUDIO_SAMPLING_RATE = 8000
 IMAGE_SIZE = 32
 
@@ -64,9 +81,21 @@ or with no modality carrying information (see `INFORMATIVE_STATES`)."""
 INFORMATIVE_STATES = frozenset({"clean", "ambiguous", "occluded", "overlapped"})
 
 AUDIO_SPLIT_INDICES: dict[str, range] = {"test": range(0, 4), "validation": range(4, 6), "train": range(6, 50)}
-"""FSDD recording indices per split (FSDD's own convention keeps indices 0-4 for testing)."""
+"""FSDD recording indices per split of the training speakers (FSDD's own convention keeps indices 0-4 for testing);
+every recording of the held-out speaker goes to `test_unseen_speaker`."""
 
 IMAGE_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.6, "validation": 0.15, "test": 0.25}
+"""Share of the scans per split; both test splits draw from the `test` scans."""
+
+NEUTRAL_NOTES = (
+    "from the archive",
+    "pair recorded in the lab",
+    "card and recording",
+    "second session",
+    "checked by the assistant",
+    "batch of the morning",
+)
+"""Notes that carry no digit, beside half of the examples of the `match` task (audio and image)."""
 
 CLEAN_TEMPLATES = (
     "{d}",
@@ -99,9 +128,12 @@ _FILE_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.(wav|flac)$")
 _SPLIT_IDS = {name: index for index, name in enumerate(SPLITS)}
 
 
-def load_spoken_digits(audio_dir: str | os.PathLike) -> dict[str, dict[int, list[tuple[str, np.ndarray]]]]:
-    """Read FSDD recordings (`{digit}_{speaker}_{index}.wav|flac`, 8 kHz mono) from `audio_dir`, grouped by split
-    (see `AUDIO_SPLIT_INDICES`) and digit, in file-name order: `{split: {digit: [(speaker, waveform)]}}`."""
+def load_spoken_digits(
+    audio_dir: str | os.PathLike, held_out_speaker: str = HELD_OUT_SPEAKER
+) -> dict[str, dict[int, list[tuple[str, np.ndarray]]]]:
+    """Read FSDD recordings (`{digit}_{speaker}_{index}.wav|flac`, 8 kHz mono) from `audio_dir`, grouped by split and
+    digit, in file-name order: `{split: {digit: [(speaker, waveform)]}}`. The recordings of `held_out_speaker` all go
+    to `test_unseen_speaker`; the others are split by index (see `AUDIO_SPLIT_INDICES`)."""
     folder = Path(audio_dir)
     if not folder.is_dir():
         raise ValueError(
@@ -109,30 +141,44 @@ def load_spoken_digits(audio_dir: str | os.PathLike) -> dict[str, dict[int, list
             "(scripts/demo_assets/fsdd in this repository)."
         )
     pools: dict[str, dict[int, list]] = {split: {digit: [] for digit in range(10)} for split in SPLITS}
+    speakers = set()
     for path in sorted(folder.iterdir()):
         match = _FILE_NAME.match(path.name)
         if match is None:
             continue
         digit, speaker, index = int(match.group(1)), match.group(2), int(match.group(3))
-        split = next(name for name, indices in AUDIO_SPLIT_INDICES.items() if index in indices)
+        speakers.add(speaker)
+        if speaker == held_out_speaker:
+            split = "test_unseen_speaker"
+        else:
+            split = next(name for name, indices in AUDIO_SPLIT_INDICES.items() if index in indices)
         waveform, rate = soundfile.read(path, dtype="float32")
         if rate != AUDIO_SAMPLING_RATE or waveform.ndim != 1:
             raise ValueError(f"{path} is not 8 kHz mono audio ({rate} Hz, shape {waveform.shape}): use FSDD recordings.")
         pools[split][digit].append((speaker, waveform))
+    if not speakers:
+        raise ValueError(
+            f"{folder} holds no FSDD recordings: it must hold files named {{digit}}_{{speaker}}_{{index}}.wav or .flac "
+            "(scripts/demo_assets/fsdd in this repository)."
+        )
+    if held_out_speaker not in speakers:
+        raise ValueError(
+            f"held_out_speaker {held_out_speaker!r} has no recording in {folder}: choose one of {sorted(speakers)}."
+        )
     for split, by_digit in pools.items():
         empty = [digit for digit, clips in by_digit.items() if not clips]
         if empty:
             raise ValueError(
-                f"{folder} has no {split} recordings (indices {AUDIO_SPLIT_INDICES[split].start}-"
-                f"{AUDIO_SPLIT_INDICES[split].stop - 1}) of digits {empty}: it must hold FSDD files named "
-                "{digit}_{speaker}_{index}.wav or .flac for every digit and split."
+                f"{folder} has no {split} recordings of digits {empty}: it must hold FSDD files named "
+                "{digit}_{speaker}_{index}.wav or .flac for every digit, with indices 0-5 and 6 or more for the "
+                "training speakers."
             )
     return pools
 
 
 def load_handwritten_digits(seed: int = 0) -> dict[str, dict[int, list[np.ndarray]]]:
     """scikit-learn's handwritten digits (8x8, values 0-16), split without overlap by `IMAGE_SPLIT_FRACTIONS`:
-    `{split: {digit: [image]}}`."""
+    `{split: {digit: [image]}}` (both test splits share the test scans)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -141,6 +187,7 @@ def load_handwritten_digits(seed: int = 0) -> dict[str, dict[int, list[np.ndarra
     pools = {}
     for split, indices in zip(SPLITS, np.split(order, bounds)):
         pools[split] = {digit: [digits.images[i] for i in sorted(indices) if digits.target[i] == digit] for digit in range(10)}
+    pools["test_unseen_speaker"] = pools["test"]
     return pools
 
 
@@ -151,19 +198,23 @@ def build_demo_dataset(
     num_test: int = 800,
     seed: int = 0,
     probabilities: Mapping[str, Mapping[str, float]] | None = None,
+    held_out_speaker: str = HELD_OUT_SPEAKER,
 ) -> datasets.DatasetDict:
     """
-    Build the demo `DatasetDict` (train / validation / test). The same arguments always give the same bytes.
+    Build the `classify` demo `DatasetDict` (train / validation / test / test_unseen_speaker). The same arguments
+    always give the same bytes.
 
     Args:
         audio_dir (`str` or `os.PathLike`):
             Folder of FSDD recordings (`scripts/demo_assets/fsdd` in this repository).
         num_train, num_validation, num_test (`int`):
-            Examples per split; labels are balanced over the ten digits.
+            Examples per split (`num_test` for each test split); labels are balanced over the ten digits.
         seed (`int`, *optional*, defaults to 0):
             Seed of every random choice.
         probabilities (`dict`, *optional*):
             Per-modality state probabilities, as `STATE_PROBABILITIES` (which it defaults to).
+        held_out_speaker (`str`, *optional*):
+            FSDD speaker whose recordings appear in `test_unseen_speaker` only.
 
     Returns:
         `datasets.DatasetDict` with columns `text` (string or None), `image` (`Image(decode=False)`: PNG bytes or
@@ -171,39 +222,149 @@ def build_demo_dataset(
         `text_state`, `image_state`, `audio_state` (what was done to each modality) and `speaker`.
     """
     probabilities = _check_probabilities(probabilities if probabilities is not None else STATE_PROBABILITIES)
-    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-    for split, size in sizes.items():
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"num_{split} must be a positive integer, got {size!r}.")
-    audio_pools = load_spoken_digits(audio_dir)
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker)
     image_pools = load_handwritten_digits(seed)
+    features = {
+        "label": datasets.ClassLabel(names=list(DIGIT_WORDS)),
+        **{f"{m}_state": datasets.Value("string") for m in ("text", "image", "audio")},
+        "speaker": datasets.Value("string"),
+    }
+
+    def example(rng: np.random.Generator, label: int, split: str) -> dict:
+        states = _draw_states(rng, probabilities)
+        audio, speaker = _make_audio(rng, label, states["audio"], audio_pools[split])
+        return {
+            "text": _make_text(rng, label, states["text"]),
+            "image": _make_image(rng, label, states["image"], image_pools[split]),
+            "audio": audio,
+            "label": label,
+            **{f"{m}_state": state for m, state in states.items()},
+            "speaker": speaker,
+        }
+
+    description = f"hf_multimodal demo: digits written, handwritten and spoken, often corrupted (seed {seed})."
+    return _build(example, 10, features, (num_train, num_validation, num_test), seed, description)
+
+
+def build_match_dataset(
+    audio_dir: str | os.PathLike,
+    modalities: Sequence[str] = ("image", "audio"),
+    num_train: int = 2400,
+    num_validation: int = 400,
+    num_test: int = 800,
+    seed: int = 0,
+    held_out_speaker: str = HELD_OUT_SPEAKER,
+) -> datasets.DatasetDict:
+    """
+    Build the relational `match` task: two modalities each show a clean digit, and `label` says whether they agree
+    (`ClassLabel` "different" / "same", exactly half and half per split). Each modality alone carries no information
+    about the label. Columns: `text`, `image`, `audio` (None where the task has no such modality, except a note
+    without any digit beside half of the image + audio examples), `label`, `text_digit`, `image_digit`,
+    `audio_digit` (-1 where absent) and `speaker`.
+
+    Args:
+        modalities (`Sequence[str]`, *optional*, defaults to `("image", "audio")`):
+            The two modalities whose digits are compared: two of text, image, audio.
+        Other arguments: as [`build_demo_dataset`].
+    """
+    modalities = tuple(modalities)
+    if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= {"text", "image", "audio"}:
+        raise ValueError(f"modalities must be two distinct ones among text, image, audio; got {list(modalities)}.")
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker)
+    image_pools = load_handwritten_digits(seed)
+    features = {
+        "label": datasets.ClassLabel(names=list(MATCH_LABELS)),
+        **{f"{m}_digit": datasets.Value("int64") for m in ("text", "image", "audio")},
+        "speaker": datasets.Value("string"),
+    }
+
+    def example(rng: np.random.Generator, same: int, split: str) -> dict:
+        first = int(rng.integers(10))
+        digits = dict(zip(modalities, (first, first if same else _other_digits(rng, first, 1)[0])))
+        row = _clean_example(rng, digits, split, audio_pools, image_pools)
+        if "text" not in digits and rng.random() < 0.5:
+            row["text"] = str(rng.choice(NEUTRAL_NOTES))
+        return {**row, "label": same}
+
+    description = (
+        f"hf_multimodal relational demo: do the {' and the '.join(modalities)} show the same digit? (seed {seed})"
+    )
+    return _build(example, 2, features, (num_train, num_validation, num_test), seed, description)
+
+
+def build_pairs_dataset(
+    audio_dir: str | os.PathLike,
+    num_train: int = 2400,
+    num_validation: int = 400,
+    num_test: int = 800,
+    seed: int = 0,
+    held_out_speaker: str = HELD_OUT_SPEAKER,
+) -> datasets.DatasetDict:
+    """
+    Build the `pairs` task: a note, a scan and a recording of the same digit per example, all clean, for contrastive
+    alignment on unlabelled pairs. `label` (the digit, `ClassLabel` "zero" ... "nine") scores retrieval and zero-shot
+    classification; alignment itself never reads it. Columns as [`build_match_dataset`].
+    """
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker)
+    image_pools = load_handwritten_digits(seed)
+    features = {
+        "label": datasets.ClassLabel(names=list(DIGIT_WORDS)),
+        **{f"{m}_digit": datasets.Value("int64") for m in ("text", "image", "audio")},
+        "speaker": datasets.Value("string"),
+    }
+
+    def example(rng: np.random.Generator, digit: int, split: str) -> dict:
+        digits = {m: digit for m in ("text", "image", "audio")}
+        return {**_clean_example(rng, digits, split, audio_pools, image_pools), "label": digit}
+
+    description = f"hf_multimodal paired digits: a note, a scan and a recording of one digit each (seed {seed})."
+    return _build(example, 10, features, (num_train, num_validation, num_test), seed, description)
+
+
+def _clean_example(rng: np.random.Generator, digits: Mapping[str, int], split: str, audio_pools, image_pools) -> dict:
+    """A row with clean modalities showing `digits` (`{modality: digit}`); the other modalities are None."""
+    row = {"text": None, "image": None, "audio": None, "speaker": None}
+    row.update({f"{m}_digit": digits.get(m, -1) for m in ("text", "image", "audio")})
+    if "text" in digits:
+        row["text"] = _make_text(rng, digits["text"], "clean")
+    if "image" in digits:
+        row["image"] = _make_image(rng, digits["image"], "clean", image_pools[split])
+    if "audio" in digits:
+        row["audio"], row["speaker"] = _make_audio(rng, digits["audio"], "clean", audio_pools[split])
+    return row
+
+
+def _build(
+    example: Callable[[np.random.Generator, int, str], dict],
+    num_labels: int,
+    features: Mapping[str, datasets.features.FeatureType],
+    sizes: Sequence[int],
+    seed: int,
+    description: str,
+) -> datasets.DatasetDict:
+    """The `DatasetDict` of every split, `example(rng, label, split)` making each row from its own seeded generator
+    (so a row never depends on the others), labels balanced over `num_labels` and shuffled."""
+    for name, size in zip(("num_train", "num_validation", "num_test"), sizes):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{name} must be a positive integer, got {size!r}.")
+    sizes = dict(zip(SPLITS, (*sizes, sizes[-1])))  # num_test for each test split
     blob = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = datasets.Features(
-        {
-            "text": datasets.Value("string"),
-            "image": blob,
-            "audio": blob,
-            "label": datasets.ClassLabel(names=list(DIGIT_WORDS)),
-            "text_state": datasets.Value("string"),
-            "image_state": datasets.Value("string"),
-            "audio_state": datasets.Value("string"),
-            "speaker": datasets.Value("string"),
-        }
+        {"text": datasets.Value("string"), "image": blob, "audio": blob, **features}
     )
     splits = {}
     for split, size in sizes.items():
-        labels = np.random.default_rng((seed, _SPLIT_IDS[split])).permutation(np.arange(size) % 10)
+        labels = np.random.default_rng((seed, _SPLIT_IDS[split])).permutation(np.arange(size) % num_labels)
         rows = [
-            _example(np.random.default_rng((seed, _SPLIT_IDS[split], index)), int(label), split, audio_pools, image_pools, probabilities)
+            example(np.random.default_rng((seed, _SPLIT_IDS[split], index)), int(label), split)
             for index, label in enumerate(labels)
         ]
-        columns = {name: [row[name] for row in rows] for name in features}
-        dataset = datasets.Dataset.from_dict(columns, features=features)
+        dataset = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
         # Stored as bytes and cast afterwards: `datasets` 5 needs torchcodec to *encode* Audio, not to store bytes.
         dataset = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
             "audio", datasets.Audio(decode=False)
         )
-        _describe_info(dataset.info, seed)
+        _describe_info(dataset.info, description)
         splits[split] = dataset
     return datasets.DatasetDict(splits)
 
@@ -222,22 +383,32 @@ def save_demo_dataset(dataset: datasets.DatasetDict, output_dir: str | os.PathLi
 
 
 def describe_demo_dataset(dataset: datasets.DatasetDict) -> str:
-    """A Markdown description of a demo dataset: sizes, per-split state counts, license and credit."""
+    """A Markdown description of a demo dataset: what it is, sizes, per-split label and state counts, speakers,
+    license and credit."""
+    first = next(iter(dataset.values()))
+    labels = first.features["label"].names
+    states = [m for m in ("text", "image", "audio") if f"{m}_state" in first.column_names]
+    header = "| split | examples | speakers | labels (" + " / ".join(labels) + ") |"
+    header += "".join(f" {m} ({' / '.join(STATE_PROBABILITIES[m])}) |" for m in states)
     lines = [
-        "# hf_multimodal demo dataset: written, handwritten and spoken digits",
+        "# hf_multimodal demo dataset",
         "",
-        "Built by `scripts/make_demo_dataset.py` (`hf_multimodal.demo_data`); see the repository README.",
+        first.info.description,
         "",
-        "| split | examples | text (clean / ambiguous / uninformative / missing) | image (clean / occluded / noisy / missing) "
-        "| audio (clean / overlapped / noisy / missing) |",
-        "|---|---|---|---|---|",
+        "Built by `scripts/make_demo_dataset.py`; see the repository README (Demo datasets) for how each example is "
+        "made and how the splits are separated.",
+        "",
+        header,
+        "|" + "---|" * (4 + len(states)),
     ]
     for split, part in dataset.items():
-        cells = []
-        for modality in ("text", "image", "audio"):
+        speakers = ", ".join(sorted(name for name in set(part["speaker"]) if name)) or "-"
+        label_counts = Counter(part["label"])
+        cells = [" / ".join(str(label_counts[index]) for index in range(len(labels)))]
+        for modality in states:
             counts = Counter(part[f"{modality}_state"])
             cells.append(" / ".join(str(counts[state]) for state in STATE_PROBABILITIES[modality]))
-        lines.append(f"| {split} | {len(part)} | {' | '.join(cells)} |")
+        lines.append(f"| {split} | {len(part)} | {speakers} | {' | '.join(cells)} |")
     lines += ["", _CREDIT, ""]
     return "\n".join(lines)
 
@@ -250,8 +421,8 @@ _CREDIT = (
 )
 
 
-def _describe_info(info: datasets.DatasetInfo, seed: int) -> None:
-    info.description = f"hf_multimodal demo: digits written, handwritten and spoken, often corrupted (seed {seed})."
+def _describe_info(info: datasets.DatasetInfo, description: str) -> None:
+    info.description = description
     info.homepage = "https://github.com/Jakobovski/free-spoken-digit-dataset"
     info.license = "CC BY-SA 4.0 (audio, adapted from FSDD); CC BY 4.0 (images, UCI handwritten digits)"
     info.citation = _CREDIT
@@ -286,21 +457,6 @@ def _draw_states(rng: np.random.Generator, probabilities: dict[str, dict[str, fl
         f"probabilities {probabilities} almost never give an example with at most one modality missing and one "
         "informative: lower the 'missing' probabilities."
     )
-
-
-def _example(rng, label, split, audio_pools, image_pools, probabilities) -> dict:
-    states = _draw_states(rng, probabilities)
-    audio, speaker = _make_audio(rng, label, states["audio"], audio_pools[split])
-    return {
-        "text": _make_text(rng, label, states["text"]),
-        "image": _make_image(rng, label, states["image"], image_pools[split]),
-        "audio": audio,
-        "label": label,
-        "text_state": states["text"],
-        "image_state": states["image"],
-        "audio_state": states["audio"],
-        "speaker": speaker,
-    }
 
 
 def _other_digits(rng: np.random.Generator, label: int, count: int) -> list[int]:
@@ -405,23 +561,44 @@ def _make_audio(rng: np.random.Generator, label: int, state: str, pool: dict[int
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Folder to write the DatasetDict to (save_to_disk).")
+    parser.add_argument("--task", choices=TASKS, default="classify", help="Which dataset to build (see above).")
+    parser.add_argument(
+        "--match", nargs=2, default=["image", "audio"], metavar="MODALITY",
+        help="With --task match: the two modalities whose digits are compared (default: image audio).",
+    )
     parser.add_argument(
         "--audio_dir",
         default=str(VENDORED_AUDIO_DIR),
         help="Folder of Free Spoken Digit Dataset recordings (default: the vendored subset).",
     )
+    parser.add_argument("--held_out_speaker", default=HELD_OUT_SPEAKER, help="Speaker kept for test_unseen_speaker.")
     parser.add_argument("--num_train", type=int, default=2400)
     parser.add_argument("--num_validation", type=int, default=400)
-    parser.add_argument("--num_test", type=int, default=800)
+    parser.add_argument("--num_test", type=int, default=800, help="Examples of each test split.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="Replace the content of a non-empty --output_dir.")
     return parser.parse_args()
 
 
-
-if __name__ == "__main__":
+def main() -> None:
     args = parse_arguments()
-    dataset = build_demo_dataset(args.audio_dir, args.num_train, args.num_validation, args.num_test, args.seed)
+    common = {
+        "num_train": args.num_train,
+        "num_validation": args.num_validation,
+        "num_test": args.num_test,
+        "seed": args.seed,
+        "held_out_speaker": args.held_out_speaker,
+    }
+    if args.task == "match":
+        dataset = build_match_dataset(args.audio_dir, modalities=args.match, **common)
+    elif args.task == "pairs":
+        dataset = build_pairs_dataset(args.audio_dir, **common)
+    else:
+        dataset = build_demo_dataset(args.audio_dir, **common)
     save_demo_dataset(dataset, args.output_dir, overwrite=args.overwrite)
     print(describe_demo_dataset(dataset))
     print(f"Saved to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

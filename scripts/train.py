@@ -12,6 +12,7 @@ trainer, metrics and model card it assembles come from the `hf_multimodal` packa
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -24,6 +25,7 @@ import datasets
 import numpy as np
 import torch
 from transformers import (
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoProcessor,
     ConvNextImageProcessorPil,
@@ -39,7 +41,11 @@ from hf_multimodal import (
     FUSION_TYPES,
     MODALITIES,
     PIPELINE_TASK,
+    RETRIEVAL_TASK,
+    ZERO_SHOT_TASK,
     MultimodalForSequenceClassification,
+    MultimodalModel,
+    MultimodalPreTrainedModel,
     MultimodalProcessor,
 )
 from hf_multimodal.data_collator import MultimodalDataCollator
@@ -58,11 +64,21 @@ from hf_multimodal.training_args import MultimodalTrainingArguments
 
 logger = logging.get_logger(__name__)
 
+OBJECTIVES: tuple[str, ...] = ("classification", "contrastive")
+
 
 @dataclass
 class ModelArguments:
     """Which model to train: a saved hf_multimodal model, or one assembled from (pretrained or random) encoders."""
 
+    objective: str = field(
+        default="classification",
+        metadata={"help": "classification: learn the labels; contrastive: align the modalities in one space (InfoNCE "
+                  "between every pair of modalities of an example, as CLIP / CLAP) on unlabelled paired examples, for "
+                  "retrieval, zero-shot classification, or as a starting point of a classifier "
+                  "(--model_name_or_path <aligned folder>).",
+                  "choices": list(OBJECTIVES)},
+    )
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "A saved hf_multimodal model (folder or Hub id) to fine-tune. Leave out to build one from "
@@ -103,10 +119,30 @@ class ModelArguments:
                   "text=sentence-transformers/all-MiniLM-L6-v2.",
                   "aliases": ["--backbone_ids"]},  # its name before hf_multimodal 0.2
     )
-    fusion_type: str = field(default="gated", metadata={"help": f"One of {', '.join(FUSION_TYPES)}."})
+    fusion_type: str | None = field(
+        default=None,
+        metadata={"help": f"One of {', '.join(FUSION_TYPES)}. Default: gated for a new model, the saved one with "
+                  "--model_name_or_path. For labels that are a relation between modalities use comparator, concat, "
+                  "transformer or low_rank_tensor (README: Fusion heads)."},
+    )
     fusion_hidden_size: int = field(default=256, metadata={"help": "Width of the projections and the fusion head."})
     modality_dropout: float = field(
         default=0.0, metadata={"help": "Training-time probability of hiding each present modality of an example."}
+    )
+    modality_dropout_min_present: int = field(
+        default=1,
+        metadata={"help": "Modality dropout keeps at least this many modalities of each example: 2 for relational "
+                  "labels (README: Choosing modality dropout)."},
+    )
+    contrastive_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the auxiliary contrastive loss during classification (the modalities of an "
+                  "example must describe the same thing; not for relational labels)."},
+    )
+    modality_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the auxiliary per-modality classification losses, which train every encoder to "
+                  "read its modality on its own."},
     )
     freeze_modalities: list[str] = field(
         default_factory=list, metadata={"help": "Modalities whose encoder is frozen (kept in eval mode, not trained)."}
@@ -128,8 +164,15 @@ class ModelArguments:
     def __post_init__(self):
         _check_modalities(self.modalities, "--modalities", allow_empty=False)
         _check_modalities(self.freeze_modalities, "--freeze_modalities", allow_empty=True)
-        if self.fusion_type not in FUSION_TYPES:
+        if self.fusion_type is not None and self.fusion_type not in FUSION_TYPES:
             raise ValueError(f"--fusion_type must be one of {', '.join(FUSION_TYPES)}; got {self.fusion_type!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}.")
+        if self.objective == "contrastive" and len(self.modalities) < 2:
+            raise ValueError(
+                f"--objective contrastive aligns pairs of modalities: pass at least two in --modalities, got "
+                f"{self.modalities}."
+            )
         for modality in MODALITIES:
             if getattr(self, f"{modality}_model") and getattr(self, f"{modality}_config"):
                 raise ValueError(
@@ -137,6 +180,18 @@ class ModelArguments:
                     "config; pass one of them."
                 )
         self.backbone_hub_ids()  # validates the pairs
+
+    def config_overrides(self) -> dict[str, Any]:
+        """Settings of `MultimodalConfig` that these arguments set (the fusion type only when given)."""
+        overrides = {
+            "modality_dropout": self.modality_dropout,
+            "modality_dropout_min_present": self.modality_dropout_min_present,
+            "contrastive_loss_weight": self.contrastive_loss_weight,
+            "modality_loss_weight": self.modality_loss_weight,
+        }
+        if self.fusion_type is not None:
+            overrides["fusion_type"] = self.fusion_type
+        return overrides
 
     def learning_rates(self) -> dict[str, float | None]:
         """Learning rate per parameter group (`None`: the Trainer's `learning_rate`)."""
@@ -156,10 +211,17 @@ class ModelArguments:
 class DataArguments:
     """Which data to train on and how to read it."""
 
-    dataset: str = field(
-        metadata={"help": "A folder written by `save_to_disk` (e.g. by scripts/make_demo_dataset.py), any folder or "
-                  "Hub dataset id that `datasets.load_dataset` reads."}
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "A folder written by `save_to_disk` (e.g. by scripts/make_demo_dataset.py), a folder of "
+                  "train / validation / test CSV, JSON Lines or Parquet files, or a Hub dataset id or folder that "
+                  "`datasets.load_dataset` reads. Or give --train_file (and --validation_file, --test_file)."},
     )
+    train_file: str | None = field(
+        default=None, metadata={"help": "A CSV, JSON Lines or Parquet file of training examples (instead of --dataset)."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "As --train_file, for validation."})
+    test_file: str | None = field(default=None, metadata={"help": "As --train_file, for the final evaluation."})
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     validation_split: str = field(
@@ -168,6 +230,10 @@ class DataArguments:
                   "split is held out instead."},
     )
     test_split: str = field(default="test", metadata={"help": "Split of the final evaluation and the ablation."})
+    extra_test_splits: list[str] = field(
+        default_factory=list,
+        metadata={"help": "More splits evaluated at the end (e.g. test_unseen_speaker), reported under extra_tests."},
+    )
     validation_fraction: float = field(
         default=0.1, metadata={"help": "Share of the train split held out when there is no validation split."}
     )
@@ -187,6 +253,19 @@ class DataArguments:
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test examples."})
 
     def __post_init__(self):
+        if (self.dataset is None) == (self.train_file is None):
+            raise ValueError(
+                "pass either --dataset (a saved dataset, a folder or a Hub id) or --train_file (with --validation_file "
+                "and --test_file), not both and not neither."
+            )
+        if self.train_file is None and (self.validation_file or self.test_file):
+            raise ValueError("--validation_file and --test_file go with --train_file, not with --dataset.")
+        for option in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, option)
+            if path is not None and not (Path(path).suffix.lower() in DATA_FILE_FORMATS and Path(path).is_file()):
+                raise ValueError(
+                    f"--{option} {path!r} must be an existing {', '.join(DATA_FILE_FORMATS)} file."
+                )
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
         if self.max_text_tokens < 2:
@@ -199,6 +278,11 @@ class DataArguments:
     def columns(self) -> dict[str, str]:
         """Column name per modality."""
         return {"text": self.text_column, "image": self.image_column, "audio": self.audio_column}
+
+    @property
+    def name(self) -> str:
+        """The dataset's name for results and model cards: `--dataset`, or the folder of `--train_file`."""
+        return self.dataset if self.dataset is not None else Path(self.train_file).resolve().parent.name
 
 
 def _check_modalities(values: Sequence[str], option: str, allow_empty: bool) -> None:
@@ -216,27 +300,32 @@ class Splits:
     test: datasets.Dataset
     labels: list[str]
     label_to_id: dict[Any, int] | None
+    extra_tests: dict[str, datasets.Dataset] = field(default_factory=dict)
 
 
-def load_splits(data_args: DataArguments, modalities: Sequence[str], seed: int) -> Splits:
+def load_splits(
+    data_args: DataArguments, modalities: Sequence[str], seed: int, labelled: bool = True, min_modalities: int = 1
+) -> Splits:
     """Load the dataset, check its columns, keep image and audio columns undecoded (decoded by the collator, never
-    through torchcodec), hold out a validation split when there is none, and read the label names."""
+    through torchcodec), hold out a validation split when there is none, and read the label names (with
+    `labelled=False`, for contrastive training, the label column is optional). Training examples with fewer than
+    `min_modalities` of `modalities` are left out."""
     raw = _load_dataset(data_args)
     if isinstance(raw, datasets.Dataset):
-        raise ValueError(f"{data_args.dataset} holds a single Dataset: it needs named splits (a DatasetDict).")
-    for name in (data_args.train_split, data_args.test_split):
+        raise ValueError(f"{data_args.name} holds a single Dataset: it needs named splits (a DatasetDict).")
+    for name in (data_args.train_split, data_args.test_split, *data_args.extra_test_splits):
         if name not in raw:
             raise ValueError(
-                f"{data_args.dataset} has no split {name!r} (splits: {', '.join(raw)}): pass --train_split / "
-                "--test_split."
+                f"{data_args.name} has no split {name!r} (splits: {', '.join(raw)}): pass --train_split / "
+                "--test_split / --extra_test_splits among those."
             )
     columns = data_args.columns()
-    needed = [columns[m] for m in modalities] + [data_args.label_column]
+    needed = [columns[m] for m in modalities] + ([data_args.label_column] if labelled else [])
     for split in raw.values():
         missing = [column for column in needed if column not in split.column_names]
         if missing:
             raise ValueError(
-                f"{data_args.dataset} has no column(s) {missing} (columns: {split.column_names}): pass "
+                f"{data_args.name} has no column(s) {missing} (columns: {split.column_names}): pass "
                 "--text_column / --image_column / --audio_column / --label_column, or leave that modality out of "
                 "--modalities."
             )
@@ -246,28 +335,94 @@ def load_splits(data_args: DataArguments, modalities: Sequence[str], seed: int) 
         validation = raw[data_args.validation_split]
     else:
         logger.warning(
-            f"{data_args.dataset} has no {data_args.validation_split!r} split: holding out "
+            f"{data_args.name} has no {data_args.validation_split!r} split: holding out "
             f"{data_args.validation_fraction:.0%} of {data_args.train_split!r} for validation."
         )
         held_out = train.train_test_split(test_size=data_args.validation_fraction, seed=seed)
         train, validation = held_out["train"], held_out["test"]
-    test = raw[data_args.test_split]
     train = _first(train, data_args.max_train_samples)
     validation = _first(validation, data_args.max_eval_samples)
-    test = _first(test, data_args.max_test_samples)
-    labels, label_to_id = _label_names(train, data_args.label_column)
-    # A model cannot learn from an example that has none of its modalities: train only on the others.
-    train = _with_any_modality(train, [columns[m] for m in modalities])
+    test = _first(raw[data_args.test_split], data_args.max_test_samples)
+    extra_tests = {name: _first(raw[name], data_args.max_test_samples) for name in data_args.extra_test_splits}
+    has_labels = data_args.label_column in train.column_names
+    labels, label_to_id = _label_names(train, data_args.label_column) if has_labels else ([], None)
+    # A model cannot learn from an example that has too few of its modalities: train only on the others.
+    train = _with_modalities(train, [columns[m] for m in modalities], min_modalities)
     if len(train) == 0:
-        raise ValueError(f"no training example has any of the modalities {list(modalities)}.")
-    return Splits(train, validation, test, labels, label_to_id)
+        raise ValueError(
+            f"no training example has {min_modalities} or more of the modalities {list(modalities)}: check "
+            "--modalities and the columns."
+        )
+    return Splits(train, validation, test, labels, label_to_id, extra_tests)
+
+
+DATA_FILE_FORMATS: dict[str, str] = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+"""Data file suffixes and the `datasets` builder that reads them."""
+_SPLIT_FILE_NAMES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "dev", "val"),
+    "test": ("test",),
+}
 
 
 def _load_dataset(data_args: DataArguments) -> datasets.DatasetDict | datasets.Dataset:
+    if data_args.train_file is not None:
+        files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+        return _load_data_files({split: Path(path) for split, path in files.items() if path is not None}, data_args)
     folder = Path(data_args.dataset)
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return datasets.load_from_disk(str(folder))
+    if folder.is_dir():
+        tables = sorted(path for path in folder.iterdir() if path.suffix.lower() in DATA_FILE_FORMATS)
+        if tables:
+            return _load_data_files(_split_files(folder, tables), data_args)
     return datasets.load_dataset(data_args.dataset, data_args.dataset_config)
+
+
+def _split_files(folder: Path, tables: Sequence[Path]) -> dict[str, Path]:
+    """The data file of each split in a folder of tables (`train.csv`, `validation.csv`, `test.csv`, ...); a folder
+    whose tables do not name their split one-to-one is refused, with the files found and the options to use."""
+    found = {}
+    for split, names in _SPLIT_FILE_NAMES.items():
+        matches = [path for path in tables if path.stem.lower() in names]
+        if len(matches) == 1:
+            found[split] = matches[0]
+    if "train" not in found or len(found) != len(tables):
+        raise ValueError(
+            f"{folder} holds the data files {[path.name for path in tables]}, which do not say one split each "
+            f"(expected names: train, validation, test, with a suffix among {', '.join(DATA_FILE_FORMATS)}): pass "
+            "--train_file, --validation_file and --test_file instead of --dataset."
+        )
+    return found
+
+
+def _load_data_files(files: Mapping[str, Path], data_args: DataArguments) -> datasets.DatasetDict:
+    """Read CSV / JSON Lines / Parquet files, one per split; relative media paths in the image and audio columns are
+    resolved against the folder of the file that names them (not the working directory)."""
+    formats = {DATA_FILE_FORMATS[path.suffix.lower()] for path in files.values()}
+    if len(formats) != 1:
+        raise ValueError(f"the data files {[str(path) for path in files.values()]} mix formats: use one format.")
+    loaded = datasets.load_dataset(formats.pop(), data_files={split: str(path) for split, path in files.items()})
+    media = [data_args.columns()[m] for m in ("image", "audio")]
+    return datasets.DatasetDict(
+        {split: _absolute_media_paths(part, media, files[split].resolve().parent) for split, part in loaded.items()}
+    )
+
+
+def _absolute_media_paths(dataset: datasets.Dataset, columns: Sequence[str], base: Path) -> datasets.Dataset:
+    """Make the relative file paths of the string `columns` absolute against `base`."""
+
+    def resolve(batch):
+        return {
+            column: [value if value is None or os.path.isabs(value) else str(base / value) for value in batch[column]]
+            for column in present
+        }
+
+    present = [
+        column for column in columns
+        if column in dataset.column_names and dataset.features[column] == datasets.Value("string")
+    ]
+    return dataset.map(resolve, batched=True) if present else dataset
 
 
 def _undecoded(dataset: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
@@ -298,11 +453,13 @@ def _label_names(train: datasets.Dataset, column: str) -> tuple[list[str], dict[
     raise TypeError(f"label column {column!r} must hold class indices or strings, got {type(values[0]).__name__}.")
 
 
-def _with_any_modality(dataset: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
-    def has_any(*column_values):
-        return [not all(is_missing(value) for value in row) for row in zip(*column_values)]
+def _with_modalities(dataset: datasets.Dataset, columns: Sequence[str], count: int) -> datasets.Dataset:
+    """The examples that have at least `count` of the modalities in `columns`."""
 
-    return dataset.filter(has_any, input_columns=list(columns), batched=True, keep_in_memory=True)
+    def enough(*column_values):
+        return [sum(not is_missing(value) for value in row) >= count for row in zip(*column_values)]
+
+    return dataset.filter(enough, input_columns=list(columns), batched=True, keep_in_memory=True)
 
 
 def resnet_image_processor(size: int) -> ConvNextImageProcessorPil:
@@ -314,14 +471,19 @@ def resnet_image_processor(size: int) -> ConvNextImageProcessorPil:
 
 def build_model_and_processor(
     model_args: ModelArguments, data_args: DataArguments, labels: Sequence[str]
-) -> tuple[MultimodalForSequenceClassification, MultimodalProcessor]:
-    """The model (from a saved model, or assembled with `from_backbones`) and its processor, set up for `labels`."""
-    id2label = dict(enumerate(labels))
-    label2id = {label: index for index, label in id2label.items()}
+) -> tuple[MultimodalPreTrainedModel, MultimodalProcessor]:
+    """The model and its processor: a `MultimodalForSequenceClassification` set up for `labels`, or for
+    `--objective contrastive` a `MultimodalModel`; loaded from `--model_name_or_path` (a classifier may start from
+    an aligned model) or assembled with `from_backbones`."""
+    overrides = model_args.config_overrides()
+    if model_args.objective == "classification":
+        model_class, auto_class = MultimodalForSequenceClassification, AutoModelForSequenceClassification
+        id2label = dict(enumerate(labels))
+        overrides.update(id2label=id2label, label2id={label: index for index, label in id2label.items()})
+    else:
+        model_class, auto_class = MultimodalModel, AutoModel
     if model_args.model_name_or_path is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
-        )
+        model = auto_class.from_pretrained(model_args.model_name_or_path, ignore_mismatched_sizes=True, **overrides)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         missing = [m for m in model_args.modalities if m not in model.config.modalities]
         if missing:
@@ -329,7 +491,6 @@ def build_model_and_processor(
                 f"{model_args.model_name_or_path} has no encoder for {missing}: its modalities are "
                 f"{list(model.config.modalities)}; pass --modalities among those."
             )
-        model.config.modality_dropout = model_args.modality_dropout
     else:
         sources = {}
         for modality in MODALITIES:
@@ -339,14 +500,7 @@ def build_model_and_processor(
                 sources[modality] = getattr(model_args, f"{modality}_model")
             else:
                 sources[modality] = _parse_config(getattr(model_args, f"{modality}_config"), f"--{modality}_config")
-        model = MultimodalForSequenceClassification.from_backbones(
-            **sources,
-            fusion_type=model_args.fusion_type,
-            fusion_hidden_size=model_args.fusion_hidden_size,
-            modality_dropout=model_args.modality_dropout,
-            id2label=id2label,
-            label2id=label2id,
-        )
+        model = model_class.from_backbones(**sources, fusion_hidden_size=model_args.fusion_hidden_size, **overrides)
         processor = MultimodalProcessor.from_backbones(
             **{m: getattr(model_args, f"{m}_model") if m in model_args.modalities else None for m in MODALITIES}
         )
@@ -406,10 +560,14 @@ def save_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, names: Se
 
 
 def format_results_table(results: Mapping[str, Any]) -> str:
-    """A Markdown table of the test metrics and the per-modality ablation of a `metrics.json` dict."""
+    """A Markdown table of a `metrics.json` dict: a classifier's test metrics, per-modality ablation and extra test
+    splits, or an aligned model's retrieval recall and zero-shot accuracy."""
+    modalities = results["modalities"]
+    if results.get("objective", "classification") == "contrastive":
+        return _format_alignment_table(results)
     rows = [("all modalities", results["test"])]
     rows += [(name.replace("_", " "), values) for name, values in results["ablation"].items()]
-    modalities = results["modalities"]
+    rows += [(f"{name} split", values) for name, values in (results.get("extra_tests") or {}).items()]
     model = f"{results['fusion_type']} fusion of {', '.join(modalities)}" if len(modalities) > 1 else f"{modalities[0]} only"
     lines = [
         f"Test results: {model} ({results['test']['num_examples']} examples)",
@@ -418,6 +576,19 @@ def format_results_table(results: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [f"| {name} | " + " | ".join(f"{values[m]:.3f}" for m in METRIC_NAMES) + " |" for name, values in rows]
+    return "\n".join(lines)
+
+
+def _format_alignment_table(results: Mapping[str, Any]) -> str:
+    splits = {"test": results["test"], **(results.get("extra_tests") or {})}
+    lines = [f"Alignment of {', '.join(results['modalities'])}: retrieval at the label level and zero-shot accuracy", ""]
+    lines += ["| split | evaluation | recall@1 | recall@5 |", "|---|---|---|---|"]
+    for split, values in splits.items():
+        for direction, scores in (values.get("retrieval") or {}).items():
+            at_5 = next((value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1"))
+            lines.append(f"| {split} | {direction.replace('_to_', ' -> ')} | {scores['recall@1']:.3f} | {at_5:.3f} |")
+        for modality, scores in (values.get("zero_shot") or {}).items():
+            lines.append(f"| {split} | zero-shot {modality} (accuracy) | {scores['accuracy']:.3f} | |")
     return "\n".join(lines)
 
 
@@ -439,17 +610,22 @@ def build_trainer(
     ```
     """
     set_seed(training_args.seed)
-    splits = load_splits(data_args, model_args.modalities, training_args.seed)
+    contrastive = model_args.objective == "contrastive"
+    splits = load_splits(
+        data_args, model_args.modalities, training_args.seed, labelled=not contrastive, min_modalities=1 + contrastive
+    )
     model, processor = build_model_and_processor(model_args, data_args, splits.labels)
     collator = MultimodalDataCollator(
         processor,
-        modalities=model.config.modalities,
+        # a saved model may have more encoders than --modalities asks to use
+        modalities=[m for m in model.config.modalities if m in model_args.modalities],
         columns=data_args.columns(),
-        label_column=data_args.label_column,
+        label_column=None if contrastive else data_args.label_column,
         label_to_id=splits.label_to_id,
         max_audio_seconds=data_args.max_audio_seconds,
+        return_loss=contrastive,
     )
-    all_callbacks = [*callbacks, ModelCardCallback(dataset=data_args.dataset)]
+    all_callbacks = [*callbacks, ModelCardCallback(dataset=data_args.name)]
     if training_args.early_stopping_patience:
         all_callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
@@ -461,11 +637,11 @@ def build_trainer(
         eval_dataset=splits.validation,
         data_collator=collator,
         processing_class=processor,
-        compute_metrics=metrics_function(len(splits.labels)),
+        compute_metrics=None if contrastive else metrics_function(len(splits.labels)),
         callbacks=all_callbacks,
         learning_rates=model_args.learning_rates(),
         frozen_modalities=model_args.freeze_modalities,
-        label_prior=_label_prior(splits, data_args.label_column),
+        label_prior=None if contrastive else _label_prior(splits, data_args.label_column),
     )
     return trainer, splits
 
@@ -477,56 +653,144 @@ def train_and_evaluate(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """
-    Train, keep the best checkpoint, save model + processor + pipeline code into `training_args.output_dir`, evaluate
-    on the test split with every modality and with each one removed, and write `metrics.json`,
-    `confusion_matrix.png` and the model card there.
+    Train, keep the best checkpoint, save model + processor + pipeline code into `training_args.output_dir`,
+    evaluate, and write `metrics.json` and the model card there (and `confusion_matrix.png` for a classifier).
 
-    Returns the `metrics.json` dict: `dataset`, `test` and `ablation` (`without_<modality>` for each modality of a
-    model that has several, each with accuracy, macro precision / recall / F1 and `num_examples`),
-    `hyperparameters`, `modalities`, `fusion_type`, `labels` and `confusion_matrix`.
+    A classifier is evaluated on the test split with every modality and with each one removed, and on every
+    `--extra_test_splits`; an aligned model (`--objective contrastive`) by retrieval recall@1 / recall@5 at the label
+    level in every direction between its modalities and by zero-shot accuracy against the label names as text.
+
+    Returns the `metrics.json` dict: `objective`, `dataset`, `test` (accuracy, macro precision / recall / F1 and
+    `num_examples`; for an aligned model `retrieval` and `zero_shot`), `ablation` (`without_<modality>` for each
+    modality of a classifier that has several), `extra_tests`, `hyperparameters`, `modalities`, `fusion_type`,
+    `labels` and `confusion_matrix`.
     """
     output_dir = Path(training_args.output_dir)
     resume = _resolve_resume(training_args.resume_from_checkpoint, output_dir)
     trainer, splits = build_trainer(model_args, data_args, training_args, callbacks)
-    model, processor, collator = trainer.model, trainer.processing_class, trainer.data_collator
+    model, processor = trainer.model, trainer.processing_class
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
     trainer.save_model(str(output_dir))  # the best model (load_best_model_at_end) and its processor, any backend
+    tasks = [PIPELINE_TASK] if model_args.objective == "classification" else [RETRIEVAL_TASK]
+    if model_args.objective == "contrastive" and "text" in model.config.modalities:
+        tasks.append(ZERO_SHOT_TASK)
     if trainer.is_world_process_zero():
-        # Saved again through the pipeline, from the files just written: adds the pipeline's code and the config's
+        # Saved again through the pipelines, from the files just written: adds their code and the config's
         # `custom_pipelines`, so that `pipeline(model=output_dir, trust_remote_code=True)` works without the package.
-        pipeline(PIPELINE_TASK, model=str(output_dir)).save_pretrained(output_dir)
+        for task in tasks:
+            pipeline(task, model=str(output_dir)).save_pretrained(output_dir)
 
-    test_metrics, predictions, label_ids = evaluate_split(trainer, splits.test, collator, "test")
-    ablation = {}
-    if len(model.config.modalities) > 1:
-        for modality in model.config.modalities:
-            ablation[f"without_{modality}"], _, _ = evaluate_split(
-                trainer, splits.test, replace(collator, drop_modalities=(modality,)), f"test_without_{modality}"
-            )
-    trainer.data_collator = collator
     results = {
-        "dataset": data_args.dataset,
-        "test": test_metrics,
-        "ablation": ablation,
-        "hyperparameters": _hyperparameters(model_args, data_args, trainer, train_result, train_seconds),
-        "modalities": list(model.config.modalities),
+        "objective": model_args.objective,
+        "dataset": data_args.name,
+        "modalities": list(trainer.data_collator.modalities),
         "fusion_type": model.config.fusion_type,
         "labels": list(splits.labels),
     }
+    if model_args.objective == "classification":
+        results.update(evaluate_classifier(trainer, splits))
+    elif trainer.is_world_process_zero():
+        tests = {data_args.test_split: splits.test, **splits.extra_tests}
+        evaluated = {
+            name: evaluate_alignment(
+                output_dir, part, data_args, splits, trainer.data_collator.modalities,
+                training_args.per_device_eval_batch_size,
+            )
+            for name, part in tests.items()
+        }
+        results["test"] = evaluated.pop(data_args.test_split)
+        results["extra_tests"] = evaluated
+    results["hyperparameters"] = _hyperparameters(model_args, data_args, trainer, train_result, train_seconds)
     if trainer.is_world_process_zero():
-        results["confusion_matrix"] = save_confusion_matrix(
-            label_ids, predictions, splits.labels, output_dir / "confusion_matrix.png"
-        )
+        if "predictions" in results:
+            predictions, label_ids = results.pop("predictions")
+            results["confusion_matrix"] = save_confusion_matrix(
+                label_ids, predictions, splits.labels, output_dir / "confusion_matrix.png"
+            )
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        card = model_card_from_output_folder(
-            output_dir, repo_id=training_args.hub_model_id, processor=processor
-        )
+        card = model_card_from_output_folder(output_dir, repo_id=training_args.hub_model_id, processor=processor)
         card.save(output_dir / "README.md")
         print(format_results_table(results), flush=True)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training: best model, processor, test results and model card")
+    return results
+
+
+def evaluate_classifier(trainer: MultimodalTrainer, splits: Splits) -> dict[str, Any]:
+    """Test metrics, the per-modality ablation (each modality removed from every test example) and the metrics of
+    the extra test splits; `predictions` holds the test predictions and labels for the confusion matrix."""
+    collator = trainer.data_collator
+    modalities = collator.modalities
+    test_metrics, predictions, label_ids = evaluate_split(trainer, splits.test, collator, "test")
+    ablation = {}
+    if len(modalities) > 1:
+        for modality in modalities:
+            ablation[f"without_{modality}"], _, _ = evaluate_split(
+                trainer, splits.test, replace(collator, drop_modalities=(modality,)), f"test_without_{modality}"
+            )
+    extra_tests = {name: evaluate_split(trainer, part, collator, name)[0] for name, part in splits.extra_tests.items()}
+    trainer.data_collator = collator
+    return {
+        "test": test_metrics,
+        "ablation": ablation,
+        "extra_tests": extra_tests,
+        "predictions": (predictions, label_ids),
+    }
+
+
+def evaluate_alignment(
+    folder: Path,
+    dataset: datasets.Dataset,
+    data_args: DataArguments,
+    splits: Splits,
+    used: Sequence[str],
+    batch_size: int,
+) -> dict[str, Any]:
+    """How well a saved aligned model puts matching examples together, through its retrieval pipeline.
+
+    Every modality of `dataset` is indexed as a gallery; each item of one modality queries the gallery of each other
+    modality, and counts as found at k when one of its top k results has its label (retrieval at the label level:
+    for digits, "a recording of a 7 finds a scan of a 7"). Zero-shot accuracy: each non-text item against the label
+    names embedded as text, the closest one being the prediction. Without a label column only `num_examples` is
+    reported.
+    """
+    retriever = pipeline(RETRIEVAL_TASK, model=str(folder))
+    modalities = [m for m in retriever.model.config.modalities if m in used]
+    columns, label_column = data_args.columns(), data_args.label_column
+    results: dict[str, Any] = {"num_examples": len(dataset)}
+    if label_column not in dataset.column_names or not splits.labels:
+        return results
+    label_ids = [splits.label_to_id[v] if splits.label_to_id else int(v) for v in dataset[label_column]]
+    galleries, item_labels = {}, {}
+    for modality in modalities:
+        values = dataset[columns[modality]]
+        rows = [row for row, value in enumerate(values) if not is_missing(value)]
+        if rows:
+            galleries[modality] = retriever.index([values[row] for row in rows], modality=modality, batch_size=batch_size)
+            item_labels[modality] = np.array([label_ids[row] for row in rows])
+    results["retrieval"] = {}
+    for query, gallery in itertools.permutations(galleries, 2):
+        top_k = min(5, len(galleries[gallery]))
+        ranked = galleries[gallery].search(galleries[query].embeddings, top_k)
+        hits = np.array([[item_labels[gallery][hit["index"]] for hit in row] for row in ranked])
+        found = hits == item_labels[query][:, None]
+        results["retrieval"][f"{query}_to_{gallery}"] = {
+            "recall@1": float(found[:, 0].mean()),
+            f"recall@{top_k}": float(found.any(axis=1).mean()),
+            "num_queries": len(found),
+        }
+    if "text" in modalities:
+        prompts = retriever.index([{"text": name} for name in splits.labels], batch_size=batch_size).embeddings
+        results["zero_shot"] = {
+            modality: {
+                "accuracy": float(((gallery.embeddings @ prompts.T).argmax(axis=1) == item_labels[modality]).mean()),
+                "num_examples": len(gallery),
+            }
+            for modality, gallery in galleries.items()
+            if modality != "text"
+        }
     return results
 
 

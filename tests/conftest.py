@@ -104,6 +104,7 @@ def client_env(hub_server, home: Path, token: str | None = None, **extra: str) -
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",  # as this process: same kernels, bitwise-equal results
         **extra,
     }
     if token:

@@ -15,10 +15,15 @@ from PIL import Image
 
 from make_demo_dataset import (
     DIGIT_WORDS,
+    HELD_OUT_SPEAKER,
     INFORMATIVE_STATES,
+    NEUTRAL_NOTES,
+    SPLITS,
     STATE_PROBABILITIES,
     UNINFORMATIVE_TEXTS,
     build_demo_dataset,
+    build_match_dataset,
+    build_pairs_dataset,
     load_handwritten_digits,
     load_spoken_digits,
     save_demo_dataset,
@@ -38,14 +43,20 @@ def _rows(dataset: datasets.DatasetDict) -> dict:
     return {split: part.to_dict() for split, part in dataset.items()}
 
 
+SPEAKERS = {"george", "jackson", "lucas", "nicolas", "yweweler"}
+
+
 def test_vendored_recordings_cover_every_digit_and_split():
     pools = load_spoken_digits(AUDIO_DIR)
+    assert list(pools) == list(SPLITS)
     for split, by_digit in pools.items():
         assert sorted(by_digit) == list(range(10))
-        assert all(len(clips) >= 10 for clips in by_digit.values()), split  # 5 speakers x at least 2 recordings
-        assert {speaker for clips in by_digit.values() for speaker, _ in clips} == {
-            "george", "jackson", "lucas", "nicolas", "yweweler"
-        }
+        assert all(len(clips) >= 8 for clips in by_digit.values()), split  # 4 speakers x at least 2, or 1 x 16
+        speakers = {speaker for clips in by_digit.values() for speaker, _ in clips}
+        if split == "test_unseen_speaker":
+            assert speakers == {HELD_OUT_SPEAKER}
+        else:
+            assert speakers == SPEAKERS - {HELD_OUT_SPEAKER}
     assert sum(path.stat().st_size for path in AUDIO_DIR.glob("*.flac")) < 5 * 2**20  # small enough to vendor
     assert "CC BY-SA 4.0" in (AUDIO_DIR / "README.md").read_text()
 
@@ -58,8 +69,10 @@ def test_builder_is_deterministic(demo):
 
 
 def test_schema_sizes_and_balanced_labels(demo):
-    assert list(demo) == ["train", "validation", "test"]
-    assert {split: len(part) for split, part in demo.items()} == {"train": 60, "validation": 20, "test": 30}
+    assert list(demo) == ["train", "validation", "test", "test_unseen_speaker"]
+    assert {split: len(part) for split, part in demo.items()} == {
+        "train": 60, "validation": 20, "test": 30, "test_unseen_speaker": 30
+    }
     features = demo["train"].features
     assert features["text"] == datasets.Value("string")
     assert isinstance(features["image"], datasets.Image) and not features["image"].decode
@@ -124,13 +137,15 @@ def test_noisy_images_and_audio_are_degraded(demo):
 
 def test_image_and_audio_sources_do_not_overlap_between_splits():
     images = load_handwritten_digits()
-    counts = {split: sum(len(v) for v in by_digit.values()) for split, by_digit in images.items()}
+    assert images["test_unseen_speaker"] is images["test"]  # both test splits draw from the unseen scans
+    counts = {split: sum(len(v) for v in images[split].values()) for split in ("train", "validation", "test")}
     assert sum(counts.values()) == 1797 and counts["train"] > counts["test"] > counts["validation"]
     ids = {split: {image.tobytes() for images_ in by_digit.values() for image in images_} for split, by_digit in images.items()}
     assert not ids["train"] & ids["test"] and not ids["validation"] & ids["test"]
     audio = load_spoken_digits(AUDIO_DIR)
     clips = {split: {w.tobytes() for clips_ in by_digit.values() for _, w in clips_} for split, by_digit in audio.items()}
     assert not clips["train"] & clips["test"] and not clips["train"] & clips["validation"]
+    assert not clips["test_unseen_speaker"] & (clips["train"] | clips["validation"] | clips["test"])
 
 
 def test_save_round_trip_and_refusal_to_overwrite(demo, tmp_path):
@@ -144,9 +159,45 @@ def test_save_round_trip_and_refusal_to_overwrite(demo, tmp_path):
 def test_bad_arguments_are_explained(tmp_path):
     with pytest.raises(ValueError, match="not a folder"):
         build_demo_dataset(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="no train recordings"):
+    with pytest.raises(ValueError, match="holds no FSDD recordings"):
         build_demo_dataset(tmp_path)
+    with pytest.raises(ValueError, match="held_out_speaker 'nobody' has no recording"):
+        build_demo_dataset(AUDIO_DIR, held_out_speaker="nobody")
+    with pytest.raises(ValueError, match="two distinct ones"):
+        build_match_dataset(AUDIO_DIR, modalities=("image", "image"))
     with pytest.raises(ValueError, match="sum to 1"):
         build_demo_dataset(AUDIO_DIR, probabilities={"text": {"clean": 0.5, "ambiguous": 0.1, "uninformative": 0.1, "missing": 0.1}})
     with pytest.raises(ValueError, match="num_test"):
         build_demo_dataset(AUDIO_DIR, num_test=0)
+
+
+@pytest.mark.parametrize("modalities", [("image", "audio"), ("text", "image")])
+def test_match_task_is_balanced_and_only_the_relation_is_informative(modalities):
+    dataset = build_match_dataset(AUDIO_DIR, modalities=modalities, **SIZES)
+    assert _rows(build_match_dataset(AUDIO_DIR, modalities=modalities, **SIZES)) == _rows(dataset)  # deterministic
+    assert dataset["train"].features["label"].names == ["different", "same"]
+    for split, part in dataset.items():
+        assert set(Counter(part["label"]).values()) == {len(part) // 2}, split  # exactly half and half
+        for row in part:
+            first, second = (row[f"{m}_digit"] for m in modalities)
+            assert row["label"] == int(first == second) and 0 <= first <= 9 and 0 <= second <= 9
+            assert all(row[m] is not None for m in modalities)
+            if "text" in modalities:
+                assert _digits_in(row["text"]) == {row["text_digit"]} and row["audio"] is None
+            else:
+                assert row["text"] is None or row["text"] in NEUTRAL_NOTES  # a note that carries no digit
+                assert (row["speaker"] == HELD_OUT_SPEAKER) == (split == "test_unseen_speaker")
+    # a modality alone says nothing: each of its digits comes with "same" and "different" alike
+    rows = list(build_match_dataset(AUDIO_DIR, modalities=modalities, num_train=2000, num_validation=2, num_test=2)["train"])
+    for digit in range(10):
+        labels = [row["label"] for row in rows if row[f"{modalities[1]}_digit"] == digit]
+        assert 0.35 < np.mean(labels) < 0.65
+
+
+def test_pairs_task_gives_one_digit_three_ways():
+    dataset = build_pairs_dataset(AUDIO_DIR, **SIZES)
+    for split, part in dataset.items():
+        assert set(Counter(part["label"]).values()) == {len(part) // 10}
+        for row in part:
+            assert row["text_digit"] == row["image_digit"] == row["audio_digit"] == row["label"]
+            assert _digits_in(row["text"]) == {row["label"]} and row["image"] and row["audio"]

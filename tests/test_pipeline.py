@@ -33,8 +33,9 @@ LABELS = {0: "bird", 1: "cat", 2: "dog"}
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline") / "model"
-    tiny_model(fusion_type="attention", id2label=LABELS).save_pretrained(folder)
-    MultimodalProcessor(image_processor=tiny_image_processor(), max_text_length=16).save_pretrained(folder)
+    model = tiny_model(fusion_type="attention", id2label=LABELS)
+    processor = MultimodalProcessor(image_processor=tiny_image_processor(), max_text_length=16)
+    MultimodalClassificationPipeline(model=model, processor=processor).save_pretrained(folder)
     return folder
 
 
@@ -317,7 +318,7 @@ def test_remote_code_pipeline_from_a_folder_in_a_fresh_process(pipe, saved_folde
         capture_output=True,
         text=True,
         timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])

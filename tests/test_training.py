@@ -141,7 +141,7 @@ def test_run_writes_model_processor_metrics_and_confusion_matrix(single_run):
     matrix = np.array(metrics["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 24
     assert np.trace(matrix) / 24 == pytest.approx(metrics["test"]["accuracy"])
-    assert metrics["hyperparameters"]["global_steps"] == STEPS and metrics["hyperparameters"]["num_processes"] == 1
+    assert metrics["hyperparameters"]["global_steps"] == STEPS and metrics["hyperparameters"]["num_devices"] == 1
     # clean text: the model learned (chance is 0.1), and it leans on text
     assert metrics["test"]["accuracy"] >= 0.3
     assert metrics["ablation"]["without_text"]["accuracy"] < metrics["test"]["accuracy"]
@@ -169,7 +169,7 @@ def test_two_processes_finish_with_metrics_close_to_one_process(single_run, data
     # same global batch (2 x 4 = 8) and same data order as the 1-process run
     run([*launch, *tiny_arguments(data, output, batch_size=4)])
     single, ddp = read_metrics(single_run), read_metrics(output)
-    assert ddp["hyperparameters"]["num_processes"] == 2 and ddp["hyperparameters"]["total_train_batch_size"] == 8
+    assert ddp["hyperparameters"]["num_devices"] == 2 and ddp["hyperparameters"]["total_train_batch_size"] == 8
     assert ddp["hyperparameters"]["global_steps"] == single["hyperparameters"]["global_steps"] == 150
     assert ddp["test"]["num_examples"] == 24  # gathered from both processes, without duplicates
     assert abs(ddp["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.125  # 3 of 24 examples

@@ -28,7 +28,9 @@ from .modeling_multimodal import (
     MultimodalSequenceClassifierOutput,
 )
 from .modeling_wavenet import WaveNetModel, WaveNetPreTrainedModel
-from .pipeline_multimodal import PIPELINE_TASK, MultimodalClassificationPipeline
+from .pipeline_multimodal import PIPELINE_TASK, MultimodalClassificationPipeline, MultimodalPipeline
+from .pipeline_retrieval import RETRIEVAL_TASK, GalleryIndex, MultimodalRetrievalPipeline
+from .pipeline_zero_shot import ZERO_SHOT_TASK, ZeroShotMultimodalClassificationPipeline
 from .processing_multimodal import MultimodalProcessor
 
 
@@ -60,13 +62,19 @@ def _register() -> None:
     MultimodalImageProcessor.register_for_auto_class("AutoImageProcessor")
     MultimodalProcessor.register_for_auto_class("AutoProcessor")
 
-    # pipeline("multimodal-classification", model=...); saved configs also carry it as `custom_pipelines`.
+    # pipeline("multimodal-classification", model=...) and the tasks of aligned models; a pipeline's save_pretrained
+    # writes its task into the config's `custom_pipelines`, for remote-code loading.
     PIPELINE_REGISTRY.register_pipeline(
         PIPELINE_TASK,
         pipeline_class=MultimodalClassificationPipeline,
         pt_model=AutoModelForSequenceClassification,
         type="multimodal",
     )
+    for task, pipeline_class in (
+        (RETRIEVAL_TASK, MultimodalRetrievalPipeline),
+        (ZERO_SHOT_TASK, ZeroShotMultimodalClassificationPipeline),
+    ):
+        PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModel, type="multimodal")
 
 
 _register()
@@ -75,6 +83,9 @@ __all__ = [
     "FUSION_TYPES",
     "MODALITIES",
     "PIPELINE_TASK",
+    "RETRIEVAL_TASK",
+    "ZERO_SHOT_TASK",
+    "GalleryIndex",
     "MultimodalClassificationPipeline",
     "MultimodalConfig",
     "MultimodalForSequenceClassification",
@@ -82,11 +93,14 @@ __all__ = [
     "MultimodalModel",
     "MultimodalModelOutput",
     "MultimodalPreTrainedModel",
+    "MultimodalPipeline",
     "MultimodalProcessor",
+    "MultimodalRetrievalPipeline",
     "MultimodalSequenceClassifierOutput",
     "WaveNetConfig",
     "WaveNetFeatureExtractor",
     "WaveNetModel",
     "WaveNetPreTrainedModel",
+    "ZeroShotMultimodalClassificationPipeline",
     "resample_audio",
 ]

@@ -37,6 +37,8 @@ class MultimodalDataCollator:
         label_to_id (`Mapping`, *optional*): Maps label values (e.g. strings) to class indices.
         max_audio_seconds (`float`, *optional*): Audio is cut to this many seconds (only its start is decoded).
         drop_modalities (`Sequence[str]`, *optional*): Modalities hidden from the model (per-modality ablation).
+        return_loss (`bool`, *optional*): Add `return_loss=True` to every batch: the contrastive objective of an
+            unlabelled `MultimodalModel` (as `CLIPModel` is trained with `Trainer`).
 
     Example:
 
@@ -55,6 +57,7 @@ class MultimodalDataCollator:
     label_to_id: Mapping[Any, int] | None = None
     max_audio_seconds: float | None = None
     drop_modalities: Sequence[str] = ()
+    return_loss: bool = False
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         used = [m for m in self.modalities if m not in self.drop_modalities]
@@ -71,6 +74,8 @@ class MultimodalDataCollator:
             if "audio" in used:
                 arguments["sampling_rate"] = self.processor.feature_extractor.sampling_rate
             batch.update(self.processor(**arguments))
+        if self.return_loss:
+            batch["return_loss"] = True
         return batch
 
     def _decode(self, modality: str, example: Mapping[str, Any], index: int) -> Any:

@@ -167,8 +167,7 @@ def hyperparameters_from_args(args: transformers.TrainingArguments) -> dict[str,
     }
     if args.data_seed is not None:
         hyperparameters["data_seed"] = args.data_seed
-    if args.world_size > 1:
-        hyperparameters["num_devices"] = args.world_size
+    hyperparameters["num_devices"] = args.world_size
     if args.gradient_accumulation_steps > 1:
         hyperparameters["gradient_accumulation_steps"] = args.gradient_accumulation_steps
     hyperparameters["total_train_batch_size"] = (

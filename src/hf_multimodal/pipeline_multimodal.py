@@ -1,11 +1,14 @@
-"""`pipeline("multimodal-classification")`: decode any mix of text, image and audio inputs and classify them."""
+"""`pipeline("multimodal-classification")`: decode any mix of text, image and audio inputs and classify them; and
+`MultimodalPipeline`, the base of every pipeline of hf_multimodal models (decoding, batching, saving)."""
 
 from __future__ import annotations
 
 import collections.abc
+import json
 import os
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,40 +30,16 @@ FUNCTIONS_TO_APPLY: tuple[str, ...] = ("softmax", "sigmoid", "none")
 _UNSET = object()
 
 
-class MultimodalClassificationPipeline(Pipeline):
+class MultimodalPipeline(Pipeline):
     r"""
-    Classifies examples made of any subset of text, an image and audio with a multimodal sequence classifier.
+    Base of the pipelines of hf_multimodal models: examples are dicts with any of `"text"` (str), `"image"` (PIL
+    image, numpy array, tensor, file path, http(s) URL, bytes) and `"audio"` (file path, URL, bytes of a WAV/FLAC/OGG
+    file, `{"array", "sampling_rate"}` dict, or a waveform array with `sampling_rate`), or the same as keyword
+    arguments. A list of dicts is a batch; a `datasets.Dataset`, a torch dataset or a generator streams through.
+    Each example is decoded on its own (`preprocess`; audio mono at the feature extractor's rate), and the processor
+    runs on whole batches (`_collate`), so the examples of a batch may lack different modalities.
 
-    Each example is a dict with any of `"text"` (str), `"image"` (PIL image, numpy array, tensor, file path, http(s)
-    URL, bytes) and `"audio"` (file path, URL, bytes of a WAV/FLAC/OGG file, `{"array", "sampling_rate"}` dict, or a
-    waveform array with `sampling_rate`), or the same as keyword arguments. A list of dicts is a batch; a
-    `datasets.Dataset`, a torch dataset or a generator streams through the pipeline. Audio at another rate than the
-    feature extractor's is resampled. Each example gives a JSON-serialisable list of `{"label", "score"}`, best first.
-
-    Call parameters:
-        top_k (`int` or `None`, *optional*):
-            How many labels to return per example; all of them by default (`None`).
-        function_to_apply (`str`, *optional*):
-            `"softmax"`, `"sigmoid"` or `"none"` (raw logits). Defaults to sigmoid for multi-label models (and models
-            with one label), none for regression and softmax otherwise.
-        sampling_rate (`int`, *optional*):
-            Rate of raw waveform arrays passed without one (audio files carry their own).
-        batch_size (`int`, *optional*):
-            Examples per forward pass when given a list, dataset or generator.
-        timeout (`float`, *optional*):
-            Seconds to wait for a URL download (10 by default).
-
-    Example:
-
-    ```python
-    >>> import hf_multimodal  # registers the task
-    >>> from transformers import pipeline
-    >>> classifier = pipeline("multimodal-classification", model="path/to/trained-folder")
-    >>> classifier({"text": "seven", "image": "digit.png", "audio": "seven.wav"}, top_k=2)
-    [{'label': '7', 'score': 0.93}, {'label': '1', 'score': 0.02}]
-    >>> classifier([{"text": "two"}, {"audio": {"array": waveform, "sampling_rate": 8000}}], batch_size=2)
-    [[{'label': '2', ...}, ...], [...]]
-    ```
+    Subclasses define `_forward` and `postprocess`, and may extend `_sanitize_parameters`.
     """
 
     _load_processor = True
@@ -73,7 +52,7 @@ class MultimodalClassificationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(
-                "the multimodal-classification pipeline needs the model's processor: save it beside the model "
+                f"the {type(self).__name__} needs the model's processor: save it beside the model "
                 "(processor.save_pretrained(folder)) or pass processor=... to pipeline()."
             )
         self.model.eval()
@@ -82,26 +61,13 @@ class MultimodalClassificationPipeline(Pipeline):
         self._processor_lock = threading.Lock()
 
     def __call__(self, inputs: Any = None, **kwargs) -> list | Iterator:
-        """
-        Classify one example, a batch of examples or a stream of them.
-
-        Args:
-            inputs (`dict`, `list[dict]`, `datasets.Dataset`, torch dataset or generator of dicts, *optional*):
-                The example(s); or give one example's `text=`, `image=`, `audio=` as keyword arguments.
-            kwargs:
-                `top_k`, `function_to_apply`, `sampling_rate`, `batch_size`, `timeout` (see the class docstring).
-
-        Returns:
-            A list of `{"label", "score"}` dicts for one example, a list of such lists for a list of examples, or an
-            iterator over them for a dataset or generator.
-        """
         example = {key: kwargs.pop(key) for key in MODALITIES if key in kwargs}
         if example:
             if inputs is not None:
                 raise ValueError("pass the example either as a dict or as text=/image=/audio= keywords, not both.")
             inputs = example
         if inputs is None:
-            raise ValueError("nothing to classify: pass a dict with text, image and/or audio, or text=/image=/audio=.")
+            raise ValueError("nothing to process: pass a dict with text, image and/or audio, or text=/image=/audio=.")
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
@@ -110,31 +76,18 @@ class MultimodalClassificationPipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def _sanitize_parameters(
-        self,
-        top_k: Any = _UNSET,
-        function_to_apply: str | None = None,
-        sampling_rate: int | None = None,
-        timeout: float | None = None,
+        self, sampling_rate: int | None = None, timeout: float | None = None, **kwargs
     ) -> tuple[dict, dict, dict]:
-        preprocess_params, postprocess_params = {}, {}
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected parameters {sorted(kwargs)}.")
+        preprocess_params = {}
         if sampling_rate is not None:
             preprocess_params["sampling_rate"] = check_sampling_rate(sampling_rate)
         if timeout is not None:
             if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
                 raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
             preprocess_params["timeout"] = float(timeout)
-        if top_k is not _UNSET:
-            if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-                raise ValueError(f"top_k must be a positive integer or None (all labels), got {top_k!r}.")
-            postprocess_params["top_k"] = top_k
-        if function_to_apply is not None:
-            name = str(getattr(function_to_apply, "value", function_to_apply)).lower()
-            if name not in FUNCTIONS_TO_APPLY:
-                raise ValueError(
-                    f"function_to_apply must be one of {', '.join(FUNCTIONS_TO_APPLY)}; got {function_to_apply!r}."
-                )
-            postprocess_params["function_to_apply"] = name
-        return preprocess_params, {}, postprocess_params
+        return preprocess_params, {}, {}
 
     def preprocess(
         self, inputs: dict, sampling_rate: int | None = None, timeout: float | None = None
@@ -189,6 +142,115 @@ class MultimodalClassificationPipeline(Pipeline):
         # view tracking (the base class uses `no_grad`). Outputs leave the pipeline as Python floats.
         return torch.inference_mode
 
+    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
+        batch = self._collate([self.preprocess(inputs, **preprocess_params)])
+        return self.postprocess(self.forward(batch, **forward_params), **postprocess_params)
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        # As `Pipeline.get_iterator`, but batches are built by the processor from decoded examples: examples of one
+        # batch may lack different modalities, which tensor-level padding cannot express.
+        if isinstance(inputs, collections.abc.Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            num_workers = min(num_workers, 1)  # an iterable cannot be split between several workers
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+        dataloader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=self._collate)
+        model_iterator = PipelineIterator(dataloader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """`Pipeline.save_pretrained` (the model, and with the task registered by `import hf_multimodal`, this
+        pipeline's code and the config's `custom_pipelines` entry), plus the processor, which transformers' version
+        leaves out: `pipeline(model=save_directory)` then rebuilds this pipeline, with `trust_remote_code=True` even
+        where hf_multimodal is not installed. Tasks saved into the folder earlier by other pipelines of the same
+        model (e.g. retrieval, then zero-shot) stay in `custom_pipelines`; the live config is left as it was."""
+        config = self.model.config
+        live = getattr(config, "custom_pipelines", None)
+        config_file = Path(save_directory) / "config.json"
+        saved = json.loads(config_file.read_text()).get("custom_pipelines") if config_file.is_file() else None
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+            if saved and getattr(config, "custom_pipelines", None):
+                config.custom_pipelines = {**saved, **config.custom_pipelines}
+                config.save_pretrained(save_directory)
+        finally:
+            if live is None:
+                config.__dict__.pop("custom_pipelines", None)
+            else:
+                config.custom_pipelines = live
+        self.processor.save_pretrained(save_directory)
+
+
+class MultimodalClassificationPipeline(MultimodalPipeline):
+    r"""
+    Classifies examples made of any subset of text, an image and audio with a multimodal sequence classifier.
+
+    Examples are given as for every [`MultimodalPipeline`]: a dict with any of `"text"`, `"image"`, `"audio"`, a list
+    of them (a batch), a dataset or a generator. Audio at another rate than the feature extractor's is resampled.
+    Each example gives a JSON-serialisable list of `{"label", "score"}`, best first.
+
+    Call parameters:
+        top_k (`int` or `None`, *optional*):
+            How many labels to return per example; all of them by default (`None`).
+        function_to_apply (`str`, *optional*):
+            `"softmax"`, `"sigmoid"` or `"none"` (raw logits). Defaults to sigmoid for multi-label models (and models
+            with one label), none for regression and softmax otherwise.
+        sampling_rate (`int`, *optional*):
+            Rate of raw waveform arrays passed without one (audio files carry their own).
+        batch_size (`int`, *optional*):
+            Examples per forward pass when given a list, dataset or generator.
+        timeout (`float`, *optional*):
+            Seconds to wait for a URL download (10 by default).
+
+    Example:
+
+    ```python
+    >>> import hf_multimodal  # registers the task
+    >>> from transformers import pipeline
+    >>> classifier = pipeline("multimodal-classification", model="path/to/trained-folder")
+    >>> classifier({"text": "seven", "image": "digit.png", "audio": "seven.wav"}, top_k=2)
+    [{'label': '7', 'score': 0.93}, {'label': '1', 'score': 0.02}]
+    >>> classifier([{"text": "two"}, {"audio": {"array": waveform, "sampling_rate": 8000}}], batch_size=2)
+    [[{'label': '2', ...}, ...], [...]]
+    ```
+    """
+
+    def __call__(self, inputs: Any = None, **kwargs) -> list | Iterator:
+        """
+        Classify one example, a batch of examples or a stream of them.
+
+        Args:
+            inputs (`dict`, `list[dict]`, `datasets.Dataset`, torch dataset or generator of dicts, *optional*):
+                The example(s); or give one example's `text=`, `image=`, `audio=` as keyword arguments.
+            kwargs:
+                `top_k`, `function_to_apply`, `sampling_rate`, `batch_size`, `timeout` (see the class docstring).
+
+        Returns:
+            A list of `{"label", "score"}` dicts for one example, a list of such lists for a list of examples, or an
+            iterator over them for a dataset or generator.
+        """
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        top_k: Any = _UNSET,
+        function_to_apply: str | None = None,
+        **kwargs,
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
+        if top_k is not _UNSET:
+            if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+                raise ValueError(f"top_k must be a positive integer or None (all labels), got {top_k!r}.")
+            postprocess_params["top_k"] = top_k
+        if function_to_apply is not None:
+            name = str(getattr(function_to_apply, "value", function_to_apply)).lower()
+            if name not in FUNCTIONS_TO_APPLY:
+                raise ValueError(
+                    f"function_to_apply must be one of {', '.join(FUNCTIONS_TO_APPLY)}; got {function_to_apply!r}."
+                )
+            postprocess_params["function_to_apply"] = name
+        return preprocess_params, forward_params, postprocess_params
+
     def _forward(self, model_inputs: BatchFeature) -> dict[str, torch.Tensor]:
         return {"logits": self.model(**model_inputs).logits}
 
@@ -219,30 +281,6 @@ class MultimodalClassificationPipeline(Pipeline):
             return "sigmoid"
         return "softmax"
 
-    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
-        batch = self._collate([self.preprocess(inputs, **preprocess_params)])
-        return self.postprocess(self.forward(batch, **forward_params), **postprocess_params)
-
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        # As `Pipeline.get_iterator`, but batches are built by the processor from decoded examples: examples of one
-        # batch may lack different modalities, which tensor-level padding cannot express.
-        if isinstance(inputs, collections.abc.Sized):
-            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
-        else:
-            num_workers = min(num_workers, 1)  # an iterable cannot be split between several workers
-            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
-        dataloader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=self._collate)
-        model_iterator = PipelineIterator(dataloader, self.forward, forward_params, loader_batch_size=batch_size)
-        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """`Pipeline.save_pretrained` (the model, and with the task registered by `import hf_multimodal`, this
-        pipeline's code and the config's `custom_pipelines` entry), plus the processor, which transformers' version
-        leaves out: `pipeline(model=save_directory)` then rebuilds this pipeline, with `trust_remote_code=True` even
-        where hf_multimodal is not installed."""
-        super().save_pretrained(save_directory, **kwargs)
-        self.processor.save_pretrained(save_directory)
-
 
 def _rows_if_hf_dataset(inputs: Any) -> Any:
     """A `datasets.Dataset` / `IterableDataset` as a generator of its rows, keeping the example columns."""
@@ -261,4 +299,4 @@ def _rows_if_hf_dataset(inputs: Any) -> Any:
     return ({key: value for key, value in row.items() if key in EXAMPLE_KEYS} for row in inputs)
 
 
-__all__ = ["PIPELINE_TASK", "MultimodalClassificationPipeline"]
+__all__ = ["PIPELINE_TASK", "MultimodalClassificationPipeline", "MultimodalPipeline"]

@@ -18,14 +18,28 @@ def _training_default(name: str, default: Any) -> Any:
 
 @dataclass
 class MultimodalTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults for this script (evaluate and save every epoch, keep the best model by
-    validation accuracy, early stopping, raw columns kept for the collator) and the early-stopping settings."""
+    """`TrainingArguments` with defaults for multimodal training (evaluate and save every epoch, keep the best model
+    by validation loss, early stopping, raw columns kept for the collator) and the early-stopping settings.
+
+    Model selection and early stopping follow the validation loss by default: accuracy on a small validation split
+    ties often, and `Trainer` keeps the first of tied evaluations (only a strict improvement counts), so a run could
+    stop early on a plateau of accuracy while the loss still improves. Pass `--metric_for_best_model accuracy` for
+    accuracy, and `--early_stopping_threshold` for the least improvement that counts.
+
+    Example:
+
+    ```python
+    >>> args = MultimodalTrainingArguments("outputs/run", num_train_epochs=10, early_stopping_patience=2)
+    >>> args.metric_for_best_model, args.greater_is_better, args.remove_unused_columns
+    ('loss', False, False)
+    ```
+    """
 
     eval_strategy: str = _training_default("eval_strategy", "epoch")
     save_strategy: str = _training_default("save_strategy", "epoch")
     logging_steps: float = _training_default("logging_steps", 20)
     load_best_model_at_end: bool = _training_default("load_best_model_at_end", True)
-    metric_for_best_model: str | None = _training_default("metric_for_best_model", "accuracy")
+    metric_for_best_model: str | None = _training_default("metric_for_best_model", "loss")
     save_total_limit: int | None = _training_default("save_total_limit", 2)
     remove_unused_columns: bool = _training_default("remove_unused_columns", False)
     ddp_find_unused_parameters: bool | None = _training_default("ddp_find_unused_parameters", True)

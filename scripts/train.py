@@ -47,6 +47,7 @@ from hf_multimodal import (
     MultimodalModel,
     MultimodalPreTrainedModel,
     MultimodalProcessor,
+    WaveNetConfig,
 )
 from hf_multimodal.data_collator import MultimodalDataCollator
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
@@ -504,6 +505,10 @@ def build_model_and_processor(
         processor = MultimodalProcessor.from_backbones(
             **{m: getattr(model_args, f"{m}_model") if m in model_args.modalities else None for m in MODALITIES}
         )
+        audio_config = model.config.audio_config
+        if isinstance(audio_config, WaveNetConfig) and model_args.audio_model is None:
+            # the default feature extractor of a new WaveNet encoder works at the rate its config names
+            processor.feature_extractor.sampling_rate = audio_config.sampling_rate
     recorded = {**(model.config.backbones or {}), **model_args.backbone_hub_ids()}
     model.config.backbones = {m: recorded[m] for m in model.config.modalities if m in recorded} or None
     processor.max_text_length = data_args.max_text_tokens

@@ -138,6 +138,76 @@ def test_modality_dropout_hides_modalities_but_never_all():
     assert model.multimodal(**inputs).presence.all()
 
 
+def test_modality_dropout_can_keep_two_modalities_for_relational_labels():
+    model = tiny_model(modality_dropout=0.9, modality_dropout_min_present=2).train()
+    inputs = {**tensor_inputs(MODALITIES, batch_size=BATCH), "has_text": torch.tensor([True, True, False, False])}
+    for seed in range(20):
+        torch.manual_seed(seed)
+        presence = model.multimodal(**inputs).presence
+        assert (presence.sum(dim=1) >= 2).all()  # examples 2 and 3 have exactly two: both always kept
+        assert presence[2:, 1:].all()
+
+
+class TestAlignment:
+    """The shared embedding space: get_*_features, the contrastive loss, and the auxiliary losses of a classifier."""
+
+    def test_features_are_the_embeddings_the_fusion_head_reads(self):
+        model = MultimodalModel(tiny_config()).eval()
+        inputs = tensor_inputs(MODALITIES)
+        outputs = model(**inputs)
+        text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+        image = model.get_image_features(inputs["pixel_values"]).pooler_output
+        audio = model.get_audio_features(inputs["input_values"], inputs["audio_attention_mask"]).pooler_output
+        for features, expected in ((text, outputs.text_embeds), (image, outputs.image_embeds), (audio, outputs.audio_embeds)):
+            assert features.shape == (BATCH, 32)
+            torch.testing.assert_close(features, expected)
+        classifier = tiny_model()  # the classifier hands them over to its MultimodalModel
+        assert classifier.get_image_features(inputs["pixel_values"]).pooler_output.shape == (BATCH, 32)
+
+    def test_contrastive_loss_aligns_pairs_and_trains_the_temperature(self):
+        torch.manual_seed(0)
+        model = MultimodalModel(tiny_config(("image", "audio"))).train()
+        inputs = tensor_inputs(("image", "audio"))
+        loss = model(**inputs, return_loss=True).loss
+        assert loss.shape == () and torch.isfinite(loss)
+        loss.backward()
+        assert model.logit_scale.grad is not None and model.audio_model.layers[0].dilated_conv.weight.grad is not None
+        assert model.logit_scale.item() == pytest.approx(2.6592, abs=1e-4)  # CLIP's initial ln(1 / 0.07)
+
+    def test_contrastive_loss_without_pairs_says_what_to_give(self):
+        model = MultimodalModel(tiny_config(("image", "audio"))).train()
+        inputs = tensor_inputs(("image", "audio"))
+        with pytest.raises(ValueError, match="no two examples of this batch share two modalities"):
+            model(**inputs, has_audio=torch.tensor([True, False, False, False]), return_loss=True)
+        with pytest.raises(ValueError, match="no two examples"):
+            model(pixel_values=inputs["pixel_values"], return_loss=True)  # a single modality
+
+    def test_auxiliary_losses_are_added_in_training_only(self):
+        labels = torch.tensor([0, 1, 2, 0])
+        inputs = tensor_inputs(MODALITIES)
+        plain = tiny_model(classifier_dropout=0.0, fusion_dropout=0.0)
+        auxiliary = tiny_model(classifier_dropout=0.0, fusion_dropout=0.0, contrastive_loss_weight=1.0, modality_loss_weight=1.0)
+        assert set(auxiliary.modality_classifiers) == set(MODALITIES) and not hasattr(plain, "modality_classifiers")
+        auxiliary.load_state_dict(plain.state_dict(), strict=False)
+        with torch.no_grad():
+            assert auxiliary(**inputs, labels=labels).loss.item() == pytest.approx(plain(**inputs, labels=labels).loss.item())
+            for model in (plain, auxiliary):  # training mode without any dropout: only the auxiliary terms differ
+                model.train()
+                for module in model.modules():
+                    if isinstance(module, torch.nn.Dropout):
+                        module.p = 0.0
+            assert auxiliary(**inputs, labels=labels).loss.item() > plain(**inputs, labels=labels).loss.item()
+
+    def test_a_classifier_starts_from_an_aligned_model_with_another_fusion_head(self, tmp_path):
+        aligned = MultimodalModel(tiny_config(fusion_type="gated"))
+        aligned.save_pretrained(tmp_path)
+        classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path, fusion_type="comparator", num_labels=2)
+        assert classifier.config.fusion_type == "comparator"
+        for name, tensor in aligned.state_dict().items():
+            if not name.startswith("fusion."):
+                torch.testing.assert_close(classifier.multimodal.state_dict()[name], tensor)
+
+
 @pytest.mark.parametrize(
     ("problem_type", "labels", "num_labels"),
     [

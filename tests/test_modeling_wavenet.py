@@ -44,8 +44,9 @@ class TestWaveNetModel:
         assert response[:30].abs().max() == 0  # nothing before the impulse reacts to it
         assert response[30:].abs().max() > 0
 
-    def test_padding_does_not_change_real_frames_or_pooling(self):
-        model = tiny_wavenet()
+    @pytest.mark.parametrize("frontend, sampling_rate", [("waveform", 16000), ("log_mel", 16000), ("log_mel", 8000)])
+    def test_padding_does_not_change_real_frames_or_pooling(self, frontend, sampling_rate):
+        model = tiny_wavenet(frontend=frontend, sampling_rate=sampling_rate)
         real = torch.randn(1, 5000)
         alone = model(real, attention_mask=torch.ones_like(real, dtype=torch.long))
         padded = torch.cat([real, torch.zeros(1, 11000)], dim=1)
@@ -80,3 +81,40 @@ class TestWaveNetModel:
         assert isinstance(loaded, WaveNetModel)
         audio = torch.randn(1, 4000)
         torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output)
+
+
+class TestLogMelFrontend:
+    def test_frames_follow_the_hop_at_any_rate(self):
+        for rate in (8000, 16000):
+            model = tiny_wavenet(frontend="log_mel", sampling_rate=rate)
+            assert model.config.samples_per_frame == rate // 100 and model.config.window_length == rate // 40
+            assert model(torch.randn(2, rate)).last_hidden_state.shape == (2, 100, 32)
+
+    def test_loudness_and_a_constant_channel_do_not_change_the_output(self):
+        """Normalising each mel bin over the clip's frames removes the gain and a fixed channel filter."""
+        model = tiny_wavenet(frontend="log_mel", sampling_rate=8000)
+        speech = torch.randn(1, 8000) * torch.linspace(0.1, 1.0, 8000)
+        louder = model(10.0 * speech).pooler_output
+        torch.testing.assert_close(louder, model(speech).pooler_output, atol=1e-4, rtol=1e-3)
+
+    def test_mel_filters_are_rebuilt_not_saved(self, tmp_path):
+        model = tiny_wavenet(frontend="log_mel", sampling_rate=8000)
+        assert not any("mel_filters" in name or "window" in name for name in model.state_dict())
+        model.save_pretrained(tmp_path)
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        audio = torch.randn(1, 4000)
+        torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output)
+
+    def test_bad_settings_are_refused(self):
+        with pytest.raises(ValueError, match="frontend must be one of waveform, log_mel"):
+            WaveNetConfig(frontend="mfcc")
+        with pytest.raises(ValueError, match="hop_ms .* at most window_ms"):
+            WaveNetConfig(frontend="log_mel", hop_ms=40.0, window_ms=25.0)
+
+
+def test_old_audio_attention_mask_name_still_works_with_a_warning():
+    model = tiny_wavenet()
+    audio, mask = torch.randn(1, 3200), torch.ones(1, 3200, dtype=torch.long)
+    with pytest.warns(FutureWarning, match="attention_mask"):
+        old = model(audio, audio_attention_mask=mask).pooler_output
+    torch.testing.assert_close(old, model(audio, attention_mask=mask).pooler_output)

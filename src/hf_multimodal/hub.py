@@ -13,8 +13,11 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoProcessor
 
 from .model_card import CONFUSION_MATRIX_FILE, DEFAULT_LICENSE, METRICS_FILE, checked_model_folder, model_card_from_output_folder
-from .modeling_multimodal import MultimodalForSequenceClassification
+from .configuration_multimodal import MultimodalConfig
+from .modeling_multimodal import MultimodalForSequenceClassification, MultimodalModel
 from .pipeline_multimodal import MultimodalClassificationPipeline
+from .pipeline_retrieval import MultimodalRetrievalPipeline
+from .pipeline_zero_shot import ZeroShotMultimodalClassificationPipeline
 
 try:  # huggingface_hub 2.x sends its requests through httpx2, 1.x through httpx
     from httpx2 import TimeoutException as HubTimeoutError
@@ -80,7 +83,8 @@ def push_output_folder_to_hub(
 ) -> CommitInfo:
     """
     Push a trained output folder to the Hub in one commit: the model (safetensors + config with `auto_map` and
-    `custom_pipelines`), its processor, the code of model, processor and pipeline, the generated model card
+    `custom_pipelines`), its processor, the code of model, processor and pipelines (classification, or retrieval and
+    zero-shot classification for an aligned model), the generated model card
     (`README.md`), `metrics.json` and the confusion matrix. Checkpoints and other training files stay local.
 
     The model and processor are loaded first (a folder whose weights do not load is refused before anything is
@@ -103,16 +107,24 @@ def push_output_folder_to_hub(
     ```
     """
     folder = checked_model_folder(folder)
-    model = MultimodalForSequenceClassification.from_pretrained(folder)
+    config = MultimodalConfig.from_pretrained(folder)
+    aligned = (config.architectures or [None])[0] == MultimodalModel.__name__
+    model = (MultimodalModel if aligned else MultimodalForSequenceClassification).from_pretrained(folder)
     processor = AutoProcessor.from_pretrained(folder)
+    pipelines = [MultimodalClassificationPipeline]
+    if aligned:
+        pipelines = [MultimodalRetrievalPipeline]
+        if "text" in config.modalities:
+            pipelines.append(ZeroShotMultimodalClassificationPipeline)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     card = model_card_from_output_folder(
         folder, repo_id=repo_id, license=license, backbones=backbones, processor=processor
     )
     with tempfile.TemporaryDirectory() as staging:
-        # Through the pipeline: the model, the processor, their code and the pipeline's code with `custom_pipelines`.
-        MultimodalClassificationPipeline(model=model, processor=processor).save_pretrained(staging)
+        # Through the pipelines: the model, the processor, their code and the pipelines' code with `custom_pipelines`.
+        for pipeline_class in pipelines:
+            pipeline_class(model=model, processor=processor).save_pretrained(staging)
         card.save(os.path.join(staging, "README.md"))
         for name in EXTRA_FILES:
             if (folder / name).is_file():

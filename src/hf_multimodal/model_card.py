@@ -28,6 +28,8 @@ from .trainer import checkpoints
 
 
 DEFAULT_TEMPLATE = "multimodal_classification.jinja"
+ALIGNMENT_TEMPLATE = "multimodal_alignment.jinja"
+"""Template of aligned models (`MultimodalModel` trained with the contrastive objective)."""
 DEFAULT_LICENSE = "apache-2.0"
 PIPELINE_TAG = "other"
 """The Hub accepts only its own task ids as `pipeline_tag` and none of them is multimodal classification; the task
@@ -97,6 +99,9 @@ class TrainingReport:
         backbones (`dict[str, str]`, *optional*): Hub ids of the pretrained encoders, by modality, where the config
             only knows local folders (the card's `base_model`).
         limitations (`list[str]`, *optional*): Extra limitations to state in the card.
+        objective (`str`, *optional*, defaults to `"classification"`): `"contrastive"` for an aligned model (retrieval
+            and zero-shot results, the alignment card).
+        extra_tests (`dict`, *optional*): Results on more test splits, keyed by split.
 
     Example:
 
@@ -107,6 +112,7 @@ class TrainingReport:
     ```
     """
 
+    objective: str = "classification"
     dataset: str | None = None
     test: dict[str, Any] | None = None
     ablation: dict[str, dict[str, Any]] | None = None
@@ -114,6 +120,7 @@ class TrainingReport:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     backbones: dict[str, str] | None = None
     limitations: list[str] = field(default_factory=list)
+    extra_tests: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> TrainingReport:
@@ -140,6 +147,8 @@ class TrainingReport:
         report.ablation = metrics.get("ablation")
         report.hyperparameters = metrics.get("hyperparameters")
         report.backbones = metrics.get("backbones")
+        report.objective = metrics.get("objective") or "classification"
+        report.extra_tests = metrics.get("extra_tests")
         report.limitations = list(metrics.get("limitations") or [])
         return report
 
@@ -269,6 +278,7 @@ def build_model_card(
     ```
     """
     report = report or TrainingReport()
+    aligned = report.objective == "contrastive" or (config.architectures or [None])[0] == "MultimodalModel"
     if repo_id is None and model_name is None:
         raise ValueError("build_model_card needs repo_id or model_name to name the model.")
     repo_id = repo_id or model_name
@@ -287,8 +297,14 @@ def build_model_card(
         base_model=[base_models[m] for m in modalities if m in base_models] or None,
         datasets=[dataset["id"]] if dataset and dataset["id"] else None,
         metrics=[name for name in METRIC_NAMES if name in (report.test or {})] or None,
-        tags=["hf_multimodal", "multimodal", "multimodal-classification", *modalities, f"fusion-{config.fusion_type}"],
-        eval_results=_eval_results(report, dataset) or None,
+        tags=[
+            "hf_multimodal",
+            "multimodal",
+            *(("multimodal-retrieval", "zero-shot") if aligned else ("multimodal-classification",)),
+            *modalities,
+            f"fusion-{config.fusion_type}",
+        ],
+        eval_results=None if aligned else _eval_results(report, dataset) or None,
     )
     sampling_rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None) or 16000
     context = {
@@ -313,7 +329,8 @@ def build_model_card(
             for name, value in (report.hyperparameters or {}).items()
             if value is not None and value != [] and value != {}
         },
-        "limitations": _limitations(config, report, processor, dataset),
+        "limitations": _limitations(config, report, processor, dataset, aligned),
+        "alignment_rows": _alignment_rows(report) if aligned else [],
         "confusion_matrix": confusion_matrix,
         "versions": {
             "hf_multimodal": _package_version(),
@@ -323,7 +340,7 @@ def build_model_card(
         **_results_context(report, modalities),
         **_training_log_context(report.log_history),
     }
-    path = Path(template) if template is not None else template_path()
+    path = Path(template) if template is not None else template_path(ALIGNMENT_TEMPLATE if aligned else DEFAULT_TEMPLATE)
     return ModelCard.from_template(card_data, template_path=str(path), **context)
 
 
@@ -416,8 +433,16 @@ def _input_notes(modalities: list[str], processor: Any) -> list[str]:
     return notes
 
 
-def _limitations(config: MultimodalConfig, report: TrainingReport, processor: Any, dataset: dict | None) -> list[str]:
+def _limitations(
+    config: MultimodalConfig, report: TrainingReport, processor: Any, dataset: dict | None, aligned: bool
+) -> list[str]:
     items = []
+    if aligned:
+        items.append(
+            "It aligns what its training pairs share: modalities that agree on something the pairs never showed "
+            "(other labels, other domains) may not land close together. Cosine similarities compare items; they are "
+            "not probabilities."
+        )
     if dataset:
         items.append(
             f"It was trained and evaluated on {dataset['name']} only: expect lower accuracy on data from another "
@@ -437,6 +462,28 @@ def _limitations(config: MultimodalConfig, report: TrainingReport, processor: An
         "or for safety-critical use: validate it on your own data before relying on its predictions."
     )
     return items + [str(item) for item in report.limitations]
+
+
+def _alignment_rows(report: TrainingReport) -> list[dict[str, str]]:
+    """Rows of the alignment card's evaluation table: retrieval recall per direction and zero-shot accuracy, per
+    test split."""
+    rows = []
+    for split, results in {"test": report.test or {}, **(report.extra_tests or {})}.items():
+        for direction, scores in (results.get("retrieval") or {}).items():
+            wider = [value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1"]
+            rows.append(
+                {
+                    "split": split,
+                    "evaluation": direction.replace("_to_", " → "),
+                    "first": _format_value(scores["recall@1"]),
+                    "second": _format_value(wider[0]) if wider else "-",
+                }
+            )
+        for modality, scores in (results.get("zero_shot") or {}).items():
+            rows.append(
+                {"split": split, "evaluation": f"zero-shot, {modality}", "first": _format_value(scores["accuracy"]), "second": ""}
+            )
+    return rows
 
 
 def _ablation_rows(report: TrainingReport, modalities: list[str]) -> list[dict[str, Any]]:
@@ -620,7 +667,10 @@ class ModelCardCallback(TrainerCallback):
         if not state.is_world_process_zero or model is None:
             return
         report = TrainingReport(
-            dataset=self.dataset, hyperparameters=hyperparameters_from_args(args), log_history=list(state.log_history)
+            objective="classification" if hasattr(model, "classifier") else "contrastive",
+            dataset=self.dataset,
+            hyperparameters=hyperparameters_from_args(args),
+            log_history=list(state.log_history),
         )
         card = build_model_card(
             model.config,

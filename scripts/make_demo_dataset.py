@@ -243,7 +243,7 @@ def build_demo_dataset(
         }
 
     description = f"hf_multimodal demo: digits written, handwritten and spoken, often corrupted (seed {seed})."
-    return _build(example, 10, features, (num_train, num_validation, num_test), seed, description)
+    return _build(example, 10, features, (num_train, num_validation, num_test), seed, "hf_multimodal-digits", description)
 
 
 def build_match_dataset(
@@ -289,7 +289,8 @@ def build_match_dataset(
     description = (
         f"hf_multimodal relational demo: do the {' and the '.join(modalities)} show the same digit? (seed {seed})"
     )
-    return _build(example, 2, features, (num_train, num_validation, num_test), seed, description)
+    name = f"hf_multimodal-digits-match-{'-'.join(modalities)}"
+    return _build(example, 2, features, (num_train, num_validation, num_test), seed, name, description)
 
 
 def build_pairs_dataset(
@@ -318,7 +319,7 @@ def build_pairs_dataset(
         return {**_clean_example(rng, digits, split, audio_pools, image_pools), "label": digit}
 
     description = f"hf_multimodal paired digits: a note, a scan and a recording of one digit each (seed {seed})."
-    return _build(example, 10, features, (num_train, num_validation, num_test), seed, description)
+    return _build(example, 10, features, (num_train, num_validation, num_test), seed, "hf_multimodal-digits-pairs", description)
 
 
 def _clean_example(rng: np.random.Generator, digits: Mapping[str, int], split: str, audio_pools, image_pools) -> dict:
@@ -340,6 +341,7 @@ def _build(
     features: Mapping[str, datasets.features.FeatureType],
     sizes: Sequence[int],
     seed: int,
+    name: str,
     description: str,
 ) -> datasets.DatasetDict:
     """The `DatasetDict` of every split, `example(rng, label, split)` making each row from its own seeded generator
@@ -364,7 +366,7 @@ def _build(
         dataset = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
             "audio", datasets.Audio(decode=False)
         )
-        _describe_info(dataset.info, description)
+        _describe_info(dataset.info, name, description)
         splits[split] = dataset
     return datasets.DatasetDict(splits)
 
@@ -421,7 +423,8 @@ _CREDIT = (
 )
 
 
-def _describe_info(info: datasets.DatasetInfo, description: str) -> None:
+def _describe_info(info: datasets.DatasetInfo, name: str, description: str) -> None:
+    info.dataset_name = name
     info.description = description
     info.homepage = "https://github.com/Jakobovski/free-spoken-digit-dataset"
     info.license = "CC BY-SA 4.0 (audio, adapted from FSDD); CC BY 4.0 (images, UCI handwritten digits)"

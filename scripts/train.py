@@ -57,6 +57,7 @@ from hf_multimodal.model_card import (
     hyperparameters_from_args,
     model_card_from_output_folder,
     parse_backbones,
+    without_local_paths,
 )
 from hf_multimodal.processing_multimodal import is_missing
 from hf_multimodal.trainer import FUSION_PART, MultimodalTrainer, last_complete_checkpoint, remove_incomplete_checkpoints
@@ -282,8 +283,11 @@ class DataArguments:
 
     @property
     def name(self) -> str:
-        """The dataset's name for results and model cards: `--dataset`, or the folder of `--train_file`."""
-        return self.dataset if self.dataset is not None else Path(self.train_file).resolve().parent.name
+        """The dataset's name for results and model cards: `--dataset` (a local folder by its name only), or the
+        folder of `--train_file`."""
+        if self.dataset is not None:
+            return Path(self.dataset).name if Path(self.dataset).exists() else self.dataset
+        return Path(self.train_file).resolve().parent.name
 
 
 def _check_modalities(values: Sequence[str], option: str, allow_empty: bool) -> None:
@@ -687,9 +691,12 @@ def train_and_evaluate(
         for task in tasks:
             pipeline(task, model=str(output_dir)).save_pretrained(output_dir)
 
+    local = data_args.train_file is not None or Path(data_args.dataset).exists()
     results = {
         "objective": model_args.objective,
-        "dataset": data_args.name,
+        # a local dataset by its own name (datasets' info) or folder name, never by this machine's path
+        "dataset": (local and splits.train.info.dataset_name) or data_args.name,
+        "dataset_local": local,
         "modalities": list(trainer.data_collator.modalities),
         "fusion_type": model.config.fusion_type,
         "labels": list(splits.labels),
@@ -833,8 +840,11 @@ def _hyperparameters(model_args, data_args, trainer, train_result, train_seconds
     """The run's settings and outcome for `metrics.json` (the model card shows them): the model and data arguments,
     the training arguments as `hyperparameters_from_args` names them, and what the run did."""
     state = trainer.state
-    return {
+    backbones = trainer.model.config.backbones or {}
+    return without_local_paths({
         **asdict(model_args),
+        # a pretrained encoder by its Hub id where known, rather than the folder it was read from
+        **{f"{m}_model": backbones[m] for m in backbones if getattr(model_args, f"{m}_model", None)},
         "backbones": trainer.model.config.backbones,
         **{f.name: getattr(data_args, f.name) for f in fields(data_args) if f.name != "dataset"},
         **hyperparameters_from_args(trainer.args),
@@ -845,7 +855,7 @@ def _hyperparameters(model_args, data_args, trainer, train_result, train_seconds
         "epochs_trained": round(float(state.epoch or 0.0), 3),
         "train_loss": round(float(train_result.training_loss), 5),
         "train_seconds": round(train_seconds, 1),
-    }
+    })
 
 
 def parse_arguments(argv: Sequence[str] | None = None):

@@ -98,8 +98,13 @@ def test_body_sections(card):
 
 
 def test_usage_snippet_runs_as_written(trained_output_folder):
-    local = model_card_from_output_folder(trained_output_folder, repo_id=str(trained_output_folder))
+    """A local model's card says it is local and names no folder of this machine; its snippet runs once the
+    placeholder it explains is replaced by the folder."""
+    local = model_card_from_output_folder(trained_output_folder)
+    assert local.data.model_name == "Local multimodal classifier of text, image, audio"
+    assert "saved locally, not on the Hub yet" in local.text and str(trained_output_folder) not in local.text
     snippet = re.search(r"```python\n(.*?)```", local.text, flags=re.S).group(1)
+    snippet = snippet.replace("path/to/this/folder", str(trained_output_folder))
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         exec(compile(snippet, "<model card snippet>", "exec"), {})
@@ -153,8 +158,7 @@ def test_bad_arguments_are_refused(tmp_path, trained_output_folder):
         model_card_from_output_folder(trained_output_folder, backbones={"text": "/local/bert"})
     with pytest.raises(ValueError, match="unknown modality 'video'"):
         model_card_from_output_folder(trained_output_folder, backbones={"video": "a/b"})
-    with pytest.raises(ValueError, match="needs repo_id or model_name"):
-        build_model_card(tiny_model().config)
+    assert build_model_card(tiny_model().config).data.model_name.startswith("Local multimodal classifier")
 
 
 def test_parameter_counts_from_a_folder_match_the_model(tmp_path):
@@ -196,7 +200,8 @@ def test_callback_fills_the_card_during_training(tmp_path):
     # filled as training goes: after the first evaluation the log has its row (epoch, step, a loss), not the second's
     assert len(written) == 2 and re.search(r"\| 0\.5 \| 2 \| [0-9.]+ \|", written[0]) and "| 1 | 4 |" not in written[0]
     card = ModelCard.load(tmp_path / "run" / "README.md")
-    assert card.data.datasets == ["alice/yes-no"] and card.data.model_name == "run"
+    # no --hub_model_id: the card says the model is local instead of naming it after its folder ("run")
+    assert card.data.datasets == ["alice/yes-no"] and card.data.model_name.startswith("Local multimodal classifier")
     assert "| learning_rate | 0.001 |" in card.text and "| seed | 3 |" in card.text
     assert "| total_train_batch_size | 2 |" in card.text and "| training_steps | 4 |" in card.text
     assert "Validation accuracy" in card.text and "| 1 | 4 |" in card.text

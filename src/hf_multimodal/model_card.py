@@ -3,6 +3,7 @@ template in `model_cards/` (shipped inside the wheel), and a `TrainerCallback` t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -91,7 +92,9 @@ class TrainingReport:
     `trainer_state.json` for the training log).
 
     Args:
-        dataset (`str`, *optional*): Hub id or local path of the training data.
+        dataset (`str`, *optional*): Hub id or name of the training data.
+        dataset_local (`bool`, *optional*): Whether `dataset` names local data (not a Hub dataset); inferred from
+            its form when not given.
         test (`dict`, *optional*): Test metrics: `accuracy`, `precision`, `recall`, `f1` (macro), `num_examples`.
         ablation (`dict`, *optional*): Test metrics with one modality removed, keyed `without_text`, ...
         hyperparameters (`dict`, *optional*): Training hyper-parameters, shown as a table.
@@ -114,6 +117,7 @@ class TrainingReport:
 
     objective: str = "classification"
     dataset: str | None = None
+    dataset_local: bool | None = None
     test: dict[str, Any] | None = None
     ablation: dict[str, dict[str, Any]] | None = None
     hyperparameters: dict[str, Any] | None = None
@@ -143,6 +147,7 @@ class TrainingReport:
             if name in METRIC_NAMES and not isinstance(value, (int, float)):
                 raise ValueError(f"{metrics_file}: test metric '{name}' must be a number, got {value!r}.")
         report.dataset = metrics.get("dataset")
+        report.dataset_local = metrics.get("dataset_local")
         report.test = metrics.get("test")
         report.ablation = metrics.get("ablation")
         report.hyperparameters = metrics.get("hyperparameters")
@@ -256,8 +261,10 @@ def build_model_card(
     Args:
         config ([`MultimodalConfig`]): The model's config.
         report ([`TrainingReport`], *optional*): The training run's data and results.
-        repo_id (`str`, *optional*): Where the model lives (used by the usage snippet); defaults to `model_name`.
-        model_name (`str`, *optional*): Title of the card; defaults to the last part of `repo_id`.
+        repo_id (`str`, *optional*): The model's Hub repo (title and usage snippet). Without it the card says the
+            model is local, and the snippet loads it from its folder.
+        model_name (`str`, *optional*): Title of the card; defaults to the repo's name, or for a local model to a
+            description ("Local multimodal classifier of text, image").
         license (`str`, *optional*, defaults to `"apache-2.0"`): Hub license id.
         backbones (`dict[str, str]`, *optional*): Hub ids of pretrained encoders by modality (the card's
             `base_model`), overriding those found in `config.backbones` and the report.
@@ -279,9 +286,11 @@ def build_model_card(
     """
     report = report or TrainingReport()
     aligned = report.objective == "contrastive" or (config.architectures or [None])[0] == "MultimodalModel"
-    if repo_id is None and model_name is None:
-        raise ValueError("build_model_card needs repo_id or model_name to name the model.")
-    repo_id = repo_id or model_name
+    local = not looks_like_hub_id(repo_id)
+    if local:  # a local folder: say so, and show where the folder goes in the usage snippet
+        kind = "aligned multimodal model" if aligned else "multimodal classifier"
+        model_name = model_name or f"Local {kind} of {', '.join(config.modalities)}"
+        repo_id = "path/to/this/folder"
     model_name = model_name or repo_id.split("/")[-1]
     modalities = list(config.modalities)
     labels = [str(config.id2label[index]) for index in sorted(config.id2label)]
@@ -310,6 +319,7 @@ def build_model_card(
     context = {
         "model_name": model_name,
         "repo_id": repo_id,
+        "local": local,
         "modalities": modalities,
         "labels": labels,
         "problem_type": config.problem_type or "single_label_classification",
@@ -365,7 +375,7 @@ def _base_models(config: MultimodalConfig, report: TrainingReport, overrides: di
 def _dataset_info(report: TrainingReport) -> dict[str, Any] | None:
     if not report.dataset:
         return None
-    is_hub = looks_like_hub_id(report.dataset)
+    is_hub = looks_like_hub_id(report.dataset) if report.dataset_local is None else not report.dataset_local
     return {
         "id": report.dataset if is_hub else None,
         "name": report.dataset if is_hub else Path(report.dataset).name,
@@ -550,7 +560,7 @@ def _training_log_context(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 def _format_value(value: Any) -> str:
     """A value for a card table; absolute local paths are reduced to their last part (they say nothing to readers
     of a Hub card and may expose a user's folders)."""
-    value = _without_local_paths(value)
+    value = without_local_paths(value)
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}".rstrip("0").rstrip(".")
     if isinstance(value, (dict, list, tuple)):
@@ -558,13 +568,23 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _without_local_paths(value: Any) -> Any:
+def without_local_paths(value: Any) -> Any:
+    """`value` (a string, or a dict / list of them, at any depth) with absolute local paths reduced to their last
+    part: what a training run writes (metrics, cards) travels to the Hub and must not expose a machine's folders.
+
+    Example:
+
+    ```python
+    >>> without_local_paths({"text_model": "/home/me/.venv/minilm", "dataset": "outputs/data"})
+    {'text_model': 'minilm', 'dataset': 'outputs/data'}
+    ```
+    """
     if isinstance(value, str) and os.path.isabs(value):
         return Path(value).name
     if isinstance(value, dict):
-        return {key: _without_local_paths(item) for key, item in value.items()}
+        return {key: without_local_paths(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_local_paths(item) for item in value]
+        return [without_local_paths(item) for item in value]
     return value
 
 
@@ -600,7 +620,6 @@ def model_card_from_output_folder(
         config,
         TrainingReport.from_folder(folder),
         repo_id=repo_id,
-        model_name=None if repo_id else folder.name,
         license=license,
         backbones=backbones,
         parameter_counts=count_parameters(folder),
@@ -660,7 +679,11 @@ class ModelCardCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
-            state.save_to_json(os.path.join(args.output_dir, TRAINER_STATE_NAME))
+            # the output folder's copy names the best checkpoint by its folder only (no local path)
+            best = state.best_model_checkpoint and Path(state.best_model_checkpoint).name
+            dataclasses.replace(state, best_model_checkpoint=best).save_to_json(
+                os.path.join(args.output_dir, TRAINER_STATE_NAME)
+            )
         self._write_card(args, state, model, processing_class)
 
     def _write_card(self, args, state, model, processing_class) -> None:
@@ -675,7 +698,7 @@ class ModelCardCallback(TrainerCallback):
         card = build_model_card(
             model.config,
             report,
-            repo_id=self.repo_id or args.hub_model_id or Path(args.output_dir).resolve().name,
+            repo_id=self.repo_id or args.hub_model_id,
             license=self.license,
             backbones=self.backbones,
             parameter_counts=count_parameters(model),
@@ -693,5 +716,6 @@ __all__ = [
     "hyperparameters_from_args",
     "model_card_from_output_folder",
     "parse_backbones",
+    "without_local_paths",
     "template_path",
 ]

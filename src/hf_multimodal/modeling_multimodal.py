@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -196,9 +197,12 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
         for modality, source in sources.items():
             if isinstance(source, (str, os.PathLike)):
                 encoder = _load_pretrained_encoder(source)
+                # A Hub id as given; a local folder by its name only: saved configs travel (Hub pushes, other
+                # machines) and must not carry this machine's paths.
+                backbones[modality] = Path(source).name if os.path.isdir(source) else str(source)
+                encoder.config._name_or_path = backbones[modality]
                 pretrained[modality] = encoder
                 sub_configs[modality] = encoder.config
-                backbones[modality] = str(source)
             else:
                 sub_configs[modality] = source
         config = MultimodalConfig(

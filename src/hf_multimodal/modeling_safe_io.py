@@ -54,17 +54,30 @@ def commit_staged_folder(staging: Path, target: Path) -> None:
     half-written. Weight files of an earlier save that this save did not write (e.g. old shards) are removed.
     """
     target.mkdir(parents=True, exist_ok=True)
+    mode = _default_file_mode(staging)
     staged = sorted(staging.rglob("*"), key=lambda path: (path.name.endswith(WEIGHT_SUFFIXES), str(path)))
     for path in staged:
         if path.is_file():
             destination = target / path.relative_to(staging)
             destination.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, mode)  # weights may be written through a private temporary file (mode 0600)
             os.replace(path, destination)
     written = {path.relative_to(staging) for path in staged}
     for old in target.iterdir():
         if old.is_file() and old.name.endswith(WEIGHT_SUFFIXES) and old.relative_to(target) not in written:
             old.unlink()
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _default_file_mode(folder: Path) -> int:
+    """The mode a new file gets in `folder` under the process's umask (read from a probe file: thread-safe, unlike
+    setting and restoring `os.umask`)."""
+    probe = folder / f".mode-probe-{uuid.uuid4().hex[:8]}"
+    probe.touch()
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
 
 
 class SafeSerializationMixin:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from .model_card import without_local_paths
+
 
 def _training_default(name: str, default: Any) -> Any:
     """A field of `TrainingArguments` with another default, keeping its help text."""
@@ -71,8 +73,11 @@ class MultimodalTrainingArguments(TrainingArguments):
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled state (`training_args.bin` in the output folder, every checkpoint and Hub upload) without the Hub
-        token, which stays in memory only."""
-        return {name: None if name.endswith("_token") else value for name, value in self.__dict__.items()}
+        token, which stays in memory only, and without this machine's absolute paths (reduced to their last part)."""
+        return {
+            name: None if name.endswith("_token") else without_local_paths(value)
+            for name, value in self.__dict__.items()
+        }
 
 
 __all__ = ["MultimodalTrainingArguments"]

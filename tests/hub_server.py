@@ -346,11 +346,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self.url_path, self.query = url.path, parse_qs(url.query)
+        self._method, self._fault = method, None
         self._status, self._body = None, None  # one handler serves every request of a keep-alive connection
         fault = self.hub.take_fault(method, url.path)
         if fault is not None:
-            self.hub.log(RequestRecord(method, url.path, fault.status if fault.kind == "error" else None, fault.kind))
+            self._fault = fault.kind
             if fault.kind == "drop":
+                self.hub.log(RequestRecord(method, url.path, None, fault.kind))
                 self._drop_connection(fault.after_bytes)
             else:
                 self._read_body()
@@ -370,7 +372,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self._error(error)
         except Exception as error:  # a bug of the server: answer 500 rather than hang the client
             self._error(HubError(500, f"server error: {type(error).__name__}: {error}"))
-        self.hub.log(RequestRecord(method, url.path, self._status))
 
     def _drop_connection(self, after_bytes: int) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -415,8 +416,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     ) -> None:
         if not isinstance(body, bytes):
             body = json.dumps(body).encode()
-        self._status = status
-        self.send_response(status)
+        self._respond(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
@@ -424,6 +424,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _respond(self, status: int) -> None:
+        """Log the request, then start the response: a client that has seen the answer always finds its request in
+        `hub.requests` (logging after the reply raced with tests reading the log)."""
+        self._status = status
+        self.hub.log(RequestRecord(self._method, self.url_path, status, self._fault))
+        self.send_response(status)
 
     def _error(self, error: HubError, headers: dict | None = None) -> None:
         headers = {**(headers or {}), "X-Error-Message": error.message}
@@ -694,8 +701,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             end = int(match.group(2)) if match.group(2) else size - 1
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         if self.command == "HEAD":
-            self._status = 200
-            self.send_response(200)
+            self._respond(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
             for key, value in headers.items():

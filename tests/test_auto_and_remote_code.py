@@ -100,6 +100,7 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_remote_code_in_a_fresh_process_gives_the_same_logits(saved_folder, tmp_path):
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_CODE_SCRIPT)
@@ -114,6 +115,7 @@ def test_remote_code_in_a_fresh_process_gives_the_same_logits(saved_folder, tmp_
     assert "REMOTE-CODE-OK transformers_modules" in result.stdout
 
 
+@pytest.mark.slow
 def test_remote_code_is_not_run_without_trust(saved_folder, tmp_path):
     """In a process without the package, the saved code is refused unless trust_remote_code=True is given."""
     script = tmp_path / "refuse.py"

@@ -27,6 +27,8 @@ from benchmark import (
     time_interleaved,
 )
 
+pytestmark = pytest.mark.slow  # benchmark smoke runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -30,6 +30,8 @@ from fuzz_strategies import (
 )
 from hf_multimodal import MultimodalProcessor
 
+pytestmark = pytest.mark.slow  # 1,000 generated bad inputs through the processor, model and pipeline
+
 NAMES_THE_PROBLEM = (
     "text", "image", "audio", "sampling", "example", "modalit", "nothing to", "return_tensors", "batch_size",
 )

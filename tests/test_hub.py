@@ -28,6 +28,8 @@ from hub_server import Fault, git_blob_oid
 
 from conftest import HUB_TOKENS, client_env, random_audio, random_image, write_trained_output_folder
 
+pytestmark = pytest.mark.slow  # round trips with the real Hub clients against the local server
+
 
 ALICE, BOB = list(HUB_TOKENS)
 ROOT = Path(__file__).resolve().parents[1]

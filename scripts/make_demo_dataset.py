@@ -346,9 +346,9 @@ def _build(
 ) -> datasets.DatasetDict:
     """The `DatasetDict` of every split, `example(rng, label, split)` making each row from its own seeded generator
     (so a row never depends on the others), labels balanced over `num_labels` and shuffled."""
-    for name, size in zip(("num_train", "num_validation", "num_test"), sizes):
+    for option, size in zip(("num_train", "num_validation", "num_test"), sizes):
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"{name} must be a positive integer, got {size!r}.")
+            raise ValueError(f"{option} must be a positive integer, got {size!r}.")
     sizes = dict(zip(SPLITS, (*sizes, sizes[-1])))  # num_test for each test split
     blob = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = datasets.Features(

@@ -60,7 +60,13 @@ from hf_multimodal.model_card import (
     without_local_paths,
 )
 from hf_multimodal.processing_multimodal import is_missing
-from hf_multimodal.trainer import FUSION_PART, MultimodalTrainer, last_complete_checkpoint, remove_incomplete_checkpoints
+from hf_multimodal.trainer import (
+    FUSION_PART,
+    MultimodalTrainer,
+    ProgressLineCallback,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
 from hf_multimodal.training_args import MultimodalTrainingArguments
 
 
@@ -635,6 +641,8 @@ def build_trainer(
         return_loss=contrastive,
     )
     all_callbacks = [*callbacks, ModelCardCallback(dataset=data_args.name)]
+    if training_args.disable_tqdm:  # logs without progress bars (CI, files): one line per evaluation instead
+        all_callbacks.append(ProgressLineCallback())
     if training_args.early_stopping_patience:
         all_callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)

@@ -1,0 +1,59 @@
+"""`bash scripts/demo.sh`, the README's main command, end to end at a tiny size (the set-up step and the pretrained
+MiniLM are swapped for the current environment and a tiny BERT): data, training with progress shown, the results
+table printed once, the reload through the pipeline, and the reuse of a finished run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertModel
+
+from hf_multimodal.processing_multimodal import default_tokenizer
+
+from conftest import TINY_TEXT, TINY_VISION
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = [
+    "--num_train_epochs", "1",
+    "--image_config", json.dumps(TINY_VISION),
+    "--audio_config", json.dumps({"frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 32, "num_stacks": 1,
+                                  "layers_per_stack": 2}),
+    "--fusion_hidden_size", "32",
+    "--per_device_train_batch_size", "8",
+]
+
+
+@pytest.mark.slow
+def test_demo_script_end_to_end(tmp_path):
+    text_model = tmp_path / "tiny-bert"
+    BertModel(BertConfig(**TINY_TEXT, vocab_size=30522)).save_pretrained(text_model)
+    default_tokenizer().save_pretrained(text_model)
+    env = {
+        **os.environ,
+        "SETUP": "0",
+        "PYTHON": sys.executable,
+        "TEXT_MODEL": str(text_model),
+        "DATA": str(tmp_path / "data"),
+        "OUTPUT": str(tmp_path / "model"),
+        "DATA_ARGS": "--num_train 40 --num_validation 10 --num_test 10",
+        "OMP_NUM_THREADS": "1",
+    }
+    first = subprocess.run(["bash", "scripts/demo.sh", *TINY_ARGS], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert first.stdout.count("| all modalities |") == 1  # the results table, printed once
+    assert "| test_unseen_speaker split |" in first.stdout
+    assert "%|" in first.stderr and "it/s" in first.stderr  # Trainer's progress bar: the newcomer sees progress
+    assert "Reloaded" in first.stdout and "Predicted: " in first.stdout
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["dataset"] == "hf_multimodal-digits" and metrics["dataset_local"] is True
+
+    again = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "holds a finished run: reusing it" in again.stdout
+    assert "| all modalities |" not in again.stdout and "Predicted: " in again.stdout

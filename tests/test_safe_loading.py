@@ -20,6 +20,9 @@ from hf_multimodal import MultimodalForSequenceClassification, WaveNetConfig, Wa
 from conftest import TINY_AUDIO, TINY_TEXT, tiny_model
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def pickle_only(folder, model) -> None:
     """Turn a saved folder into one that holds only pickle weights."""
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
@@ -169,3 +172,18 @@ def test_sigkill_during_saves_never_leaves_mixed_or_partial_weights(tmp_path):
         loaded = AutoModelForSequenceClassification.from_pretrained(folder)
         values = {float(value) for parameter in loaded.parameters() for value in parameter.detach().unique()}
         assert len(values) == 1, f"mixed weights after a kill: {sorted(values)[:5]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_files_get_the_permissions_of_the_umask(tmp_path, umask):
+    """Weights are written through a private temporary file (mode 0600) by the serializer: the staged save gives
+    every file the mode a new file gets under the process's umask, as the config and processor files have."""
+    script = (
+        "import os, sys; sys.path.insert(0, 'tests'); os.umask(%d)\n"
+        "from conftest import tiny_model\n"
+        "tiny_model().save_pretrained(sys.argv[1])\n" % umask
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=ROOT, check=True, capture_output=True)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "model").iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoProcessor
+from transformers import AutoModelForSequenceClassification, AutoProcessor, BertConfig, BertModel
 
 from hf_multimodal import MODALITIES
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.metrics import ClassificationMetrics
+from hf_multimodal.processing_multimodal import default_tokenizer
 from hf_multimodal.trainer import MultimodalTrainer
 
 from compare_runs import compare_runs
@@ -474,3 +475,32 @@ def test_data_files_with_relative_media_paths_are_read_from_their_own_folder(tmp
         load_splits(data_args, ["text", "image"], 0)
     with pytest.raises(ValueError, match="either --dataset .* or --train_file"):
         parse_arguments([*tiny_arguments(folder, tmp_path / "run"), "--train_file", str(folder / "train.csv")])
+
+
+def test_no_file_of_an_output_folder_holds_this_machines_paths(data, tmp_path):
+    """Run as a user would (relative paths, a pretrained encoder from a folder of the machine): no file of the output
+    folder, checkpoints included, names the machine's folders (here everything lives under `tmp_path`)."""
+    workdir = tmp_path / "home" / "someone"
+    text_model = workdir / ".venv" / "site-packages" / "tiny_bert"
+    BertModel(BertConfig(**TINY_TEXT, vocab_size=30522)).save_pretrained(text_model)
+    default_tokenizer().save_pretrained(text_model)
+    arguments = tiny_arguments(Path(os.path.relpath(data, workdir)), Path("outputs/run"), max_steps=20, text_model=text_model)
+    arguments = _without_encoder_options(arguments) + ["--image_config", json.dumps(TINY_VISION),
+                                                       "--audio_config", json.dumps(TINY_AUDIO)]
+    subprocess.run([sys.executable, str(TRAIN_SCRIPT), *arguments], cwd=workdir, check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")})
+    output = workdir / "outputs" / "run"
+    files = [path for path in output.rglob("*") if path.is_file()]
+    assert len(files) > 20
+    leaks = [str(path.relative_to(output)) for path in files if str(tmp_path).encode() in path.read_bytes()]
+    assert not leaks, f"absolute local paths in {leaks}"
+    metrics = read_metrics(output)
+    assert metrics["hyperparameters"]["text_model"] == "tiny_bert" and metrics["dataset"] == "hf_multimodal-digits"
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (output / "model.safetensors", output / "config.json")}
+    assert set(modes.values()) == {0o666 & ~_umask()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -57,7 +57,7 @@ def test_vendored_recordings_cover_every_digit_and_split():
             assert speakers == {HELD_OUT_SPEAKER}
         else:
             assert speakers == SPEAKERS - {HELD_OUT_SPEAKER}
-    assert sum(path.stat().st_size for path in AUDIO_DIR.glob("*.flac")) < 5 * 2**20  # small enough to vendor
+    assert sum(path.stat().st_size for path in AUDIO_DIR.glob("*.flac")) < 6.5 * 2**20  # small enough to vendor
     assert "CC BY-SA 4.0" in (AUDIO_DIR / "README.md").read_text()
 
 

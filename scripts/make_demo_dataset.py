@@ -222,13 +222,8 @@ def build_demo_dataset(
         `text_state`, `image_state`, `audio_state` (what was done to each modality) and `speaker`.
     """
     probabilities = _check_probabilities(probabilities if probabilities is not None else STATE_PROBABILITIES)
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker)
-    image_pools = load_handwritten_digits(seed)
-    features = {
-        "label": datasets.ClassLabel(names=list(DIGIT_WORDS)),
-        **{f"{m}_state": datasets.Value("string") for m in ("text", "image", "audio")},
-        "speaker": datasets.Value("string"),
-    }
+    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    features = _features(DIGIT_WORDS, "state", "string")
 
     def example(rng: np.random.Generator, label: int, split: str) -> dict:
         states = _draw_states(rng, probabilities)
@@ -270,13 +265,8 @@ def build_match_dataset(
     modalities = tuple(modalities)
     if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= {"text", "image", "audio"}:
         raise ValueError(f"modalities must be two distinct ones among text, image, audio; got {list(modalities)}.")
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker)
-    image_pools = load_handwritten_digits(seed)
-    features = {
-        "label": datasets.ClassLabel(names=list(MATCH_LABELS)),
-        **{f"{m}_digit": datasets.Value("int64") for m in ("text", "image", "audio")},
-        "speaker": datasets.Value("string"),
-    }
+    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    features = _features(MATCH_LABELS, "digit", "int64")
 
     def example(rng: np.random.Generator, same: int, split: str) -> dict:
         first = int(rng.integers(10))
@@ -306,13 +296,8 @@ def build_pairs_dataset(
     alignment on unlabelled pairs. `label` (the digit, `ClassLabel` "zero" ... "nine") scores retrieval and zero-shot
     classification; alignment itself never reads it. Columns as [`build_match_dataset`].
     """
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker)
-    image_pools = load_handwritten_digits(seed)
-    features = {
-        "label": datasets.ClassLabel(names=list(DIGIT_WORDS)),
-        **{f"{m}_digit": datasets.Value("int64") for m in ("text", "image", "audio")},
-        "speaker": datasets.Value("string"),
-    }
+    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    features = _features(DIGIT_WORDS, "digit", "int64")
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:
         digits = {m: digit for m in ("text", "image", "audio")}
@@ -320,6 +305,16 @@ def build_pairs_dataset(
 
     description = f"hf_multimodal paired digits: a note, a scan and a recording of one digit each (seed {seed})."
     return _build(example, 10, features, (num_train, num_validation, num_test), seed, "hf_multimodal-digits-pairs", description)
+
+
+def _features(labels: Sequence[str], per_modality: str, dtype: str) -> dict[str, datasets.features.FeatureType]:
+    """The columns beside text, image and audio: the label, one `<modality>_<per_modality>` column each, the
+    speaker."""
+    return {
+        "label": datasets.ClassLabel(names=list(labels)),
+        **{f"{m}_{per_modality}": datasets.Value(dtype) for m in ("text", "image", "audio")},
+        "speaker": datasets.Value("string"),
+    }
 
 
 def _clean_example(rng: np.random.Generator, digits: Mapping[str, int], split: str, audio_pools, image_pools) -> dict:

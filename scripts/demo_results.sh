@@ -56,21 +56,22 @@ dataset outputs/pairs/data --task pairs
 dataset outputs/match/data --task match
 dataset outputs/match_text_image/data --task match --match text image
 
-lane_classification() {
-    for head in "${HEADS[@]}"; do
-        train "$results/classify/$head" "${DEMO[@]}" --fusion_type "$head"
-    done
-    for seed in 1 2; do
-        train "$results/classify/gated_seed$seed" "${DEMO[@]}" --fusion_type gated --seed "$seed" --data_seed "$seed"
-    done
-    train "$results/classify/gated_no_dropout" "${DEMO[@]}" --fusion_type gated --modality_dropout 0
-    for modality in text image audio; do
-        train "$results/classify/only_$modality" "${DEMO[@]}" --modalities "$modality"
-    done
+lane_classification() {  # the default head's spread and ablations first, then the other heads
+    train "$results/classify/gated" "${DEMO[@]}" --fusion_type gated
     "$python" scripts/modality_accuracy.py "$results/classify/gated" --dataset outputs/demo/data \
         --splits test test_unseen_speaker --output "$results/classify/gated_modality_accuracy.json" > /dev/null
     "$python" scripts/baseline_sklearn.py --dataset outputs/demo/data --test_splits test test_unseen_speaker \
         --output "$results/classify/sklearn.json" > /dev/null
+    for seed in 1 2; do
+        train "$results/classify/gated_seed$seed" "${DEMO[@]}" --fusion_type gated --seed "$seed" --data_seed "$seed"
+    done
+    for modality in text image audio; do
+        train "$results/classify/only_$modality" "${DEMO[@]}" --modalities "$modality"
+    done
+    train "$results/classify/gated_no_dropout" "${DEMO[@]}" --fusion_type gated --modality_dropout 0
+    for head in "${HEADS[@]}"; do
+        train "$results/classify/$head" "${DEMO[@]}" --fusion_type "$head"
+    done
 }
 
 lane_relations() {

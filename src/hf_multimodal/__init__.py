@@ -34,7 +34,7 @@ from .pipeline_zero_shot import ZERO_SHOT_TASK, ZeroShotMultimodalClassification
 from .processing_multimodal import MultimodalProcessor
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _register() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,6 +22,9 @@ from .feature_extraction_wavenet import check_sampling_rate, resample_audio, to_
 
 MAX_DOWNLOAD_BYTES = 200 * 2**20
 DEFAULT_TIMEOUT = 10.0
+# Images above this many pixels are refused before their pixels are decoded (a 140 KB PNG can hold 12000 x 12000
+# zeros, 687 MiB once decoded); Pillow's own limit only warns below 179 MP. 64 MP keeps every phone photo's default.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 def _is_url(value: str) -> bool:
@@ -31,21 +35,55 @@ def _read_source(source: str | os.PathLike, what: str, timeout: float | None) ->
     """The bytes of a local file or an http(s) URL; ValueError naming the source when they cannot be read."""
     source = os.fspath(source)
     if _is_url(source):
+        return _download(source, what, timeout or DEFAULT_TIMEOUT)
+    with open(_existing_file(source, what), "rb") as file:
+        return file.read()
+
+
+def _download(url: str, what: str, timeout: float) -> bytes:
+    """The body at `url`, within `timeout` seconds in all (urllib's own timeout bounds each read, so a server that
+    trickles a byte at a time could hold a caller forever). The transfer runs in a daemon thread that stops at its
+    next chunk once the caller has given up."""
+    outcome: dict[str, Any] = {}
+    given_up = threading.Event()
+
+    def fetch() -> None:
         try:
-            with urllib.request.urlopen(source, timeout=timeout or DEFAULT_TIMEOUT) as response:
-                data = response.read(MAX_DOWNLOAD_BYTES + 1)
+            chunks, size = [], 0
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                while size <= MAX_DOWNLOAD_BYTES and not given_up.is_set():
+                    chunk = response.read1(2**16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+            outcome["data"] = b"".join(chunks)
         except (urllib.error.URLError, OSError, ValueError) as error:
-            raise ValueError(f"could not download the {what} from {source}: {error}.") from error
-        if len(data) > MAX_DOWNLOAD_BYTES:
-            raise ValueError(f"the {what} at {source} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB.")
-        return data
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fetch, name="hf_multimodal-download", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        given_up.set()
+        raise ValueError(
+            f"downloading the {what} from {url} took longer than timeout={timeout:g} s: pass a larger timeout=, or "
+            "download the file first and pass its path or bytes."
+        )
+    if "error" in outcome:
+        raise ValueError(f"could not download the {what} from {url}: {outcome['error']}.") from outcome["error"]
+    if len(outcome["data"]) > MAX_DOWNLOAD_BYTES:
+        raise ValueError(f"the {what} at {url} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB.")
+    return outcome["data"]
+
+
+def _existing_file(source: str, what: str) -> str:
     if not os.path.isfile(source):
         raise ValueError(
             f"{what} file not found: {source!r}. Pass an existing file path, an http(s) URL, the file's bytes or "
             "decoded data."
         )
-    with open(source, "rb") as file:
-        return file.read()
+    return source
 
 
 def _undecoded_dataset_value(value: dict, what: str) -> bytes | str:
@@ -55,7 +93,10 @@ def _undecoded_dataset_value(value: dict, what: str) -> bytes | str:
         return data
     if path is not None:
         return path
-    raise ValueError(f"the {what} dict has neither 'bytes' nor 'path' set.")
+    raise ValueError(
+        f"the {what} dict has neither 'bytes' nor 'path' set (both are None): set one of them"
+        + (", or pass {'array': waveform, 'sampling_rate': rate}." if what == "audio" else ".")
+    )
 
 
 def load_image(image: Any, timeout: float | None = None) -> Image.Image | np.ndarray | torch.Tensor:
@@ -102,6 +143,13 @@ def _decode_image_bytes(data: bytes, source: str) -> Image.Image:
             f"could not decode image {source}: {error}. Pass a valid image file (PNG, JPEG, ...), a PIL image or an "
             "array."
         ) from error
+    pixels = image.width * image.height  # known from the header, before any pixel is decoded
+    if pixels > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"image {source} is {image.width}x{image.height} pixels, more than hf_multimodal's limit of "
+            f"{MAX_IMAGE_PIXELS:,} ({pixels * len(image.getbands()) / 2**20:,.0f} MiB once decoded): resize it "
+            "first, or raise hf_multimodal.media_loading.MAX_IMAGE_PIXELS for images you trust."
+        )
     return _decoded(image, f"image {source}")
 
 
@@ -146,10 +194,12 @@ def load_audio(
     if isinstance(audio, dict):
         audio, sampling_rate = _audio_from_dict(audio, sampling_rate)
     if isinstance(audio, (str, os.PathLike)):
-        data, source = _read_source(audio, "audio", timeout), repr(os.fspath(audio))
-        audio, sampling_rate = _decode_audio_bytes(data, source, max_seconds)
+        source = os.fspath(audio)
+        # a local file is decoded from disk, only as far as it is kept; a download is bounded by MAX_DOWNLOAD_BYTES
+        data = _read_source(source, "audio", timeout) if _is_url(source) else _existing_file(source, "audio")
+        audio, sampling_rate = _decode_audio(data, repr(source), max_seconds)
     elif isinstance(audio, (bytes, bytearray, memoryview)):
-        audio, sampling_rate = _decode_audio_bytes(bytes(audio), f"from {len(audio)} bytes", max_seconds)
+        audio, sampling_rate = _decode_audio(audio, f"from {len(audio)} bytes", max_seconds)
     elif hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder, as `datasets` 5 decodes Audio() columns
         samples = audio.get_all_samples()
         audio, sampling_rate = samples.data, samples.sample_rate
@@ -168,10 +218,12 @@ def load_audio(
 
 
 def _audio_from_dict(audio: dict, sampling_rate: int | None) -> tuple[Any, int | None]:
-    if "bytes" in audio or "path" in audio:
+    """A decoded waveform wins over a `path` beside it (older `datasets` decode to `{"path", "array",
+    "sampling_rate"}`, and the file may since have moved or changed)."""
+    keys = [key for key in ("array", "raw") if audio.get(key) is not None]
+    if not keys and ("bytes" in audio or "path" in audio):
         return _undecoded_dataset_value(audio, "audio"), sampling_rate
-    keys = [key for key in ("array", "raw") if key in audio]
-    if len(keys) != 1 or "sampling_rate" not in audio or set(audio) - {keys[0], "sampling_rate"}:
+    if len(keys) != 1 or audio.get("sampling_rate") is None or set(audio) - {*keys, "sampling_rate", "path", "bytes"}:
         raise ValueError(
             f"audio dict has keys {sorted(audio)}: expected {{'array', 'sampling_rate'}} (or 'raw' instead of "
             "'array'), or a datasets {'bytes', 'path'} dict."
@@ -183,18 +235,21 @@ def _samples_to_keep(max_seconds: float, sampling_rate: int) -> int:
     return int(math.ceil((max_seconds + 1.0) * sampling_rate))
 
 
-def _decode_audio_bytes(data: bytes, source: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    if not data:
+def _decode_audio(data: bytes | bytearray | memoryview | str, source: str, max_seconds: float | None = None
+                  ) -> tuple[np.ndarray, int]:
+    """Decode a file's bytes or a local file's path with soundfile, reading only the frames that are kept."""
+    is_path = isinstance(data, str)
+    if (os.path.getsize(data) if is_path else len(data)) == 0:
         raise ValueError(f"audio {source} is empty (0 bytes).")
     try:
         import soundfile
     except ImportError as error:
         raise ImportError("decoding audio files needs soundfile: pip install soundfile") from error
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as file:
-            sampling_rate = file.samplerate
+        with soundfile.SoundFile(data if is_path else io.BytesIO(data)) as sound:
+            sampling_rate = sound.samplerate
             count = -1 if max_seconds is None else _samples_to_keep(max_seconds, sampling_rate)
-            frames = file.read(count, dtype="float32", always_2d=True)
+            frames = sound.read(count, dtype="float32", always_2d=True)
     except MemoryError:
         raise
     except Exception as error:  # libsndfile errors for corrupt, truncated or unknown formats

@@ -200,7 +200,7 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
         batch_size (`int`, *optional*):
             Examples per forward pass when given a list, dataset or generator.
         timeout (`float`, *optional*):
-            Seconds to wait for a URL download (10 by default).
+            Seconds a URL download may take in all, however the server sends it (10 by default).
 
     Example:
 

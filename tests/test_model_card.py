@@ -219,3 +219,15 @@ def test_report_reads_the_latest_checkpoint_log_when_the_folder_has_none(tmp_pat
         log = [{"eval_loss": 1.0 / step, "epoch": step / 6, "step": step}]
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": log}))
     assert TrainingReport.from_folder(tmp_path).log_history[0]["step"] == 12
+
+
+def test_no_modality_is_said_to_be_relied_on_when_no_removal_lowers_accuracy(tmp_path):
+    write_trained_output_folder(tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for row in metrics["ablation"].values():  # every removal leaves accuracy as it is, or raises it
+        row["accuracy"] = metrics["test"]["accuracy"] + 0.01
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    text = " ".join(model_card_from_output_folder(tmp_path).text.split())
+    assert "relies most" not in text
+    assert "lowered no accuracy in the ablation: the test set does not show which modality the model relies on" in text
+    assert "learned placeholder" in text and "never replaced by placeholders" not in text

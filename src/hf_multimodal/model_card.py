@@ -458,13 +458,20 @@ def _limitations(
             f"It was trained and evaluated on {dataset['name']} only: expect lower accuracy on data from another "
             "distribution (other domains, vocabulary, image styles or recording conditions)."
         )
-    worst = _ablation_rows(report, list(config.modalities))
-    if worst:
-        row = min(worst, key=lambda item: item["delta_value"])
-        items.append(
-            f"Without {row['modality']} its test accuracy changes by {row['delta']} points, the largest change of the "
-            f"ablation: the model relies most on {row['modality']}, so examples lacking it are the least reliable."
-        )
+    ablation = _ablation_rows(report, list(config.modalities))
+    if ablation:
+        row = min(ablation, key=lambda item: item["delta_value"])
+        if row["delta_value"] < 0:
+            items.append(
+                f"Without {row['modality']} its test accuracy changes by {row['delta']} points, the largest drop of "
+                f"the ablation: the model relies most on {row['modality']}, so examples lacking it are the least "
+                "reliable."
+            )
+        else:
+            items.append(
+                "Removing any one modality from the test examples lowered no accuracy in the ablation: the test set "
+                "does not show which modality the model relies on."
+            )
     if config.problem_type == "multi_label_classification":
         items.append("It is a multi-label model: each label gets an independent sigmoid score.")
     items.append(

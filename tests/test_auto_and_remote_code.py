@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
@@ -18,6 +22,7 @@ from transformers import (
 )
 
 from hf_multimodal import (
+    MultimodalClassificationPipeline,
     MultimodalConfig,
     MultimodalForSequenceClassification,
     MultimodalModel,
@@ -140,3 +145,75 @@ def test_remote_code_is_not_run_without_trust(saved_folder, tmp_path):
     )
     assert "REFUSED True" in result.stdout, result.stderr[-3000:]
     assert not (tmp_path / "modules").exists() or not any((tmp_path / "modules").rglob("modeling_multimodal.py"))
+
+
+HUB_USER_PACKAGES = ("torch", "transformers", "huggingface_hub", "numpy", "pillow", "soundfile")
+"""What a Hub user who loads a model with `trust_remote_code=True` can be assumed to have (with their dependencies)."""
+
+
+def hub_user_site(folder: Path) -> Path:
+    """A folder of links to the importable modules of HUB_USER_PACKAGES and everything they require (no extras):
+    the only packages a `python -S` subprocess with it as PYTHONPATH can import."""
+    folder.mkdir()
+    seen, pending = set(), list(HUB_USER_PACKAGES)
+    while pending:
+        name = re.sub(r"[-_.]+", "-", pending.pop()).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for requirement in map(Requirement, distribution.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+        # the modules, and the .dist-info folder that importlib.metadata reads versions from
+        for top in {file.parts[0] for file in distribution.files or [] if file.parts[0] != ".."}:
+            if not top.endswith(".pth") and top != "__pycache__" and not (folder / top).exists():
+                (folder / top).symlink_to(distribution.locate_file(top))
+    return folder
+
+
+@pytest.mark.slow
+def test_remote_code_runs_with_only_what_a_hub_user_has(saved_folder, tmp_path):
+    """No scipy, scikit-learn, datasets, accelerate or hf_multimodal: the model, processor and pipeline load and
+    predict through remote code; resampling, which needs scipy, says so when asked for."""
+    script = tmp_path / "hub_user.py"
+    script.write_text(
+        REMOTE_CODE_SCRIPT
+        + textwrap.dedent(
+            """
+            for package in ("scipy", "sklearn", "datasets", "accelerate"):
+                try:
+                    __import__(package)
+                except ImportError:
+                    continue
+                raise AssertionError(f"{package} is importable: the environment is not a bare Hub user's")
+            from transformers import pipeline
+
+            classifier = pipeline(model=folder, trust_remote_code=True)
+            example = {"text": "a red bird", "audio": expected["inputs"]["audio"][0]}
+            print("PIPELINE", classifier(example, sampling_rate=16000)[0]["label"])
+            try:
+                classifier({"audio": {"array": expected["inputs"]["audio"][0], "sampling_rate": 8000}})
+            except ImportError as error:
+                print("RESAMPLE", error)
+            """
+        )
+    )
+    folder = tmp_path / "with_pipeline"  # as pushed: with the pipeline's code and `custom_pipelines`
+    model = AutoModelForSequenceClassification.from_pretrained(saved_folder)
+    MultimodalClassificationPipeline(model=model, processor=AutoProcessor.from_pretrained(saved_folder)).save_pretrained(folder)
+    result = subprocess.run(
+        [sys.executable, "-S", str(script), str(folder), str(saved_folder.parent / "expected.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
+             "PYTHONPATH": str(hub_user_site(tmp_path / "site")), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-CODE-OK transformers_modules" in result.stdout
+    assert re.search(r"PIPELINE (bird|cat|dog)", result.stdout), result.stdout
+    assert "RESAMPLE resampling audio from 8000 Hz to 16000 Hz needs scipy: pip install scipy" in result.stdout

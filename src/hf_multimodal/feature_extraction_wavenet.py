@@ -60,7 +60,13 @@ def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, target_samplin
     target_sampling_rate = check_sampling_rate(target_sampling_rate, "target_sampling_rate")
     if orig_sampling_rate == target_sampling_rate:
         return waveform
-    from scipy.signal import resample_poly
+    try:  # imported here, in a try block, so that remote code loads where scipy is absent (only resampling needs it)
+        from scipy.signal import resample_poly
+    except ImportError as error:
+        raise ImportError(
+            f"resampling audio from {orig_sampling_rate} Hz to {target_sampling_rate} Hz needs scipy: pip install "
+            f"scipy, or pass audio at {target_sampling_rate} Hz."
+        ) from error
 
     ratio = Fraction(int(target_sampling_rate), int(orig_sampling_rate))
     return resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)

@@ -28,6 +28,14 @@ class TestMultimodalProcessor:
         assert batch["audio_attention_mask"].sum(-1).tolist() == [4800, 0, 11200, 8000]
         assert batch["pixel_values"][2].abs().sum() == 0  # placeholder row, never encoded
 
+    def test_audio_padding_can_be_asked_for(self, processor, batch_inputs):
+        seconds = processor.feature_extractor.max_length_seconds
+        batch = processor(**batch_inputs, padding="max_length")
+        assert batch["input_values"].shape == (4, int(seconds * 16000))
+        assert batch["audio_attention_mask"].sum(-1).tolist() == [4800, 0, 11200, 8000]
+        longest = processor(**batch_inputs)  # the default: padded to the longest clip, the same samples
+        torch.testing.assert_close(batch["input_values"][:, :11200], longest["input_values"])
+
     def test_output_feeds_the_model(self, processor, batch_inputs):
         outputs = tiny_model()(**processor(**batch_inputs))
         assert outputs.logits.shape == (4, 3)

@@ -176,7 +176,8 @@ class MultimodalProcessor(ProcessorMixin):
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 Only `"pt"` is supported: presence masks and scattered rows are torch tensors.
             kwargs:
-                Passed to the feature extractor (e.g. `max_length_seconds`).
+                Passed to the feature extractor (e.g. `max_length_seconds`, or `padding="max_length"` for clips of
+                one length; by default they are padded to the longest).
         """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}.")
@@ -241,10 +242,9 @@ class MultimodalProcessor(ProcessorMixin):
         extracted = self.feature_extractor(
             [clips[index] for index in present],
             sampling_rate=sampling_rate,
-            padding=True,
             return_attention_mask=True,
             return_tensors="pt",
-            **kwargs,
+            **{"padding": True, **kwargs},  # the longest clip by default; padding="max_length" may be asked for
         )
         main_name = self.feature_extractor.model_input_names[0]
         result["input_values"] = _scatter_rows(extracted[main_name], present, batch_size)

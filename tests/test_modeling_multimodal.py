@@ -340,3 +340,17 @@ def test_pretrained_backbone_weights_survive_init_save_and_load(tmp_path):
     assert_same(loaded.get_encoder("audio"), wavenet)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_token_embeddings_are_the_text_encoders_and_resize_through_a_save(tmp_path):
+    model = tiny_model()
+    assert model.get_input_embeddings() is model.multimodal.text_model.get_input_embeddings()
+    vocabulary = model.config.text_config.vocab_size
+    model.resize_token_embeddings(vocabulary + 5)  # e.g. after adding tokens to the tokenizer
+    assert model.get_input_embeddings().num_embeddings == model.config.text_config.vocab_size == vocabulary + 5
+    inputs = {"input_ids": torch.tensor([[vocabulary + 4, 3]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+    model.eval().save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+    with pytest.raises(ValueError, match=r"no text encoder \(text_config is None\), so it has no input embeddings"):
+        tiny_model(("image", "audio")).get_input_embeddings()

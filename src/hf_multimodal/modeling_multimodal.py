@@ -317,6 +317,18 @@ class MultimodalModel(MultimodalPreTrainedModel):
         self._encoder_kwargs = {m: self._accepted_kwargs(m) for m in config.modalities}
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text encoder's token embeddings (so that `resize_token_embeddings` reaches them, as in `CLIPModel`)."""
+        return self._text_encoder_for("input embeddings").get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._text_encoder_for("input embeddings").set_input_embeddings(value)
+
+    def _text_encoder_for(self, what: str) -> PreTrainedModel:
+        if self.text_model is None:
+            raise ValueError(f"this model has no text encoder (text_config is None), so it has no {what}.")
+        return self.text_model
+
     def _accepted_kwargs(self, modality: str) -> dict[str, str]:
         """Map our input names of `modality` to the keyword names its encoder's forward accepts."""
         encoder = getattr(self, ENCODER_ATTRIBUTES[modality])

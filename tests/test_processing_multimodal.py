@@ -148,3 +148,14 @@ class TestSaveAndLoad:
         processor = MultimodalProcessor.from_backbones(text=tmp_path / "text", audio=tmp_path / "audio")
         assert isinstance(processor.feature_extractor, Wav2Vec2FeatureExtractor)
         assert processor.tokenizer("hello")["input_ids"] == [101, 7592, 102]
+
+
+def test_saving_leaves_the_live_processor_as_it_was(tmp_path):
+    processor = MultimodalProcessor(image_processor=tiny_image_processor())
+    parts = [processor, processor.feature_extractor, processor.image_processor, processor.tokenizer]
+    before = [vars(part).get("auto_map") for part in parts] + [processor.tokenizer.init_kwargs.get("auto_map")]
+    processor.save_pretrained(tmp_path)
+    after = [vars(part).get("auto_map") for part in parts] + [processor.tokenizer.init_kwargs.get("auto_map")]
+    assert after == before
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["auto_map"]["AutoProcessor"] == "processing_multimodal.MultimodalProcessor"  # the folder has it

@@ -32,6 +32,8 @@ DEFAULT_VOCAB = Path(__file__).with_name("bert_uncased_vocab.txt")
 MODALITY_ARGUMENTS: dict[str, str] = {"text": "text", "image": "images", "audio": "audio"}
 """The processor's argument for each modality's inputs."""
 
+_UNSET = object()
+
 
 def is_missing(value: Any) -> bool:
     """Whether one example's entry of a modality counts as absent: `None`, or text that is empty or blank.
@@ -151,6 +153,21 @@ class MultimodalProcessor(ProcessorMixin):
             "has_image",
             "has_audio",
         ]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`ProcessorMixin.save_pretrained`, leaving this processor as it was: transformers writes the remote-code
+        `auto_map` into the live processor and its sub-processors while it saves them."""
+        parts = [self, *(getattr(self, name) for name in self.get_attributes())]
+        holders = [vars(part) for part in parts] + [part.init_kwargs for part in parts if hasattr(part, "init_kwargs")]
+        before = [(holder, holder.get("auto_map", _UNSET)) for holder in holders]
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            for holder, value in before:
+                if value is _UNSET:
+                    holder.pop("auto_map", None)
+                else:
+                    holder["auto_map"] = value
 
     def __call__(
         self,

@@ -71,6 +71,8 @@ lane_classification() {  # the default head's spread and ablations first, then t
     train "$results/classify/gated_no_dropout" "${DEMO[@]}" --fusion_type gated --modality_dropout 0
     for head in "${HEADS[@]}"; do
         train "$results/classify/$head" "${DEMO[@]}" --fusion_type "$head"
+        "$python" scripts/modality_importance.py "$results/classify/$head" --dataset outputs/demo/data \
+            --output "$results/classify/${head}_modality_importance.json" > /dev/null
     done
 }
 

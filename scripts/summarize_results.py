@@ -116,6 +116,28 @@ def modality_accuracy(root: Path) -> list[str]:
     return lines
 
 
+def modality_importance(root: Path) -> list[str]:
+    """Per-example importance (scripts/modality_importance.py) beside the ablation, for every head that has it."""
+    lines = []
+    for path in sorted((root / "classify").glob("*_modality_importance.json")):
+        report = load(path)
+        rows = report["modalities"]
+        by_importance = max(rows, key=lambda m: rows[m]["mean_importance"])
+        by_ablation = max(rows, key=lambda m: rows[m]["ablation_accuracy_drop"])
+        values = "; ".join(
+            f"{m} {cell(r['mean_importance'])} / {cell(r['ablation_accuracy_drop'])}" for m, r in rows.items()
+        )
+        agree = "yes" if by_importance == by_ablation else f"**no** ({by_importance} vs {by_ablation})"
+        lines.append(f"| {path.name.removesuffix('_modality_importance.json')} | {values} | {agree} | {report['cost_ratio']:.2f} |")
+    if not lines:
+        return []
+    header = [
+        "| run | per modality: mean importance / accuracy drop without it | same modality first | CPU cost vs forward |",
+        "|---|---|---|---|",
+    ]
+    return header + lines
+
+
 def alignment(root: Path) -> list[str]:
     run = metrics(root / "align" / "pairs")
     if run is None:
@@ -195,6 +217,7 @@ def main() -> None:
     sections = [
         ("Classification demo", classification(root)),
         ("Each modality inside the demo's model (gated)", modality_accuracy(root)),
+        ("Per-example modality importance against the test-set ablation", modality_importance(root)),
         ("Alignment (contrastive pre-training on paired digits)", alignment(root)),
         ("Relational task: do the scan and the recording show the same digit?", relations(root)),
     ]

@@ -354,3 +354,29 @@ def test_token_embeddings_are_the_text_encoders_and_resize_through_a_save(tmp_pa
     torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
     with pytest.raises(ValueError, match=r"no text encoder \(text_config is None\), so it has no input embeddings"):
         tiny_model(("image", "audio")).get_input_embeddings()
+
+
+@pytest.mark.parametrize("fusion_type", FUSION_TYPES)
+def test_modality_importance_is_the_leave_one_out_drop_of_the_predicted_score(fusion_type):
+    model = tiny_model(fusion_type=fusion_type)
+    inputs = {**tensor_inputs(MODALITIES), **missing_pattern(MODALITIES)}  # example i lacks modality i (i < 3)
+    output = model.modality_importance(**inputs)
+    full = model(**inputs).logits.softmax(-1)
+    torch.testing.assert_close(output.logits.softmax(-1), full)
+    assert output.predicted.tolist() == full.argmax(-1).tolist()
+    for index, modality in enumerate(MODALITIES):
+        flags = inputs[f"has_{modality}"].clone()
+        flags[:] = False  # the same examples through the ordinary forward, with this modality removed
+        without = model(**{**inputs, f"has_{modality}": flags}).logits.softmax(-1)
+        expected = (full - without).gather(1, output.predicted[:, None])[:, 0]
+        present = inputs[f"has_{modality}"]
+        torch.testing.assert_close(output.importance[present, index], expected[present], atol=1e-6, rtol=1e-5)
+        assert output.importance[~present, index].isnan().all()  # an absent modality has no importance
+
+
+def test_modality_importance_of_an_only_modality_is_undefined_and_bad_inputs_are_named():
+    model = tiny_model()
+    inputs = tensor_inputs(("image",), batch_size=2)
+    assert model.modality_importance(**inputs).importance.isnan().all()
+    with pytest.raises(TypeError, match=r"got also \['labels'\]"):
+        model.modality_importance(**inputs, labels=torch.tensor([0, 1]))

@@ -6,6 +6,7 @@ import functools
 import http.server
 import io
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -160,6 +161,23 @@ def test_a_list_is_a_batch_and_batch_size_does_not_change_predictions(pipe):
     assert_same_predictions(batched, one_by_one)
     assert_same_predictions(pipe(EXAMPLES), one_by_one)
     assert pipe([]) == []
+
+
+def test_modality_importance_per_example_matches_the_model_and_keeps_the_labels(pipe):
+    results = pipe(EXAMPLES, batch_size=2, return_modality_importance=True)
+    assert [result["labels"] for result in results] == pipe(EXAMPLES, batch_size=2)
+    for example, result in zip(EXAMPLES, results):
+        audio = example["audio"]["array"] if "audio" in example else None
+        batch = pipe.processor(text=[example.get("text")], images=[example.get("image")], audio=[audio], sampling_rate=16000)
+        expected = pipe.model.modality_importance(**batch).importance[0].tolist()
+        importance = result["modality_importance"]
+        assert list(importance) == ["text", "image", "audio"]
+        for modality, value in zip(importance, expected):
+            # None where the example lacks the modality or has no other one
+            assert importance[modality] is None if math.isnan(value) else importance[modality] == pytest.approx(value, abs=1e-6)
+    assert all(value is None for value in pipe({"text": "a cat"}, return_modality_importance=True)["modality_importance"].values())
+    with pytest.raises(ValueError, match="return_modality_importance must be True or False"):
+        pipe({"text": "a cat"}, return_modality_importance="yes")
 
 
 def test_generators_and_datasets_stream(pipe):

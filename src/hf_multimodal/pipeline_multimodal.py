@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections.abc
 import json
+import math
 import os
 import sys
 import threading
@@ -201,6 +202,12 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
             Examples per forward pass when given a list, dataset or generator.
         timeout (`float`, *optional*):
             Seconds a URL download may take in all, however the server sends it (10 by default).
+        return_modality_importance (`bool`, *optional*, defaults to `False`):
+            Also say how much each modality drove the prediction: each example then gives `{"labels": [...],
+            "modality_importance": {modality: drop or None}}`, the drop of the top label's score when that modality
+            is left out (None where the example lacks it or has no other one). The encoders run once; only the
+            fusion head and classifier run again per modality (see
+            [`MultimodalForSequenceClassification.modality_importance`]).
 
     Example:
 
@@ -223,11 +230,13 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
             inputs (`dict`, `list[dict]`, `datasets.Dataset`, torch dataset or generator of dicts, *optional*):
                 The example(s); or give one example's `text=`, `image=`, `audio=` as keyword arguments.
             kwargs:
-                `top_k`, `function_to_apply`, `sampling_rate`, `batch_size`, `timeout` (see the class docstring).
+                `top_k`, `function_to_apply`, `sampling_rate`, `batch_size`, `timeout`, `return_modality_importance`
+                (see the class docstring).
 
         Returns:
-            A list of `{"label", "score"}` dicts for one example, a list of such lists for a list of examples, or an
-            iterator over them for a dataset or generator.
+            A list of `{"label", "score"}` dicts for one example (with `return_modality_importance`, a dict of that
+            list and the importances), a list of them for a list of examples, or an iterator over them for a dataset
+            or generator.
         """
         return super().__call__(inputs, **kwargs)
 
@@ -235,9 +244,14 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
         self,
         top_k: Any = _UNSET,
         function_to_apply: str | None = None,
+        return_modality_importance: bool | None = None,
         **kwargs,
     ) -> tuple[dict, dict, dict]:
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
+        if return_modality_importance is not None:
+            if not isinstance(return_modality_importance, bool):
+                raise ValueError(f"return_modality_importance must be True or False, got {return_modality_importance!r}.")
+            forward_params["return_modality_importance"] = return_modality_importance
         if top_k is not _UNSET:
             if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
                 raise ValueError(f"top_k must be a positive integer or None (all labels), got {top_k!r}.")
@@ -251,11 +265,24 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
             postprocess_params["function_to_apply"] = name
         return preprocess_params, forward_params, postprocess_params
 
-    def _forward(self, model_inputs: BatchFeature) -> dict[str, torch.Tensor]:
+    def _forward(self, model_inputs: BatchFeature, return_modality_importance: bool = False) -> dict[str, torch.Tensor]:
+        if return_modality_importance:
+            output = self.model.modality_importance(**model_inputs)
+            return {"logits": output.logits, "modality_importance": output.importance}
         return {"logits": self.model(**model_inputs).logits}
 
     def postprocess(
         self, model_outputs: dict[str, torch.Tensor], top_k: int | None = None, function_to_apply: str | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        labels = self._labels(model_outputs, top_k, function_to_apply)
+        if "modality_importance" not in model_outputs:
+            return labels
+        values = model_outputs["modality_importance"][0].tolist()
+        importance = {m: None if math.isnan(value) else value for m, value in zip(self.model.config.modalities, values)}
+        return {"labels": labels, "modality_importance": importance}
+
+    def _labels(
+        self, model_outputs: dict[str, torch.Tensor], top_k: int | None, function_to_apply: str | None
     ) -> list[dict[str, Any]]:
         logits = model_outputs["logits"][0].float()
         function_to_apply = function_to_apply or self._default_function()

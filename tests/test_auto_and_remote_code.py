@@ -217,3 +217,16 @@ def test_remote_code_runs_with_only_what_a_hub_user_has(saved_folder, tmp_path):
     assert "REMOTE-CODE-OK transformers_modules" in result.stdout
     assert re.search(r"PIPELINE (bird|cat|dog)", result.stdout), result.stdout
     assert "RESAMPLE resampling audio from 8000 Hz to 16000 Hz needs scipy: pip install scipy" in result.stdout
+
+
+def test_a_classifier_saved_by_version_0_1_loads_and_gives_the_same_logits():
+    """tests/data/saved_by_0.1.0: a tiny image + audio classifier saved by hf_multimodal 0.1.0 (before the modules
+    moved), with its logits on seeded inputs."""
+    folder = Path(__file__).parent / "data" / "saved_by_0.1.0"
+    expected = json.loads((folder / "expected_logits.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    torch.manual_seed(expected["seed"])
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32), "input_values": torch.randn(2, 4000),
+              "has_image": torch.tensor([True, False])}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, torch.tensor(expected["logits"]))

@@ -716,15 +716,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         ```python
         >>> import torch
         >>> from hf_multimodal import MultimodalConfig, MultimodalForSequenceClassification
-        >>> config = MultimodalConfig(
-        ...     text_config=None,
-        ...     vision_config={"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16},
-        ...     audio_config={"hidden_size": 32, "num_stacks": 1, "layers_per_stack": 2},
-        ...     fusion_hidden_size=32,
-        ...     num_labels=3,
-        ... )
-        >>> model = MultimodalForSequenceClassification(config).eval()
-        >>> output = model.modality_importance(pixel_values=torch.randn(2, 3, 32, 32), input_values=torch.randn(2, 8000))
+        >>> model = MultimodalForSequenceClassification(MultimodalConfig(text_config=None, num_labels=3)).eval()
+        >>> output = model.modality_importance(pixel_values=torch.randn(2, 3, 224, 224), input_values=torch.randn(2, 16000))
         >>> output.importance.shape  # (examples, modalities): image, audio
         torch.Size([2, 2])
         ```

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of the README's Results, from scratch: the classification demo for every fusion head (one of them over
-# three seeds) and every single modality; contrastive alignment on paired digits, with retrieval and zero-shot
-# results; the relational task (does the scan show what the recording says?) for every fusion head with and without
+# three seeds, without modality dropout, and on text + image only) and every single modality; contrastive alignment on
+# paired digits, with retrieval and zero-shot results; the relational task (does the scan show what the recording says?) for every fusion head with and without
 # alignment pre-training, and the image + text variant; each modality's accuracy inside the demo's model; the
 # scikit-learn baselines. Writes outputs/results/results.md (summarised by scripts/summarize_results.py).
 #
@@ -69,6 +69,7 @@ lane_classification() {  # the default head's spread and ablations first, then t
         train "$results/classify/only_$modality" "${DEMO[@]}" --modalities "$modality"
     done
     train "$results/classify/gated_no_dropout" "${DEMO[@]}" --fusion_type gated --modality_dropout 0
+    train "$results/classify/text_image_gated" "${DEMO[@]}" --fusion_type gated --modalities text image
     for head in "${HEADS[@]}"; do
         train "$results/classify/$head" "${DEMO[@]}" --fusion_type "$head"
         "$python" scripts/modality_importance.py "$results/classify/$head" --dataset outputs/demo/data \

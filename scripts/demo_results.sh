@@ -3,7 +3,8 @@
 # three seeds, without modality dropout, and on text + image only) and every single modality; contrastive alignment on
 # paired digits, with retrieval and zero-shot results; the relational task (does the scan show what the recording
 # says?) for every fusion head with and without alignment pre-training, and the image + text variant; each modality's
-# accuracy and importance inside the demo's models; the scikit-learn baselines. Writes outputs/results/results.md (summarised by scripts/summarize_results.py).
+# accuracy and importance inside the demo's models; the scikit-learn baselines. Writes outputs/results/results.md
+# (summarised by scripts/summarize_results.py).
 #
 # Two lanes of one thread each run side by side (2 CPU cores); a few hours in all. Finished runs are reused and
 # interrupted ones resumed, so the script can be rerun after a stop. Usage: bash scripts/demo_results.sh

@@ -70,7 +70,7 @@ def classification(root: Path) -> list[str]:
         "unseen speaker | train min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in [*FUSION_TYPES, "gated_no_dropout", "only_text", "only_image", "only_audio"]:
+    for name in [*FUSION_TYPES, "gated_no_dropout", "text_image_gated", "only_text", "only_image", "only_audio"]:
         run = metrics(root / "classify" / name)
         if run is None:
             continue

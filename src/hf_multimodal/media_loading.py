@@ -196,7 +196,10 @@ def load_audio(
     if isinstance(audio, (str, os.PathLike)):
         source = os.fspath(audio)
         # a local file is decoded from disk, only as far as it is kept; a download is bounded by MAX_DOWNLOAD_BYTES
-        data = _read_source(source, "audio", timeout) if _is_url(source) else _existing_file(source, "audio")
+        if _is_url(source):
+            data = _download(source, "audio", timeout or DEFAULT_TIMEOUT)
+        else:
+            data = _existing_file(source, "audio")
         audio, sampling_rate = _decode_audio(data, repr(source), max_seconds)
     elif isinstance(audio, (bytes, bytearray, memoryview)):
         audio, sampling_rate = _decode_audio(audio, f"from {len(audio)} bytes", max_seconds)

@@ -42,6 +42,25 @@ REMOTE_CODE_AUTO_MAP: dict[str, str] = {
 """Every Auto class a saved folder loads with under `trust_remote_code=True`, whichever head was saved."""
 
 
+def default_score_function(config: MultimodalConfig) -> str:
+    """How a classifier's logits become the scores users see by default: `"none"` (the values) for regression,
+    `"sigmoid"` for multi-label models and models with one label, `"softmax"` otherwise."""
+    if config.problem_type == "regression":
+        return "none"
+    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def scores_from_logits(logits: torch.Tensor, function: str) -> torch.Tensor:
+    """`logits` turned into scores by `function`: `"softmax"` (over the last dimension), `"sigmoid"` or `"none"`."""
+    if function == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if function == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits
+
+
 @dataclass
 class ModalityImportanceOutput(ModelOutput):
     r"""
@@ -731,7 +750,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         presence = multimodal._presence(tensors, {name: inputs.get(name) for name in PRESENCE_NAMES.values()})
         _, features, padding_masks = multimodal._encode_present(tensors, presence)
         logits = self.classifier(multimodal.fuse(features, presence, padding_masks))
-        scores = self._scores(logits)
+        function = default_score_function(self.config)
+        scores = scores_from_logits(logits, function)
         predicted = scores.argmax(dim=-1, keepdim=True)
         importance = torch.full(presence.shape, float("nan"), device=logits.device)
         for index in range(presence.shape[1]):
@@ -740,18 +760,9 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
                 continue
             without = presence.clone()
             without[rows, index] = False
-            left_out = self._scores(self.classifier(multimodal.fuse(features, without, padding_masks)))
+            left_out = scores_from_logits(self.classifier(multimodal.fuse(features, without, padding_masks)), function)
             importance[rows, index] = (scores.gather(1, predicted) - left_out.gather(1, predicted))[rows, 0]
         return ModalityImportanceOutput(logits=logits, predicted=predicted[:, 0], importance=importance)
-
-    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores as the pipeline gives them by default: values for regression, sigmoid for multi-label (or one-label)
-        models, softmax otherwise."""
-        if self.config.problem_type == "regression":
-            return logits
-        if self.config.problem_type == "multi_label_classification" or self.config.num_labels == 1:
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=-1)
 
     def _auxiliary_losses(self, outputs: MultimodalModelOutput, labels: torch.Tensor) -> torch.Tensor | float:
         """`config.contrastive_loss_weight` x the contrastive loss between the modalities of the batch, plus

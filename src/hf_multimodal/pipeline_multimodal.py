@@ -21,6 +21,7 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from .configuration_multimodal import MODALITIES
 from .feature_extraction_wavenet import check_sampling_rate
 from .media_loading import load_audio, load_image
+from .modeling_multimodal import default_score_function, scores_from_logits
 from .processing_multimodal import MODALITY_ARGUMENTS, check_text
 
 
@@ -285,13 +286,7 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
         self, model_outputs: dict[str, torch.Tensor], top_k: int | None, function_to_apply: str | None
     ) -> list[dict[str, Any]]:
         logits = model_outputs["logits"][0].float()
-        function_to_apply = function_to_apply or self._default_function()
-        if function_to_apply == "softmax":
-            scores = torch.softmax(logits, dim=-1)
-        elif function_to_apply == "sigmoid":
-            scores = torch.sigmoid(logits)
-        else:
-            scores = logits
+        scores = scores_from_logits(logits, function_to_apply or default_score_function(self.model.config))
         id2label = self.model.config.id2label or {}
         order = sorted(range(scores.shape[0]), key=lambda index: -scores[index].item())
         if top_k is not None:
@@ -299,14 +294,6 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
         return [
             {"label": str(id2label.get(index, f"LABEL_{index}")), "score": scores[index].item()} for index in order
         ]
-
-    def _default_function(self) -> str:
-        config = self.model.config
-        if config.problem_type == "regression":
-            return "none"
-        if config.problem_type == "multi_label_classification" or config.num_labels == 1:
-            return "sigmoid"
-        return "softmax"
 
 
 def _rows_if_hf_dataset(inputs: Any) -> Any:

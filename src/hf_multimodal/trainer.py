@@ -80,6 +80,7 @@ class ProgressLineCallback(TrainerCallback):
 
     def __init__(self):
         self.started: float | None = None
+        self.first_step = 0
         self.last_loss: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -5,6 +5,8 @@
     python scripts/make_demo_dataset.py --task match --output_dir outputs/match/data         # does the image match the recording?
     python scripts/make_demo_dataset.py --task match --match text image --output_dir ...     # does the note match the image?
     python scripts/make_demo_dataset.py --task pairs --output_dir outputs/pairs/data         # paired digits (alignment)
+    python scripts/make_demo_dataset.py --task digits_present --output_dir ...               # which digits? (multi-label)
+    python scripts/make_demo_dataset.py --task digit_value --output_dir ...                  # the digit's value (regression)
 
 Every example is built from digits (0-9) given up to three ways, all from real material that ships offline:
 
@@ -12,7 +14,7 @@ Every example is built from digits (0-9) given up to three ways, all from real m
 - **image**: a real handwritten digit (scikit-learn's `load_digits`, 8x8 scans) drawn at 32x32 with jitter;
 - **audio**: a real person saying the digit (Free Spoken Digit Dataset, five speakers, 8 kHz), at a random speed.
 
-Three tasks:
+Five tasks:
 
 - `classify` (the main demo): the label is the digit. Each modality of each example is independently *clean*,
   *ambiguous* (partial information: two or three candidate digits in the text, half the image occluded, a second
@@ -26,6 +28,9 @@ Three tasks:
   digit ("from the archive") accompanies half of the examples; with `--match text image` the note names a digit.
 - `pairs`: unlabelled paired examples for contrastive alignment (text, scan and recording of the same digit); the
   `label` column (the digit) is only used to score retrieval and zero-shot classification.
+- `digits_present` (multi-label): a clean scan and a clean recording each show a digit (the same one in about one
+  example of ten); `label` is the set of digits present, one or two of "zero" ... "nine".
+- `digit_value` (regression): a clean scan and a clean recording of the same digit; `label` is its value as a float.
 
 Splits are by source: no scan or recording is shared between splits, and one speaker (`--held_out_speaker`) is
 left out of training and validation entirely. `test` holds unseen recordings of the four training speakers and
@@ -62,7 +67,7 @@ from hf_multimodal import resample_audio
 
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "test_unseen_speaker")
-TASKS: tuple[str, ...] = ("classify", "match", "pairs")
+TASKS: tuple[str, ...] = ("classify", "match", "pairs", "digits_present", "digit_value")
 MATCH_LABELS: tuple[str, ...] = ("different", "same")
 VENDORED_AUDIO_DIR = Path(__file__).resolve().parent / "demo_assets" / "fsdd"
 HELD_OUT_SPEAKER = "jackson"
@@ -307,6 +312,56 @@ def build_pairs_dataset(
     return _build(example, 10, features, (num_train, num_validation, num_test), seed, "hf_multimodal-digits-pairs", description)
 
 
+def build_digits_present_dataset(
+    audio_dir: str | os.PathLike,
+    num_train: int = 2400,
+    num_validation: int = 400,
+    num_test: int = 800,
+    seed: int = 0,
+    held_out_speaker: str = HELD_OUT_SPEAKER,
+) -> datasets.DatasetDict:
+    """
+    Build the multi-label `digits_present` task: a clean scan and a clean recording each show a digit (the scan's
+    digit balanced, the recording's drawn at random, so about one example in ten shows one digit twice); `label` is
+    the sorted list of digits present (`List(ClassLabel("zero" ... "nine"))`, one or two of them). Other columns as
+    [`build_match_dataset`].
+    """
+    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    features = {**_features(DIGIT_WORDS, "digit", "int64"), "label": datasets.List(datasets.ClassLabel(names=list(DIGIT_WORDS)))}
+
+    def example(rng: np.random.Generator, digit: int, split: str) -> dict:
+        digits = {"image": digit, "audio": int(rng.integers(10))}
+        return {**_clean_example(rng, digits, split, audio_pools, image_pools), "label": sorted(set(digits.values()))}
+
+    description = f"hf_multimodal multi-label demo: which digits do a scan and a recording show? (seed {seed})"
+    name = "hf_multimodal-digits-present"
+    return _build(example, 10, features, (num_train, num_validation, num_test), seed, name, description)
+
+
+def build_digit_value_dataset(
+    audio_dir: str | os.PathLike,
+    num_train: int = 2400,
+    num_validation: int = 400,
+    num_test: int = 800,
+    seed: int = 0,
+    held_out_speaker: str = HELD_OUT_SPEAKER,
+) -> datasets.DatasetDict:
+    """
+    Build the regression `digit_value` task: a clean scan and a clean recording of the same digit; `label` is the
+    digit's value (`float32`, 0.0 ... 9.0, balanced). Other columns as [`build_match_dataset`].
+    """
+    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    features = {**_features(DIGIT_WORDS, "digit", "int64"), "label": datasets.Value("float32")}
+
+    def example(rng: np.random.Generator, digit: int, split: str) -> dict:
+        digits = {"image": digit, "audio": digit}
+        return {**_clean_example(rng, digits, split, audio_pools, image_pools), "label": float(digit)}
+
+    description = f"hf_multimodal regression demo: the value of the digit a scan and a recording show (seed {seed})."
+    name = "hf_multimodal-digit-value"
+    return _build(example, 10, features, (num_train, num_validation, num_test), seed, name, description)
+
+
 def _features(labels: Sequence[str], per_modality: str, dtype: str) -> dict[str, datasets.features.FeatureType]:
     """The columns beside text, image and audio: the label, one `<modality>_<per_modality>` column each, the
     speaker."""
@@ -383,9 +438,10 @@ def describe_demo_dataset(dataset: datasets.DatasetDict) -> str:
     """A Markdown description of a demo dataset: what it is, sizes, per-split label and state counts, speakers,
     license and credit."""
     first = next(iter(dataset.values()))
-    labels = first.features["label"].names
+    label_feature = first.features["label"]
+    labels = getattr(getattr(label_feature, "feature", label_feature), "names", None)  # None: a number (regression)
     states = [m for m in ("text", "image", "audio") if f"{m}_state" in first.column_names]
-    header = "| split | examples | speakers | labels (" + " / ".join(labels) + ") |"
+    header = "| split | examples | speakers | " + (f"labels ({' / '.join(labels)})" if labels else "label (mean, range)") + " |"
     header += "".join(f" {m} ({' / '.join(STATE_PROBABILITIES[m])}) |" for m in states)
     lines = [
         "# hf_multimodal demo dataset",
@@ -400,8 +456,12 @@ def describe_demo_dataset(dataset: datasets.DatasetDict) -> str:
     ]
     for split, part in dataset.items():
         speakers = ", ".join(sorted(name for name in set(part["speaker"]) if name)) or "-"
-        label_counts = Counter(part["label"])
-        cells = [" / ".join(str(label_counts[index]) for index in range(len(labels)))]
+        values = part["label"]
+        if labels:  # a multi-label example counts once for each label it holds
+            label_counts = Counter(v for value in values for v in (value if isinstance(value, list) else [value]))
+            cells = [" / ".join(str(label_counts[index]) for index in range(len(labels)))]
+        else:
+            cells = [f"{np.mean(values):.2f}, {min(values):g} to {max(values):g}"]
         for modality in states:
             counts = Counter(part[f"{modality}_state"])
             cells.append(" / ".join(str(counts[state]) for state in STATE_PROBABILITIES[modality]))
@@ -591,6 +651,10 @@ def main() -> None:
         dataset = build_match_dataset(args.audio_dir, modalities=args.match, **common)
     elif args.task == "pairs":
         dataset = build_pairs_dataset(args.audio_dir, **common)
+    elif args.task == "digits_present":
+        dataset = build_digits_present_dataset(args.audio_dir, **common)
+    elif args.task == "digit_value":
+        dataset = build_digit_value_dataset(args.audio_dir, **common)
     else:
         dataset = build_demo_dataset(args.audio_dir, **common)
     save_demo_dataset(dataset, args.output_dir, overwrite=args.overwrite)

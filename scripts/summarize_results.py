@@ -128,12 +128,20 @@ def modality_importance(root: Path) -> list[str]:
             f"{m} {cell(r['mean_importance'])} / {cell(r['ablation_accuracy_drop'])}" for m, r in rows.items()
         )
         agree = "yes" if by_importance == by_ablation else f"**no** ({by_importance} vs {by_ablation})"
-        lines.append(f"| {path.name.removesuffix('_modality_importance.json')} | {values} | {agree} | {report['cost_ratio']:.2f} |")
+        weighted = {m: r["mean_fusion_weight"] for m, r in rows.items() if r.get("mean_fusion_weight") is not None}
+        by_weight = "-"
+        if weighted:  # the second view, for heads that weigh the modalities
+            first = max(weighted, key=weighted.get)
+            by_weight = ", ".join(f"{m} {cell(w)}" for m, w in weighted.items()) + (
+                " (same first)" if first == by_ablation else f" (**{first}** first)")
+        run = path.name.removesuffix("_modality_importance.json")
+        lines.append(f"| {run} | {values} | {agree} | {by_weight} | {report['cost_ratio']:.2f} |")
     if not lines:
         return []
     header = [
-        "| run | per modality: mean importance / accuracy drop without it | same modality first | CPU cost vs forward |",
-        "|---|---|---|---|",
+        "| run | per modality: mean importance / accuracy drop without it | same modality first | mean fusion weight "
+        "| CPU cost vs forward |",
+        "|---|---|---|---|---|",
     ]
     return header + lines
 

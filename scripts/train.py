@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -24,12 +25,14 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from hyperparameter_search import HyperparameterSearch, default_search_space, load_search_space  # scripts/
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     AutoProcessor,
     ConvNextImageProcessorPil,
     EarlyStoppingCallback,
+    EvalPrediction,
     HfArgumentParser,
     TrainerCallback,
     pipeline,
@@ -47,11 +50,18 @@ from hf_multimodal import (
     MultimodalModel,
     MultimodalPreTrainedModel,
     MultimodalProcessor,
+    RecurrentEncoderConfig,
     WaveNetConfig,
 )
-from hf_multimodal.data_collator import MultimodalDataCollator
+from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
+from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
-from hf_multimodal.metrics import METRIC_NAMES, metrics_function
+from hf_multimodal.metrics import (
+    DEFAULT_MULTI_LABEL_THRESHOLD,
+    METRIC_NAMES,
+    metrics_function,
+    problem_type_metrics,
+)
 from hf_multimodal.model_card import (
     ModelCardCallback,
     hyperparameters_from_args,
@@ -118,7 +128,9 @@ class ModelArguments:
                   "aliases": ["--vision_config"]},  # its name before hf_multimodal 0.2
     )
     audio_config: str | None = field(
-        default=None, metadata={"help": "As --text_config, for audio. Default: WaveNetConfig()."}
+        default=None,
+        metadata={"help": "As --text_config, for audio. Default: WaveNetConfig(). A GRU / LSTM encoder (also for "
+                  'text): {"model_type": "recurrent_encoder", "cell": "lstm"}.'},
     )
     backbones: list[str] = field(
         default_factory=list,
@@ -168,6 +180,21 @@ class ModelArguments:
         default=None,
         metadata={"help": "Learning rate of the projections, fusion head and classifier (default: --learning_rate)."},
     )
+    hpo_trials: int = field(
+        default=0,
+        metadata={"help": "Search hyper-parameters first (README: Hyper-parameter search): this many Optuna trials, "
+                  "each pruned when its validation metric lags, then the best settings are trained and evaluated as "
+                  "a normal run. 0: no search."},
+    )
+    hpo_space: str | None = field(
+        default=None,
+        metadata={"help": "JSON file of the search space (format: scripts/hyperparameter_search.py; example: "
+                  "scripts/hpo_space.json). Default: per-part learning rates, fusion type and width, modality "
+                  "dropout."},
+    )
+    hpo_epochs: float | None = field(
+        default=None, metadata={"help": "Epochs of each search trial (default: --num_train_epochs)."}
+    )
 
     def __post_init__(self):
         _check_modalities(self.modalities, "--modalities", allow_empty=False)
@@ -188,6 +215,16 @@ class ModelArguments:
                     "config; pass one of them."
                 )
         self.backbone_hub_ids()  # validates the pairs
+        if self.hpo_trials < 0 or (self.hpo_epochs is not None and not self.hpo_epochs > 0):
+            raise ValueError(
+                f"--hpo_trials must be >= 0 and --hpo_epochs positive; got {self.hpo_trials} and {self.hpo_epochs}."
+            )
+        space = load_search_space(self.hpo_space) if self.hpo_space is not None else {}  # checked here, before data
+        if "fusion_hidden_size" in space and self.model_name_or_path is not None:
+            raise ValueError(
+                f"--hpo_space {self.hpo_space} searches fusion_hidden_size, which a saved model "
+                "(--model_name_or_path) keeps: leave it out of the space."
+            )
 
     def config_overrides(self) -> dict[str, Any]:
         """Settings of `MultimodalConfig` that these arguments set (the fusion type only when given)."""
@@ -248,7 +285,22 @@ class DataArguments:
     text_column: str = field(default="text", metadata={"help": "Column of the texts (None / empty: no text)."})
     image_column: str = field(default="image", metadata={"help": "Column of the images (None: no image)."})
     audio_column: str = field(default="audio", metadata={"help": "Column of the audio clips (None: no audio)."})
-    label_column: str = field(default="label", metadata={"help": "Column of the labels (ClassLabel, int or str)."})
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Column of the labels: a class (ClassLabel, int or str); a list of classes (a Sequence of "
+                  "ClassLabel, ints or strings) or a multi-hot list of floats / bools for multi-label; a float for "
+                  "regression."},
+    )
+    problem_type: str | None = field(
+        default=None,
+        metadata={"help": "single_label_classification, multi_label_classification or regression. Default: read from "
+                  "the label column (a list: multi-label; a float: regression; otherwise single-label).",
+                  "choices": list(PROBLEM_TYPES)},
+    )
+    multi_label_threshold: float = field(
+        default=DEFAULT_MULTI_LABEL_THRESHOLD,
+        metadata={"help": "Multi-label metrics count a label as predicted when its sigmoid score is at least this."},
+    )
     max_text_tokens: int = field(default=64, metadata={"help": "Texts are truncated to this many tokens."})
     max_audio_seconds: float = field(default=10.0, metadata={"help": "Audio is truncated to this many seconds."})
     image_size: int | None = field(
@@ -276,6 +328,10 @@ class DataArguments:
                 )
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"--problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {self.problem_type!r}.")
+        if not 0.0 < self.multi_label_threshold < 1.0:
+            raise ValueError(f"--multi_label_threshold must be in (0, 1), got {self.multi_label_threshold}.")
         if self.max_text_tokens < 2:
             raise ValueError(f"--max_text_tokens must be >= 2, got {self.max_text_tokens}.")
         if not self.max_audio_seconds > 0:
@@ -304,7 +360,8 @@ def _check_modalities(values: Sequence[str], option: str, allow_empty: bool) -> 
 
 @dataclass
 class Splits:
-    """The train / validation / test datasets of a run and their label names."""
+    """The train / validation / test datasets of a run, their label names (for regression: the target's name) and
+    problem type."""
 
     train: datasets.Dataset
     validation: datasets.Dataset
@@ -312,6 +369,7 @@ class Splits:
     labels: list[str]
     label_to_id: dict[Any, int] | None
     extra_tests: dict[str, datasets.Dataset] = field(default_factory=dict)
+    problem_type: str = "single_label_classification"
 
 
 def load_splits(
@@ -356,7 +414,11 @@ def load_splits(
     test = _first(raw[data_args.test_split], data_args.max_test_samples)
     extra_tests = {name: _first(raw[name], data_args.max_test_samples) for name in data_args.extra_test_splits}
     has_labels = data_args.label_column in train.column_names
-    labels, label_to_id = _label_names(train, data_args.label_column) if has_labels else ([], None)
+    problem_type = data_args.problem_type or "single_label_classification"
+    if has_labels:
+        labels, label_to_id, problem_type = _label_names(train, data_args.label_column, data_args.problem_type)
+    else:
+        labels, label_to_id = [], None
     # A model cannot learn from an example that has too few of its modalities: train only on the others.
     train = _with_modalities(train, [columns[m] for m in modalities], min_modalities)
     if len(train) == 0:
@@ -364,7 +426,7 @@ def load_splits(
             f"no training example has {min_modalities} or more of the modalities {list(modalities)}: check "
             "--modalities and the columns."
         )
-    return Splits(train, validation, test, labels, label_to_id, extra_tests)
+    return Splits(train, validation, test, labels, label_to_id, extra_tests, problem_type)
 
 
 DATA_FILE_FORMATS: dict[str, str] = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -449,19 +511,45 @@ def _first(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
     return dataset if count is None else dataset.select(range(min(count, len(dataset))))
 
 
-def _label_names(train: datasets.Dataset, column: str) -> tuple[list[str], dict[Any, int] | None]:
+def _label_names(
+    train: datasets.Dataset, column: str, problem_type: str | None = None
+) -> tuple[list[str], dict[Any, int] | None, str]:
+    """The label names, the map of string labels to class indices (None for indices) and the problem type of the
+    label column; `problem_type=None` reads it from the column: lists are multi-label, floats regression, classes
+    single-label. Regression has one "label", the column's name; a multi-hot column names its classes "0", "1", ..."""
     feature = train.features[column]
-    if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names), None
-    values = train[column]
-    if all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+    is_list = isinstance(feature, (datasets.List, datasets.LargeList))
+    if problem_type is None:
+        is_float = isinstance(feature, datasets.Value) and feature.dtype.startswith("float")
+        problem_type = "multi_label_classification" if is_list else "regression" if is_float else "single_label_classification"
+    if problem_type == "regression":
+        if is_list or not (isinstance(feature, datasets.Value) and feature.dtype[:3] in ("flo", "int", "uin")):
+            raise TypeError(f"--problem_type regression needs a column of numbers; {column!r} holds {feature}.")
+        return [column], None, problem_type
+    if problem_type == "multi_label_classification":
+        if not is_list:
+            raise TypeError(
+                f"--problem_type multi_label_classification needs a column of label lists or multi-hot lists; "
+                f"{column!r} holds {feature}."
+            )
+        inner, values = feature.feature, [value for row in train[column] for value in row]
+        if isinstance(inner, datasets.Value) and (inner.dtype.startswith("float") or inner.dtype == "bool"):
+            return [str(index) for index in range(len(train[0][column]))], None, problem_type  # multi-hot
+    else:
+        inner, values = feature, train[column]
+    if isinstance(inner, datasets.ClassLabel):
+        return list(inner.names), None, problem_type
+    if values and all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
         if min(values) < 0:
             raise ValueError(f"label column {column!r} has negative values: use class indices 0..N-1 or strings.")
-        return [str(index) for index in range(max(values) + 1)], None
-    if all(isinstance(value, str) for value in values):
+        return [str(index) for index in range(max(values) + 1)], None, problem_type
+    if values and all(isinstance(value, str) for value in values):
         names = sorted(set(values))
-        return names, {name: index for index, name in enumerate(names)}
-    raise TypeError(f"label column {column!r} must hold class indices or strings, got {type(values[0]).__name__}.")
+        return names, {name: index for index, name in enumerate(names)}, problem_type
+    raise TypeError(
+        f"label column {column!r} must hold class indices or strings (or lists of them, or multi-hot float lists, for "
+        f"multi-label; floats for regression), got {feature}."
+    )
 
 
 def _with_modalities(dataset: datasets.Dataset, columns: Sequence[str], count: int) -> datasets.Dataset:
@@ -481,16 +569,21 @@ def resnet_image_processor(size: int) -> ConvNextImageProcessorPil:
 
 
 def build_model_and_processor(
-    model_args: ModelArguments, data_args: DataArguments, labels: Sequence[str]
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    labels: Sequence[str],
+    problem_type: str = "single_label_classification",
 ) -> tuple[MultimodalPreTrainedModel, MultimodalProcessor]:
-    """The model and its processor: a `MultimodalForSequenceClassification` set up for `labels`, or for
-    `--objective contrastive` a `MultimodalModel`; loaded from `--model_name_or_path` (a classifier may start from
-    an aligned model) or assembled with `from_backbones`."""
+    """The model and its processor: a `MultimodalForSequenceClassification` set up for `labels` and `problem_type`
+    (regression: one output, named by `labels`), or for `--objective contrastive` a `MultimodalModel`; loaded from
+    `--model_name_or_path` (a classifier may start from an aligned model) or assembled with `from_backbones`."""
     overrides = model_args.config_overrides()
     if model_args.objective == "classification":
         model_class, auto_class = MultimodalForSequenceClassification, AutoModelForSequenceClassification
         id2label = dict(enumerate(labels))
-        overrides.update(id2label=id2label, label2id={label: index for index, label in id2label.items()})
+        overrides.update(
+            id2label=id2label, label2id={label: index for index, label in id2label.items()}, problem_type=problem_type
+        )
     else:
         model_class, auto_class = MultimodalModel, AutoModel
     if model_args.model_name_or_path is not None:
@@ -516,8 +609,8 @@ def build_model_and_processor(
             **{m: getattr(model_args, f"{m}_model") if m in model_args.modalities else None for m in MODALITIES}
         )
         audio_config = model.config.audio_config
-        if isinstance(audio_config, WaveNetConfig) and model_args.audio_model is None:
-            # the default feature extractor of a new WaveNet encoder works at the rate its config names
+        if isinstance(audio_config, (WaveNetConfig, RecurrentEncoderConfig)) and model_args.audio_model is None:
+            # the default feature extractor of a new WaveNet / recurrent encoder works at the rate its config names
             processor.feature_extractor.sampling_rate = audio_config.sampling_rate
     recorded = {**(model.config.backbones or {}), **model_args.backbone_hub_ids()}
     model.config.backbones = {m: recorded[m] for m in model.config.modalities if m in recorded} or None
@@ -545,14 +638,43 @@ def _parse_config(value: str | None, option: str) -> dict:
     return parsed
 
 
-def evaluate_split(trainer: MultimodalTrainer, dataset: datasets.Dataset, collator: MultimodalDataCollator, prefix: str):
-    """Predict `dataset` with `collator`; returns `(metrics, predictions, label_ids)`, metrics without prefix and with
-    `num_examples`."""
-    trainer.data_collator = collator
-    output = trainer.predict(dataset, metric_key_prefix=prefix)
-    metrics = {name: float(output.metrics[f"{prefix}_{name}"]) for name in METRIC_NAMES}
-    metrics["num_examples"] = len(dataset)
-    return metrics, np.asarray(output.predictions).argmax(-1), np.asarray(output.label_ids)
+def evaluate_split(
+    trainer: MultimodalTrainer, dataset: datasets.Dataset, drop: Sequence[str] = ()
+) -> dict[str, tuple[dict[str, float], np.ndarray, np.ndarray]]:
+    """
+    Predict `dataset` with every modality and without each modality of `drop`, from one pass of the encoders
+    ([`MultimodalForSequenceClassification.ablation_logits`]: a variant re-runs only the fusion head and the
+    classifier). Returns, for `"all"` then each `"without_<modality>"`, `(metrics, predictions, label_ids)`: the
+    metrics of the collator's problem type (`trainer.compute_metrics`) with `num_examples`, and the predictions as
+    class indices (the logits for multi-label and regression). As `trainer.predict`, it gathers the processes' batches
+    and gives examples left without any modality the trainer's label-prior logits.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    problem_type = trainer.data_collator.problem_type
+    variants = ["all", *(f"without_{modality}" for modality in drop)]
+    logit_parts, label_parts = [], []
+    for batch in trainer.get_test_dataloader(dataset):
+        labels = batch.pop("labels")
+        unavailable = batch.pop(UNAVAILABLE_KEY, None)
+        keep = ~unavailable if unavailable is not None else torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        logits = trainer.fallback_logits.to(labels.device).repeat(len(labels), len(variants), 1)
+        if bool(keep.any()):  # the collator gave model inputs for the kept rows only
+            with torch.no_grad(), trainer.accelerator.autocast():
+                kept = model.ablation_logits(drop=drop, **batch)
+            kept = torch.stack([kept[variant] for variant in variants], dim=1).float()
+            logits[keep] = torch.where(kept.isnan(), logits[keep], kept)  # NaN: no modality left in that variant
+        logit_parts.append(trainer.accelerator.gather_for_metrics(logits).cpu())
+        label_parts.append(trainer.accelerator.gather_for_metrics(labels).cpu())
+    all_logits, label_ids = torch.cat(logit_parts).numpy(), torch.cat(label_parts).numpy()
+    results = {}
+    for position, variant in enumerate(variants):
+        logits = all_logits[:, position]
+        computed = trainer.compute_metrics(EvalPrediction(predictions=logits, label_ids=label_ids))
+        metrics = {name: float(computed[name]) for name in problem_type_metrics(problem_type)}
+        metrics["num_examples"] = len(dataset)
+        predictions = logits.argmax(-1) if problem_type == "single_label_classification" else logits
+        results[variant] = (metrics, predictions, label_ids)
+    return results
 
 
 def save_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, names: Sequence[str], path: str | os.PathLike):
@@ -575,8 +697,8 @@ def save_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, names: Se
 
 
 def format_results_table(results: Mapping[str, Any]) -> str:
-    """A Markdown table of a `metrics.json` dict: a classifier's test metrics, per-modality ablation and extra test
-    splits, or an aligned model's retrieval recall and zero-shot accuracy."""
+    """A Markdown table of a `metrics.json` dict: a classifier's test metrics (those of its `problem_type`),
+    per-modality ablation and extra test splits, or an aligned model's retrieval recall and zero-shot accuracy."""
     modalities = results["modalities"]
     if results.get("objective", "classification") == "contrastive":
         return _format_alignment_table(results)
@@ -584,13 +706,14 @@ def format_results_table(results: Mapping[str, Any]) -> str:
     rows += [(name.replace("_", " "), values) for name, values in results["ablation"].items()]
     rows += [(f"{name} split", values) for name, values in (results.get("extra_tests") or {}).items()]
     model = f"{results['fusion_type']} fusion of {', '.join(modalities)}" if len(modalities) > 1 else f"{modalities[0]} only"
+    names = problem_type_metrics(results.get("problem_type"))
     lines = [
         f"Test results: {model} ({results['test']['num_examples']} examples)",
         "",
-        "| evaluation | accuracy | precision | recall | macro F1 |",
-        "|---|---|---|---|---|",
+        "| evaluation | " + " | ".join(METRIC_NAMES[name] for name in names) + " |",
+        "|---|" + "---|" * len(names),
     ]
-    lines += [f"| {name} | " + " | ".join(f"{values[m]:.3f}" for m in METRIC_NAMES) + " |" for name, values in rows]
+    lines += [f"| {name} | " + " | ".join(f"{values[m]:.3f}" for m in names) + " |" for name, values in rows]
     return "\n".join(lines)
 
 
@@ -612,10 +735,12 @@ def build_trainer(
     data_args: DataArguments,
     training_args: MultimodalTrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
+    search: HyperparameterSearch | None = None,
 ) -> tuple[MultimodalTrainer, Splits]:
     """
     The run's `MultimodalTrainer` (model, processor, on-the-fly collator, metrics, model card and early-stopping
-    callbacks, per-modality learning rates and freezing) and the dataset splits it trains and evaluates on.
+    callbacks, per-modality learning rates and freezing) and the dataset splits it trains and evaluates on. With a
+    `search`, the trainer builds each trial's model through `model_init` (for `Trainer.hyperparameter_search`).
 
     Example:
 
@@ -629,7 +754,13 @@ def build_trainer(
     splits = load_splits(
         data_args, model_args.modalities, training_args.seed, labelled=not contrastive, min_modalities=1 + contrastive
     )
-    model, processor = build_model_and_processor(model_args, data_args, splits.labels)
+    _check_best_model_metric(training_args, splits.problem_type, contrastive)
+    model, processor = build_model_and_processor(model_args, data_args, splits.labels, splits.problem_type)
+    model_init = None
+    if search is not None:  # a trial's model (its fusion type, width, ...) is built as a run's is
+        model_init = search.model_init(
+            lambda args: build_model_and_processor(args, data_args, splits.labels, splits.problem_type)[0]
+        )
     collator = MultimodalDataCollator(
         processor,
         # a saved model may have more encoders than --modalities asks to use
@@ -637,6 +768,8 @@ def build_trainer(
         columns=data_args.columns(),
         label_column=None if contrastive else data_args.label_column,
         label_to_id=splits.label_to_id,
+        problem_type=splits.problem_type,
+        num_labels=len(splits.labels),
         max_audio_seconds=data_args.max_audio_seconds,
         return_loss=contrastive,
     )
@@ -648,17 +781,20 @@ def build_trainer(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
     trainer = MultimodalTrainer(
-        model=model,
+        model=None if model_init else model,
+        model_init=model_init,
         args=training_args,
         train_dataset=splits.train,
         eval_dataset=splits.validation,
         data_collator=collator,
         processing_class=processor,
-        compute_metrics=None if contrastive else metrics_function(len(splits.labels)),
+        compute_metrics=None
+        if contrastive
+        else metrics_function(len(splits.labels), splits.problem_type, data_args.multi_label_threshold),
         callbacks=all_callbacks,
         learning_rates=model_args.learning_rates(),
         frozen_modalities=model_args.freeze_modalities,
-        label_prior=None if contrastive else _label_prior(splits, data_args.label_column),
+        label_prior=None if contrastive else _label_prior(splits, collator),
     )
     return trainer, splits
 
@@ -668,6 +804,7 @@ def train_and_evaluate(
     data_args: DataArguments,
     training_args: MultimodalTrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
+    extra_results: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Train, keep the best checkpoint, save model + processor + pipeline code into `training_args.output_dir`,
@@ -677,10 +814,11 @@ def train_and_evaluate(
     `--extra_test_splits`; an aligned model (`--objective contrastive`) by retrieval recall@1 / recall@5 at the label
     level in every direction between its modalities and by zero-shot accuracy against the label names as text.
 
-    Returns the `metrics.json` dict: `objective`, `dataset`, `test` (accuracy, macro precision / recall / F1 and
-    `num_examples`; for an aligned model `retrieval` and `zero_shot`), `ablation` (`without_<modality>` for each
+    Returns the `metrics.json` dict: `objective`, `problem_type` (a classifier's), `dataset`, `test` (the metrics of
+    the problem type, e.g. accuracy, macro precision / recall / F1, and `num_examples`; for an aligned model
+    `retrieval` and `zero_shot`), `ablation` (`without_<modality>` for each
     modality of a classifier that has several), `extra_tests`, `hyperparameters`, `modalities`, `fusion_type`,
-    `labels` and `confusion_matrix`.
+    `labels` and `confusion_matrix`, and `extra_results` (such as the `hpo` record of a search).
     """
     output_dir = Path(training_args.output_dir)
     resume = _resolve_resume(training_args.resume_from_checkpoint, output_dir)
@@ -710,6 +848,8 @@ def train_and_evaluate(
         "labels": list(splits.labels),
     }
     if model_args.objective == "classification":
+        results["problem_type"] = splits.problem_type
+    if model_args.objective == "classification":
         results.update(evaluate_classifier(trainer, splits))
     elif trainer.is_world_process_zero():
         tests = {data_args.test_split: splits.test, **splits.extra_tests}
@@ -723,6 +863,7 @@ def train_and_evaluate(
         results["test"] = evaluated.pop(data_args.test_split)
         results["extra_tests"] = evaluated
     results["hyperparameters"] = _hyperparameters(model_args, data_args, trainer, train_result, train_seconds)
+    results.update(extra_results or {})
     if trainer.is_world_process_zero():
         if "predictions" in results:
             predictions, label_ids = results.pop("predictions")
@@ -741,22 +882,17 @@ def train_and_evaluate(
 def evaluate_classifier(trainer: MultimodalTrainer, splits: Splits) -> dict[str, Any]:
     """Test metrics, the per-modality ablation (each modality removed from every test example) and the metrics of
     the extra test splits; `predictions` holds the test predictions and labels for the confusion matrix."""
-    collator = trainer.data_collator
-    modalities = collator.modalities
-    test_metrics, predictions, label_ids = evaluate_split(trainer, splits.test, collator, "test")
-    ablation = {}
-    if len(modalities) > 1:
-        for modality in modalities:
-            ablation[f"without_{modality}"], _, _ = evaluate_split(
-                trainer, splits.test, replace(collator, drop_modalities=(modality,)), f"test_without_{modality}"
-            )
-    extra_tests = {name: evaluate_split(trainer, part, collator, name)[0] for name, part in splits.extra_tests.items()}
-    trainer.data_collator = collator
+    modalities = trainer.data_collator.modalities
+    test = evaluate_split(trainer, splits.test, drop=modalities if len(modalities) > 1 else ())
+    test_metrics, predictions, label_ids = test.pop("all")
+    classes = splits.problem_type == "single_label_classification"  # the confusion matrix of class predictions
+    ablation = {variant: metrics for variant, (metrics, _, _) in test.items()}
+    extra_tests = {name: evaluate_split(trainer, part)["all"][0] for name, part in splits.extra_tests.items()}
     return {
         "test": test_metrics,
         "ablation": ablation,
         "extra_tests": extra_tests,
-        "predictions": (predictions, label_ids),
+        **({"predictions": (predictions, label_ids)} if classes else {}),
     }
 
 
@@ -814,6 +950,17 @@ def evaluate_alignment(
     return results
 
 
+def _check_best_model_metric(training_args: MultimodalTrainingArguments, problem_type: str, contrastive: bool) -> None:
+    """`--metric_for_best_model` must be the loss or a metric the run computes (those of its problem type)."""
+    metric = (training_args.metric_for_best_model or "loss").removeprefix("eval_")
+    allowed = ("loss",) if contrastive else ("loss", *problem_type_metrics(problem_type))
+    if metric not in allowed:
+        raise ValueError(
+            f"--metric_for_best_model {metric} is not computed for {'contrastive training' if contrastive else problem_type}: "
+            f"pass one of {', '.join(allowed)}."
+        )
+
+
 def _resolve_resume(value: str | None, output_dir: Path) -> str | None:
     """`--resume_from_checkpoint`: a checkpoint folder, or `last` for the newest complete one in the output folder
     (half-written ones, left by a run killed while saving, are removed). Without it, an output folder that already
@@ -837,11 +984,14 @@ def _resolve_resume(value: str | None, output_dir: Path) -> str | None:
     return value
 
 
-def _label_prior(splits: Splits, column: str) -> torch.Tensor:
-    values = splits.train[column]
-    ids = [splits.label_to_id[value] for value in values] if splits.label_to_id else [int(value) for value in values]
-    counts = torch.bincount(torch.tensor(ids), minlength=len(splits.labels)).double()
-    return (counts / counts.sum()).float()
+def _label_prior(splits: Splits, collator: MultimodalDataCollator) -> torch.Tensor:
+    """The training set's best guess without input (`MultimodalTrainer`'s `label_prior`): class frequencies, per-label
+    frequencies (multi-label) or the mean target (regression)."""
+    labels = collator.labels_tensor(splits.train[collator.label_column])
+    if splits.problem_type == "single_label_classification":
+        counts = torch.bincount(labels, minlength=len(splits.labels)).double()
+        return (counts / counts.sum()).float()
+    return labels.double().mean(dim=0).reshape(-1).float()
 
 
 def _hyperparameters(model_args, data_args, trainer, train_result, train_seconds) -> dict[str, Any]:
@@ -866,6 +1016,53 @@ def _hyperparameters(model_args, data_args, trainer, train_result, train_seconds
     })
 
 
+def search_hyperparameters(
+    model_args: ModelArguments, data_args: DataArguments, training_args: MultimodalTrainingArguments
+) -> tuple[ModelArguments, dict[str, Any]]:
+    """
+    `--hpo_trials`: search the settings of `--hpo_space` (default: `default_search_space`) with
+    `Trainer.hyperparameter_search` and Optuna. Each trial trains `--hpo_epochs` epochs without checkpoints in a
+    temporary folder, is evaluated every `--eval_strategy` on the validation split by `--metric_for_best_model`, and
+    is pruned when that lags the median of the earlier trials (from the end of its first epoch on). Returns the model
+    arguments with the best trial's settings, and the search record (`metrics.json`'s `hpo`).
+
+    Example:
+
+    ```python
+    >>> argv = ["--dataset", "outputs/demo/data", "--output_dir", "out", "--hpo_trials", "8"]
+    >>> best_args, record = search_hyperparameters(*parse_arguments(argv))  # doctest: +SKIP
+    >>> best_args.fusion_type, len(record["trials"])  # doctest: +SKIP
+    ('concat', 8)
+    ```
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--hpo_trials runs in one process: start scripts/train.py with python, not a launcher.")
+    if model_args.hpo_space is not None:
+        space = load_search_space(model_args.hpo_space)
+    else:
+        space = default_search_space(
+            model_args.modalities, model_args.freeze_modalities, new_model=model_args.model_name_or_path is None
+        )
+    metric = training_args.metric_for_best_model or "loss"
+    search = HyperparameterSearch(space, model_args, metric, greater_is_better=bool(training_args.greater_is_better))
+    with tempfile.TemporaryDirectory(prefix="hpo_trials_") as folder:
+        trial_args = replace(
+            training_args,
+            output_dir=folder,
+            num_train_epochs=model_args.hpo_epochs or training_args.num_train_epochs,
+            save_strategy="no",
+            load_best_model_at_end=False,
+            early_stopping_patience=0,  # the pruner stops trials early
+            push_to_hub=False,
+        )
+        trainer, splits = build_trainer(model_args, data_args, trial_args, search=search)
+        epoch_steps = -(-len(splits.train) // (trial_args.train_batch_size * trial_args.gradient_accumulation_steps))
+        record = search.run(trainer, model_args.hpo_trials, training_args.seed, warmup_steps=epoch_steps)
+    record["epochs_per_trial"] = trial_args.num_train_epochs
+    logger.warning(f"Hyper-parameter search: best trial {record['best']['number']}, {record['best']['params']}.")
+    return search.arguments(record["best"]["params"]), record
+
+
 def parse_arguments(argv: Sequence[str] | None = None):
     """Parse `argv` (default: `sys.argv[1:]`; a single `.json` file of all arguments also works) into
     `(ModelArguments, DataArguments, MultimodalTrainingArguments)`."""
@@ -879,7 +1076,10 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence[TrainerCallback]
     """Entry point of `scripts/train.py`: parse the arguments, train, evaluate, ablate; returns the metrics dict.
     Runs unchanged under `accelerate launch` (one process per device; DDP over gloo on CPU)."""
     model_args, data_args, training_args = parse_arguments(argv)
-    return train_and_evaluate(model_args, data_args, training_args, callbacks=callbacks)
+    extra_results = {}
+    if model_args.hpo_trials:
+        model_args, extra_results["hpo"] = search_hyperparameters(model_args, data_args, training_args)
+    return train_and_evaluate(model_args, data_args, training_args, callbacks=callbacks, extra_results=extra_results)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,21 @@ TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2
 TINY_VISION = {"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16, "layer_type": "basic"}
 TINY_AUDIO = {"hidden_size": 32, "num_stacks": 2, "layers_per_stack": 2, "frontend_channels": [16, 32, 32, 32]}
 TINY_SUB_CONFIGS = {"text_config": TINY_TEXT, "vision_config": TINY_VISION, "audio_config": TINY_AUDIO}
+
+
+WITHOUT_THE_PACKAGE = textwrap.dedent(
+    """
+    import sys
+
+    class RefuseHfMultimodal:  # this process must never import the package: its code comes from the saved folder
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "hf_multimodal":
+                raise ImportError("hf_multimodal must not be imported in this process")
+
+    sys.meta_path.insert(0, RefuseHfMultimodal())
+    """
+)
+"""The start of a script run in a subprocess that loads saved models through remote code only."""
 
 
 def tiny_config(modalities=("text", "image", "audio"), **kwargs) -> MultimodalConfig:
@@ -142,6 +158,22 @@ def write_trained_output_folder(folder, seed: int = 0, accuracy: float = 0.9) ->
     (folder / "checkpoint-8" / "optimizer.pt").write_bytes(b"\0" * 64)
     (folder / "training_args.bin").write_bytes(b"\0" * 64)
     return model
+
+
+AUDIO_DIR = SCRIPTS / "demo_assets" / "fsdd"
+"""The spoken digits vendored for the demo datasets."""
+EASY = {"text": {"clean": 1.0, "ambiguous": 0.0, "uninformative": 0.0, "missing": 0.0}}
+"""Clean text in every example, so that a tiny random BERT learns the task within 150 steps."""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A tiny demo dataset saved to disk (120 train, 16 validation, 24 test examples, clean text), for training runs of
+    scripts/train.py."""
+    from make_demo_dataset import build_demo_dataset, save_demo_dataset
+
+    dataset = build_demo_dataset(AUDIO_DIR, num_train=120, num_validation=16, num_test=24, probabilities=EASY)
+    return save_demo_dataset(dataset, tmp_path_factory.mktemp("demo") / "data")
 
 
 @pytest.fixture(scope="session")

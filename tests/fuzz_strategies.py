@@ -75,7 +75,8 @@ ALL_WAVE_KINDS = ["normal", "nan", "inf", "silent", "loud", "stereo", "stereo_la
 
 @st.composite
 def waveforms(draw, kinds: list[str] = ALL_WAVE_KINDS) -> np.ndarray:
-    length = draw(st.sampled_from([0, 1, 5, 160, 3000]) if kinds is ALL_WAVE_KINDS else st.sampled_from([1, 160, 3000]))
+    # plausible clips are at least 10 ms long at every rate drawn (shorter ones are refused: MIN_CLIP_SECONDS)
+    length = draw(st.sampled_from([0, 1, 5, 160, 3000]) if kinds is ALL_WAVE_KINDS else st.sampled_from([400, 3000]))
     kind = draw(st.sampled_from(kinds))
     rng = np.random.default_rng(length)
     wave = rng.standard_normal(length).astype(np.float32)
@@ -121,10 +122,15 @@ MODALITY_STRATEGIES = {
 }
 
 
+ENTRY_NAMES = {"text": "text example {}", "images": "image {}", "audio": "audio example {}"}
+"""How the processor names an entry of each argument in its errors."""
+
+
 @st.composite
-def batches(draw) -> dict:
+def batches(draw) -> tuple[dict, tuple[str, ...] | None]:
     """Keyword arguments for a processor call of 1-3 examples: plausible ones (some entries missing), ones with a
-    malformed entry, or a malformed layout (a single bad value, ragged lengths)."""
+    malformed entry, or a malformed layout (a single bad value, ragged lengths); with, for a malformed entry, what an
+    error must name (the entry, e.g. "image 2", or the sampling rate or the example left empty), else None."""
     size = draw(st.integers(1, 3))
     kind = draw(st.sampled_from(["plausible", "plausible", "malformed_entry", "malformed_entry", "layout"]))
     names = draw(st.lists(st.sampled_from(sorted(MODALITY_STRATEGIES)), min_size=1, max_size=3, unique=True))
@@ -136,8 +142,11 @@ def batches(draw) -> dict:
         else:
             arguments[name] = draw(st.lists(st.one_of(plausible, plausible, plausible, st.none()), min_size=size,
                                             max_size=size))
+    names_the_problem = None
     if kind == "malformed_entry":
         name = draw(st.sampled_from(names))
-        arguments[name][draw(st.integers(0, size - 1))] = draw(MODALITY_STRATEGIES[name][1])
+        position = draw(st.integers(0, size - 1))
+        arguments[name][position] = draw(MODALITY_STRATEGIES[name][1])
+        names_the_problem = (ENTRY_NAMES[name].format(position), "sampling", "have no text, image or audio")
     arguments["sampling_rate"] = draw(sampling_rates)
-    return arguments
+    return arguments, names_the_problem

@@ -30,7 +30,7 @@ from hf_multimodal import (
     WaveNetFeatureExtractor,
 )
 
-from conftest import tiny_image_processor, tiny_model
+from conftest import WITHOUT_THE_PACKAGE, tiny_image_processor, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +76,8 @@ def test_auto_classes_load_without_remote_code(saved_folder, batch_inputs):
     torch.testing.assert_close(model(**processor(**batch_inputs)).logits, expected)
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
+REMOTE_CODE_SCRIPT = WITHOUT_THE_PACKAGE + textwrap.dedent(
     """
-    import sys
-
-    class RefuseHfMultimodal:  # make sure the package itself is never imported
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_multimodal":
-                raise ImportError("hf_multimodal must not be imported in this process")
-
-    sys.meta_path.insert(0, RefuseHfMultimodal())
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoProcessor
 
@@ -125,7 +117,7 @@ def test_remote_code_is_not_run_without_trust(saved_folder, tmp_path):
     """In a process without the package, the saved code is refused unless trust_remote_code=True is given."""
     script = tmp_path / "refuse.py"
     script.write_text(
-        REMOTE_CODE_SCRIPT.split("import torch")[0]
+        WITHOUT_THE_PACKAGE
         + textwrap.dedent(
             """
             from transformers import AutoModelForSequenceClassification

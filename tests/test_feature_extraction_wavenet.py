@@ -36,7 +36,7 @@ class TestWaveNetFeatureExtractor:
         assert abs(values.mean()) < 1e-4 and abs(values.std() - 1.0) < 1e-3
 
     def test_normalisation_can_be_disabled(self):
-        values = WaveNetFeatureExtractor(do_normalize=False)(np.full(10, 0.25), sampling_rate=16000)["input_values"]
+        values = WaveNetFeatureExtractor(do_normalize=False)(np.full(400, 0.25), sampling_rate=16000)["input_values"]
         np.testing.assert_allclose(values, 0.25)
 
     @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
@@ -47,9 +47,9 @@ class TestWaveNetFeatureExtractor:
         np.testing.assert_allclose(mono, (left + right) / 2, atol=1e-6)
 
     def test_integer_pcm_is_scaled_to_unit_range(self):
-        pcm = np.array([-32768, 0, 16384], dtype=np.int16)
+        pcm = np.tile(np.array([-32768, 0, 16384], dtype=np.int16), 100)
         values = WaveNetFeatureExtractor(do_normalize=False)(pcm, sampling_rate=16000)["input_values"][0]
-        np.testing.assert_allclose(values, [-1.0, 0.0, 0.5])
+        np.testing.assert_allclose(values[:3], [-1.0, 0.0, 0.5])
 
     def test_long_audio_is_truncated_to_max_length_seconds(self, extractor):
         batch = extractor(np.ones(16000 * 3), sampling_rate=16000, max_length_seconds=1.5)
@@ -57,14 +57,16 @@ class TestWaveNetFeatureExtractor:
 
     def test_padding_to_max_length(self):
         extractor = WaveNetFeatureExtractor(max_length_seconds=0.5)
-        batch = extractor([np.ones(100)], sampling_rate=16000, padding="max_length", return_tensors="np")
+        batch = extractor([np.ones(400)], sampling_rate=16000, padding="max_length", return_tensors="np")
         assert batch["input_values"].shape == (1, 8000)
 
     @pytest.mark.parametrize(
         ("audio", "error", "message"),
         [
             (np.zeros(0), ValueError, "audio example 0 is empty"),
-            ([np.ones(10), np.array([0.0, np.nan])], ValueError, "audio example 1 contains NaN or infinite"),
+            ([np.ones(400), np.array([0.0, np.nan])], ValueError, "audio example 1 contains NaN or infinite"),
+            ([np.ones(400), np.ones(1)], ValueError, "audio example 1 is 1 sample long (0.062 ms at 16000 Hz)"),
+            (np.ones(159), ValueError, "clips shorter than 10 ms hold no sound"),
             (np.array([1.0, np.inf]), ValueError, "NaN or infinite"),
             (np.zeros((20, 30)), ValueError, "cannot tell channels from samples"),
             (np.zeros((2, 20, 30)), ValueError, "audio example 0 has shape (20, 30): cannot tell channels"),

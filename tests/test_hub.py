@@ -401,6 +401,12 @@ def test_model_and_processor_push_to_hub(hub_server, round_trip):
     assert expected | {"pipeline_multimodal.py", "media_loading.py"} <= set(files)
     custom = json.loads(files["config.json"])["custom_pipelines"]["multimodal-classification"]
     assert custom["impl"] == "pipeline_multimodal.MultimodalClassificationPipeline"
+    # both pushes wrote the project's model card, not transformers' generic one (issue 15, item 6)
+    for repo in ("alice/api-pushed", "alice/api-pipeline"):
+        card = ModelCard(hub_server.files(repo)["README.md"].decode())
+        assert "More Information Needed" not in card.text and f'pipeline("multimodal-classification", model="{repo}")' in card.text
+        assert {"hf_multimodal", "multimodal-classification", "fusion-gated"} <= set(card.data.tags)
+        assert card.data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]
 
 
 def test_private_repos_and_refused_writes(hub_server, round_trip):

@@ -17,8 +17,7 @@ from transformers import AutoImageProcessor, AutoProcessor, ConvNextImageProcess
 from hf_multimodal import MultimodalImageProcessor, MultimodalProcessor
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD, resize_and_crop_geometry
 
-from conftest import random_image
-from test_auto_and_remote_code import REMOTE_CODE_SCRIPT
+from conftest import WITHOUT_THE_PACKAGE, random_image
 
 
 def stock(**kwargs) -> ConvNextImageProcessorPil:
@@ -117,7 +116,7 @@ def test_remote_code_processor_in_a_fresh_process(tmp_path):
     torch.save({"image": np.asarray(image), "pixel_values": expected}, tmp_path / "expected.pt")
     script = tmp_path / "load.py"
     script.write_text(
-        REMOTE_CODE_SCRIPT.split("import torch")[0]
+        WITHOUT_THE_PACKAGE
         + textwrap.dedent(
             """
             import torch

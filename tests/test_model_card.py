@@ -133,6 +133,8 @@ def test_local_paths_do_not_leak_into_the_card(tmp_path):
     assert "/home/someone" not in card.content
     assert "trained on **av_digits**" in card.text and "| text_model | minilm |" in card.text
     assert card.data.datasets is None
+    # model-index: a local dataset is "custom" by type (the type is a Hub dataset id), named by its folder
+    assert {(result.dataset_type, result.dataset_name) for result in card.data.eval_results} == {("custom", "av_digits")}
 
 
 @pytest.mark.parametrize(

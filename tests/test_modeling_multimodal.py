@@ -374,9 +374,50 @@ def test_modality_importance_is_the_leave_one_out_drop_of_the_predicted_score(fu
         assert output.importance[~present, index].isnan().all()  # an absent modality has no importance
 
 
+@pytest.mark.parametrize("fusion_type", FUSION_TYPES)
+def test_fusion_weights_are_the_heads_own_weights_of_the_present_modalities(fusion_type):
+    model = tiny_model(fusion_type=fusion_type).eval()
+    inputs = {**tensor_inputs(MODALITIES), **missing_pattern(MODALITIES)}  # example i lacks modality i (i < 3)
+    weights = model.modality_importance(**inputs).fusion_weights
+    if fusion_type not in ("weighted_sum", "gated", "attention"):
+        assert weights is None  # a head that does not weigh modalities has no such view
+        return
+    present = torch.stack([inputs[f"has_{modality}"] for modality in MODALITIES], dim=1)
+    assert weights.shape == present.shape and (weights[~present] == 0).all() and (weights[present] > 0).all()
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(len(present)))
+    if fusion_type == "weighted_sum":  # the learned softmax weights, renormalised over the present modalities
+        logits = model.multimodal.fusion.modality_logits.detach()
+        expected = logits.exp() * present / (logits.exp() * present).sum(dim=1, keepdim=True)
+        torch.testing.assert_close(weights, expected)
+
+
 def test_modality_importance_of_an_only_modality_is_undefined_and_bad_inputs_are_named():
     model = tiny_model()
     inputs = tensor_inputs(("image",), batch_size=2)
     assert model.modality_importance(**inputs).importance.isnan().all()
     with pytest.raises(TypeError, match=r"got also \['labels'\]"):
         model.modality_importance(**inputs, labels=torch.tensor([0, 1]))
+
+
+def test_output_hidden_states_gives_every_encoders_states_per_example(batch_inputs, processor):
+    model = tiny_model().eval()
+    batch = processor(**batch_inputs)
+    with torch.no_grad():
+        plain = model(**batch)
+        outputs = model(**batch, output_hidden_states=True)
+    assert torch.equal(outputs.logits, plain.logits) and plain.text_hidden_states is None
+    for modality in ("text", "image", "audio"):
+        states = getattr(outputs, f"{modality}_hidden_states")
+        encoder = model.multimodal.get_encoder(modality)
+        present = batch[f"has_{modality}"]
+        inputs = {"text": ("input_ids", "attention_mask"), "image": ("pixel_values",), "audio": ("input_values",)}
+        with torch.no_grad():
+            alone = encoder(**{name: batch[name][present] for name in inputs[modality]}, output_hidden_states=True)
+        assert len(states) == len(alone.hidden_states) > 1
+        for state, expected in zip(states, alone.hidden_states):
+            assert state.shape[0] == len(present) and not state[~present].any()  # zero rows where it is absent
+            torch.testing.assert_close(state[present], expected, rtol=1e-4, atol=1e-5)
+    # the config's default, as in transformers
+    model.config.output_hidden_states = True
+    with torch.no_grad():
+        assert model(**batch).audio_hidden_states is not None

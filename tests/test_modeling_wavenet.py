@@ -57,6 +57,16 @@ class TestWaveNetModel:
         torch.testing.assert_close(batched.last_hidden_state[:, :frames], alone.last_hidden_state, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batched.pooler_output, alone.pooler_output, atol=1e-5, rtol=1e-4)
 
+    def test_returned_hidden_states_are_on_the_gradient_path(self):
+        """They are the tensors each layer reads, not copies made for the output (which would take no gradient)."""
+        model = WaveNetModel(WaveNetConfig(**TINY_AUDIO))
+        outputs = model(torch.randn(2, 1600), output_hidden_states=True)
+        assert len(outputs.hidden_states) == TINY_AUDIO["num_stacks"] * TINY_AUDIO["layers_per_stack"] + 1
+        for state in outputs.hidden_states:
+            state.retain_grad()
+        outputs.pooler_output.sum().backward()
+        assert all(state.grad is not None and state.grad.abs().sum() > 0 for state in outputs.hidden_states[:-1])
+
     def test_stereo_input_is_refused_with_a_fix(self):
         with pytest.raises(ValueError, match="mix channels down first"):
             tiny_wavenet()(torch.randn(2, 2, 1600))
@@ -84,6 +94,15 @@ class TestWaveNetModel:
 
 
 class TestLogMelFrontend:
+    def test_a_bfloat16_model_computes_its_features_in_float32(self):
+        """torch's FFT takes no bfloat16: the spectrum is computed in float32, the learned layers in bfloat16."""
+        model = tiny_wavenet(frontend="log_mel")
+        waveforms = torch.randn(2, 8000)
+        expected = model(waveforms).pooler_output
+        pooled = model.to(torch.bfloat16)(waveforms).pooler_output
+        assert pooled.dtype == torch.bfloat16
+        torch.testing.assert_close(pooled.float(), expected, atol=0.1, rtol=0.05)
+
     def test_frames_follow_the_hop_at_any_rate(self):
         for rate in (8000, 16000):
             model = tiny_wavenet(frontend="log_mel", sampling_rate=rate)

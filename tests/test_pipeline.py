@@ -25,7 +25,7 @@ from transformers.utils import logging
 from hf_multimodal import MultimodalClassificationPipeline, MultimodalProcessor, resample_audio
 from benchmark import measure_peak_memory
 
-from conftest import random_audio, random_image, tiny_image_processor, tiny_model
+from conftest import WITHOUT_THE_PACKAGE, random_audio, random_image, tiny_image_processor, tiny_model
 
 
 LABELS = {0: "bird", 1: "cat", 2: "dog"}
@@ -87,8 +87,14 @@ def test_task_is_registered_and_saved_for_remote_code(pipe, saved_folder):
         "pipeline_multimodal.MultimodalClassificationPipeline"
     )
     assert (saved_folder / "pipeline_multimodal.py").is_file()
-    # with the package imported, the local pipeline serves the task: no trust_remote_code needed
-    assert not getattr(pipe.model.config, "custom_pipelines", None)
+    # with the package imported, the installed pipeline serves the task, named or inferred from the saved entry,
+    # with or without trust_remote_code (issue 15, item 7: inferring it failed with "Unknown task")
+    # (transformers infers no task when trust_remote_code=False is passed explicitly)
+    named = "multimodal-classification"
+    for task, trust_remote_code in [(named, None), (named, False), (named, True), (None, None), (None, True)]:
+        loaded = pipeline(task, model=str(saved_folder), trust_remote_code=trust_remote_code)
+        assert type(loaded) is MultimodalClassificationPipeline and loaded.task == "multimodal-classification"
+        assert type(loaded.model).__module__ == "hf_multimodal.modeling_multimodal"
 
 
 def test_scores_equal_processor_plus_model(pipe, files):
@@ -164,12 +170,16 @@ def test_a_list_is_a_batch_and_batch_size_does_not_change_predictions(pipe):
 
 
 def test_modality_importance_per_example_matches_the_model_and_keeps_the_labels(pipe):
+    importance_order = ("text", "image", "audio")
     results = pipe(EXAMPLES, batch_size=2, return_modality_importance=True)
     assert [result["labels"] for result in results] == pipe(EXAMPLES, batch_size=2)
     for example, result in zip(EXAMPLES, results):
         audio = example["audio"]["array"] if "audio" in example else None
         batch = pipe.processor(text=[example.get("text")], images=[example.get("image")], audio=[audio], sampling_rate=16000)
-        expected = pipe.model.modality_importance(**batch).importance[0].tolist()
+        output = pipe.model.modality_importance(**batch)
+        expected = output.importance[0].tolist()
+        # the attention head's own weights, as a second view
+        assert result["fusion_weights"] == pytest.approx(dict(zip(importance_order, output.fusion_weights[0].tolist())))
         importance = result["modality_importance"]
         assert list(importance) == ["text", "image", "audio"]
         for modality, value in zip(importance, expected):
@@ -252,7 +262,9 @@ BAD_INPUTS = [
     ({"image": "/no/such/picture.png"}, {}, ValueError, "image file not found"),
     ({"image": "http://127.0.0.1:9/picture.png"}, {"timeout": 2}, ValueError, "could not download the image"),
     ({"image": 3.5}, {}, TypeError, "image is a float"),
-    ({"image": np.zeros((0, 4, 3), dtype=np.uint8)}, {}, ValueError, "image 0 has shape"),
+    ({"image": np.zeros((0, 4, 3), dtype=np.uint8)}, {}, ValueError, "the image has shape (0, 4, 3)"),
+    ({"audio": {"array": np.ones(1, np.float32), "sampling_rate": 8000}}, {}, ValueError,
+     "the audio clip is 2 samples long (0.12 ms at 16000 Hz): clips shorter than 10 ms"),
     ({"imgae": random_image(0)}, {}, ValueError, "unknown example keys ['imgae']"),
     ("just a string", {}, TypeError, "must be a dict"),
     ({}, {}, ValueError, "nothing to classify"),
@@ -266,6 +278,27 @@ def test_bad_inputs_raise_errors_that_name_the_problem(pipe, example, kwargs, er
     with pytest.raises(error) as raised:
         pipe(example, **kwargs)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("as_generator", [False, True])
+def test_a_bad_example_among_many_is_named(pipe, as_generator):
+    corrupt = {"text": "fine", "image": b"\x89PNG\r\n\x1a\n not really"}
+    examples = [EXAMPLES[0], EXAMPLES[1], corrupt, EXAMPLES[2]]
+    with pytest.raises(ValueError, match=r"^example 2: could not decode image"):
+        list(pipe((example for example in examples) if as_generator else examples, batch_size=2))  # a generator is lazy
+
+
+def test_a_model_loaded_in_bfloat16_reads_the_processors_float32_inputs(saved_folder):
+    """pipeline(..., dtype=torch.bfloat16) used to fail on its first call ("Input type (torch.FloatTensor) and weight
+    type (CPUBFloat16Type) should be the same"): float inputs now take the encoders' dtype."""
+    half = pipeline("multimodal-classification", model=str(saved_folder), dtype=torch.bfloat16)
+    full = pipeline("multimodal-classification", model=str(saved_folder))
+    assert half.model.dtype == torch.bfloat16
+    for example in EXAMPLES:
+        expected = {entry["label"]: entry["score"] for entry in full(example)}
+        scores = {entry["label"]: entry["score"] for entry in half(example)}
+        assert scores == pytest.approx(expected, abs=0.02)  # bf16 keeps 8 bits of mantissa
+    assert half(EXAMPLES[4], return_modality_importance=True)["modality_importance"]["audio"] is not None
 
 
 def test_a_modality_the_model_lacks_is_refused():
@@ -303,16 +336,9 @@ def test_pipeline_save_pretrained_round_trips(pipe, tmp_path):
     assert reloaded(EXAMPLES[4]) == pipe(EXAMPLES[4])
 
 
-REMOTE_PIPELINE_SCRIPT = textwrap.dedent(
+REMOTE_PIPELINE_SCRIPT = WITHOUT_THE_PACKAGE + textwrap.dedent(
     """
-    import json, sys
-
-    class RefuseHfMultimodal:  # this process must never import the package
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_multimodal":
-                raise ImportError("hf_multimodal must not be imported in this process")
-
-    sys.meta_path.insert(0, RefuseHfMultimodal())
+    import json
     from transformers import pipeline
 
     folder, image, audio = sys.argv[1:4]
@@ -357,7 +383,7 @@ def test_long_text_is_truncated_with_one_warning(pipe):
     long_text = "a very long caption " * 400  # ~1600 tokens for a model that reads 16
     with CaptureLogger(logger) as captured:
         first, second = pipe({"text": long_text}), pipe({"text": long_text + "again"})
-    assert captured.out.count("was truncated") == 1 and "max_text_length=16" in captured.out
+    assert captured.out.count("was truncated") == 1 and "longer than 16 tokens" in captured.out
     assert first == direct_scores(pipe, text=[long_text])  # the first 16 tokens decide
     assert second == first  # what differs lies beyond them
 

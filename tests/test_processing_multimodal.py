@@ -36,6 +36,27 @@ class TestMultimodalProcessor:
         longest = processor(**batch_inputs)  # the default: padded to the longest clip, the same samples
         torch.testing.assert_close(batch["input_values"][:, :11200], longest["input_values"])
 
+    def test_options_are_routed_to_each_sub_processor(self, processor, batch_inputs):
+        """As transformers' processors: per-modality dicts, or flat keywords sent to the sub-processors taking them."""
+        texts = ["one two three four five six seven eight nine ten eleven", "c", "a", "b"]
+        flat = processor(text=texts, max_length=6)
+        assert flat["input_ids"].shape == (4, 6) and flat["input_ids"][0, -1] == processor.tokenizer.sep_token_id
+        padded = processor(text=texts, text_kwargs={"padding": "max_length", "max_length": 20})
+        assert padded["input_ids"].shape == (4, 20)
+        audio = {"audio": batch_inputs["audio"], "sampling_rate": 16000, "text": texts}
+        for options in ({"max_length_seconds": 0.4}, {"audio_kwargs": {"max_length_seconds": 0.4}}):
+            assert processor(**audio, padding="max_length", **options)["input_values"].shape == (4, 6400)
+        # and the flat padding="max_length" pads the text to max_text_length too
+        assert processor(text=texts, padding="max_length")["input_ids"].shape == (4, processor.max_text_length)
+
+    def test_one_image_per_example_also_as_nested_lists(self, processor):
+        image = random_image(0)
+        nested = processor(text=["a", "b", "c"], images=[[image], [], None])
+        assert nested["has_image"].tolist() == [True, False, False]
+        torch.testing.assert_close(nested["pixel_values"][0], processor(images=image)["pixel_values"][0])
+        with pytest.raises(ValueError, match="example 0 has 2 images: this model reads one image per example"):
+            processor(images=[[image, image]])
+
     def test_output_feeds_the_model(self, processor, batch_inputs):
         outputs = tiny_model()(**processor(**batch_inputs))
         assert outputs.logits.shape == (4, 3)
@@ -80,7 +101,7 @@ class TestMultimodalProcessor:
             batch = processor(text=["word " * 100])
             processor(text=["word " * 200])
         assert batch["input_ids"].shape[1] == 32
-        assert caplog.text.count("Text longer than max_text_length=32 tokens was truncated") == 1
+        assert caplog.text.count("Text longer than 32 tokens was truncated") == 1
 
     @pytest.mark.parametrize(
         ("kwargs", "error", "message"),
@@ -94,6 +115,12 @@ class TestMultimodalProcessor:
             ({"text": []}, ValueError, "text is empty"),
             ({"text": "a", "return_tensors": "np"}, ValueError, "return_tensors must be 'pt'"),
             ({"text": 5}, TypeError, "text must be one example or a list of examples"),
+            ({"images": np.zeros(30, np.uint8)}, ValueError, "images is an array of shape (30,): expected one example"),
+            # positions in the batch, also where earlier examples lack the modality
+            ({"text": ["a", "b"], "audio": [None, np.ones(1)], "sampling_rate": 16000}, ValueError,
+             "audio example 1 is 1 sample long"),
+            ({"text": ["a", "b"], "audio": [None, "clip.wav"], "sampling_rate": 16000}, TypeError,
+             "audio example 1 is a str"),
         ],
     )
     def test_bad_inputs_name_the_problem(self, processor, kwargs, error, message):

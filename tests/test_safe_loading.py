@@ -122,6 +122,27 @@ class TestStagedSaves:
         with pytest.raises(ValueError, match="lacks .* weights of MultimodalForSequenceClassification .* interrupted"):
             AutoModelForSequenceClassification.from_pretrained(tmp_path / "with_audio")
 
+    def test_missing_body_weights_are_initialised_only_when_allowed(self, tmp_path, caplog):
+        """The switch to transformers' behaviour, which also makes `_init_weights` testable on a real load."""
+        from safetensors.torch import load_file, save_file
+
+        model = tiny_model(("text", "audio"), fusion_type="gated")
+        model.save_pretrained(tmp_path)
+        weights = load_file(tmp_path / "model.safetensors")
+        dropped = [name for name in weights if name.startswith("multimodal.projections.audio.dense")]
+        save_file({name: tensor for name, tensor in weights.items() if name not in dropped}, tmp_path / "model.safetensors",
+                  metadata={"format": "pt"})
+        with pytest.raises(ValueError, match="lacks 2 weights .* allow_missing_weights=True initialises them"):
+            MultimodalForSequenceClassification.from_pretrained(tmp_path)
+        with caplog.at_level("WARNING"):
+            loaded = MultimodalForSequenceClassification.from_pretrained(tmp_path, allow_missing_weights=True)
+        assert "lacks 2 weights" in caplog.text and "initialised at random" in caplog.text
+        dense = loaded.multimodal.projections["audio"].dense
+        assert not dense.bias.any() and 0 < dense.weight.std() < 3 * model.config.initializer_range  # _init_weights
+        for name, tensor in loaded.state_dict().items():  # everything else as saved
+            if name not in dropped:
+                torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
+
     def test_a_head_may_be_new_but_the_body_may_not(self, tmp_path):
         model = tiny_model(("text",))
         model.multimodal.save_pretrained(tmp_path)

@@ -26,8 +26,8 @@ from hf_multimodal.processing_multimodal import default_tokenizer
 from hf_multimodal.trainer import MultimodalTrainer
 
 from compare_runs import compare_runs
-from conftest import HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION
-from make_demo_dataset import build_demo_dataset, build_match_dataset, build_pairs_dataset, save_demo_dataset
+from conftest import AUDIO_DIR, HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION
+from make_demo_dataset import build_match_dataset, build_pairs_dataset, save_demo_dataset
 from train import build_model_and_processor, build_trainer, load_splits, parse_arguments
 
 
@@ -35,10 +35,7 @@ pytestmark = pytest.mark.slow  # training runs in subprocesses (DDP, kill and re
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
-AUDIO_DIR = ROOT / "scripts" / "demo_assets" / "fsdd"
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-# Clean text in every example, so that a tiny random BERT learns the task within 150 steps.
-EASY = {"text": {"clean": 1.0, "ambiguous": 0.0, "uninformative": 0.0, "missing": 0.0}}
 STEPS = 150  # 15 steps per epoch, 10 epochs; checkpoints every 10 steps
 KILL_SCRIPT = """
 import os, signal, sys
@@ -110,12 +107,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    dataset = build_demo_dataset(AUDIO_DIR, num_train=120, num_validation=16, num_test=24, probabilities=EASY)
-    return save_demo_dataset(dataset, tmp_path_factory.mktemp("demo") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -514,3 +505,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_bf16_on_a_cpu_without_bfloat16_units_is_refused(tmp_path, monkeypatch):
+    from hf_multimodal import training_args
+    from hf_multimodal.training_args import MultimodalTrainingArguments, cpu_has_bf16_units
+
+    without, amx = tmp_path / "epyc", tmp_path / "sapphire_rapids"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_has_bf16_units(str(without)) is False and cpu_has_bf16_units(str(amx)) is True
+    assert cpu_has_bf16_units(str(tmp_path / "no_such_file")) is None  # another OS: not refused
+    monkeypatch.setattr(training_args, "cpu_has_bf16_units", lambda: False)
+    with pytest.raises(ValueError, match="--bf16 on a CPU without bfloat16 units .* Drop --bf16"):
+        MultimodalTrainingArguments(str(tmp_path / "run"), bf16=True, use_cpu=True)
+    assert not MultimodalTrainingArguments(str(tmp_path / "run"), use_cpu=True).bf16

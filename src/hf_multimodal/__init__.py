@@ -17,6 +17,7 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_multimodal import FUSION_TYPES, MODALITIES, MultimodalConfig
+from .configuration_recurrent import RecurrentEncoderConfig
 from .configuration_wavenet import WaveNetConfig
 from .feature_extraction_wavenet import WaveNetFeatureExtractor, resample_audio
 from .image_processing_multimodal import MultimodalImageProcessor
@@ -27,6 +28,7 @@ from .modeling_multimodal import (
     MultimodalPreTrainedModel,
     MultimodalSequenceClassifierOutput,
 )
+from .modeling_recurrent import RecurrentEncoderModel, RecurrentEncoderPreTrainedModel
 from .modeling_wavenet import WaveNetModel, WaveNetPreTrainedModel
 from .pipeline_multimodal import PIPELINE_TASK, MultimodalClassificationPipeline, MultimodalPipeline
 from .pipeline_retrieval import RETRIEVAL_TASK, GalleryIndex, MultimodalRetrievalPipeline
@@ -39,8 +41,10 @@ __version__ = "0.2.0"
 
 def _register() -> None:
     AutoConfig.register(WaveNetConfig.model_type, WaveNetConfig, exist_ok=True)
+    AutoConfig.register(RecurrentEncoderConfig.model_type, RecurrentEncoderConfig, exist_ok=True)
     AutoConfig.register(MultimodalConfig.model_type, MultimodalConfig, exist_ok=True)
     AutoModel.register(WaveNetConfig, WaveNetModel, exist_ok=True)
+    AutoModel.register(RecurrentEncoderConfig, RecurrentEncoderModel, exist_ok=True)
     AutoModel.register(MultimodalConfig, MultimodalModel, exist_ok=True)
     AutoModelForSequenceClassification.register(MultimodalConfig, MultimodalForSequenceClassification, exist_ok=True)
     AutoFeatureExtractor.register(WaveNetConfig, WaveNetFeatureExtractor, exist_ok=True)
@@ -58,6 +62,8 @@ def _register() -> None:
     MultimodalForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
     WaveNetConfig.register_for_auto_class()
     WaveNetModel.register_for_auto_class("AutoModel")
+    RecurrentEncoderConfig.register_for_auto_class()
+    RecurrentEncoderModel.register_for_auto_class("AutoModel")
     WaveNetFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     MultimodalImageProcessor.register_for_auto_class("AutoImageProcessor")
     MultimodalProcessor.register_for_auto_class("AutoProcessor")
@@ -97,6 +103,9 @@ __all__ = [
     "MultimodalProcessor",
     "MultimodalRetrievalPipeline",
     "MultimodalSequenceClassifierOutput",
+    "RecurrentEncoderConfig",
+    "RecurrentEncoderModel",
+    "RecurrentEncoderPreTrainedModel",
     "WaveNetConfig",
     "WaveNetFeatureExtractor",
     "WaveNetModel",

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_recurrent import RecurrentEncoderConfig
 from .configuration_wavenet import WaveNetConfig
 
 
@@ -33,6 +34,12 @@ SUB_CONFIG_KEYS = {"text": "text_config", "image": "vision_config", "audio": "au
 """Sub-config attribute per modality. The image encoder's config keeps transformers' name, `vision_config` (as in
 CLIP or CLAP); everything else is keyed by the modality's name ("image")."""
 _DEFAULT_MODEL_TYPES = {"text_config": "bert", "vision_config": "resnet", "audio_config": "wavenet"}
+PACKAGE_CONFIGS: dict[str, type[PreTrainedConfig]] = {
+    config_class.model_type: config_class for config_class in (WaveNetConfig, RecurrentEncoderConfig)
+}
+"""The package's own encoder configs by `model_type`: built without the Auto registry, which remote code lacks."""
+RECURRENT_INPUT_KINDS = {"text_config": "tokens", "audio_config": "audio"}
+"""The `input_kind` a `RecurrentEncoderConfig` must have under each sub-config key (the default of a dict there)."""
 
 
 def _build_sub_config(key: str, value: PreTrainedConfig | dict | None) -> PreTrainedConfig | None:
@@ -45,14 +52,17 @@ def _build_sub_config(key: str, value: PreTrainedConfig | dict | None) -> PreTra
         )
     values = dict(value)
     model_type = values.pop("model_type", _DEFAULT_MODEL_TYPES[key])
-    if model_type == WaveNetConfig.model_type:
-        return WaveNetConfig(**values)
+    if model_type == RecurrentEncoderConfig.model_type and key in RECURRENT_INPUT_KINDS:
+        values.setdefault("input_kind", RECURRENT_INPUT_KINDS[key])
+    if model_type in PACKAGE_CONFIGS:
+        return PACKAGE_CONFIGS[model_type](**values)
     try:
         return AutoConfig.for_model(model_type, **values)
     except ValueError as error:
         raise ValueError(
             f"{key} has model_type {model_type!r}, which transformers does not know: use a model type that "
-            "AutoModel.from_config can build (e.g. 'bert', 'distilbert', 'resnet', 'vit', 'wav2vec2') or 'wavenet'."
+            "AutoModel.from_config can build (e.g. 'bert', 'distilbert', 'resnet', 'vit', 'wav2vec2'), 'wavenet' or "
+            "'recurrent_encoder'."
         ) from error
 
 
@@ -69,6 +79,21 @@ def image_or_deprecated_vision(image: Any, vision: Any, caller: str) -> Any:
 LOADED_AS_REMOTE_CODE = __name__.startswith("transformers_modules.")
 """True in the copy of this file that `trust_remote_code=True` runs; False in the installed package, whose import
 registers every class and `pipeline("multimodal-classification")`."""
+
+
+class LocallyServedPipelines(dict):
+    """A saved config's `custom_pipelines` (task -> pipeline code in the folder), as the installed package keeps it.
+
+    transformers' `pipeline()` infers a missing task from these keys, then runs the folder's pipeline code for a task
+    `in` them, which demands `trust_remote_code=True`. A task that the imported package registered itself is not `in`
+    this mapping, so `pipeline(model=folder)` and `pipeline("multimodal-classification", model=folder)` both run the
+    installed pipeline, with or without `trust_remote_code`, while the entries still save unchanged for remote code.
+    """
+
+    def __contains__(self, task: object) -> bool:
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        return super().__contains__(task) and task not in PIPELINE_REGISTRY.get_supported_tasks()
 
 
 class MultimodalConfig(PreTrainedConfig):
@@ -177,10 +202,8 @@ class MultimodalConfig(PreTrainedConfig):
     backbones: dict[str, str] | None = None
 
     def __post_init__(self, **kwargs):
-        if not LOADED_AS_REMOTE_CODE:
-            # `custom_pipelines` is saved for remote-code loading; with the package imported, transformers would
-            # otherwise demand trust_remote_code=True for a task the package registered itself.
-            kwargs.pop("custom_pipelines", None)
+        if kwargs.get("custom_pipelines") and not LOADED_AS_REMOTE_CODE:
+            kwargs["custom_pipelines"] = LocallyServedPipelines(kwargs["custom_pipelines"])
         for key in SUB_CONFIG_KEYS.values():
             setattr(self, key, _build_sub_config(key, getattr(self, key)))
         super().__post_init__(**kwargs)
@@ -207,6 +230,16 @@ class MultimodalConfig(PreTrainedConfig):
                 "text_config, vision_config and audio_config are all None: a multimodal model needs at least one "
                 "encoder. Pass a config (or {} for the default) for at least one modality."
             )
+        for key in SUB_CONFIG_KEYS.values():
+            sub_config = getattr(self, key)
+            expected = RECURRENT_INPUT_KINDS.get(key)
+            if getattr(sub_config, "model_type", None) == RecurrentEncoderConfig.model_type and (
+                sub_config.input_kind != expected
+            ):
+                raise ValueError(
+                    f"{key} is a recurrent_encoder with input_kind {sub_config.input_kind!r}: "
+                    + (f"set input_kind={expected!r}." if expected else "recurrent encoders read tokens or audio only.")
+                )
         sizes = ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_rank", "modality_dropout_min_present")
         for name in sizes:
             value = getattr(self, name)
@@ -227,4 +260,4 @@ class MultimodalConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a number >= 0 (0 turns the loss off), got {value!r}.")
 
 
-__all__ = ["FUSION_TYPES", "MODALITIES", "SUB_CONFIG_KEYS", "MultimodalConfig"]
+__all__ = ["FUSION_TYPES", "MODALITIES", "PACKAGE_CONFIGS", "SUB_CONFIG_KEYS", "MultimodalConfig"]

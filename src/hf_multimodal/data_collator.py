@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from .configuration_multimodal import MODALITIES
+from .configuration_multimodal import MODALITIES, PROBLEM_TYPES
 from .media_loading import load_audio, load_image
 from .processing_multimodal import MODALITY_ARGUMENTS, MultimodalProcessor, check_text
 
@@ -35,6 +36,12 @@ class MultimodalDataCollator:
         columns (`Mapping[str, str]`): Dataset column per modality.
         label_column (`str`, *optional*, defaults to `"label"`): Column of the labels; `None` for unlabelled data.
         label_to_id (`Mapping`, *optional*): Maps label values (e.g. strings) to class indices.
+        problem_type (`str`, *optional*, defaults to `"single_label_classification"`): How labels are read:
+            `"single_label_classification"` (a class per example: `labels` are int64 indices),
+            `"multi_label_classification"` (a list of classes per example, as indices or names, or a multi-hot list
+            of floats or bools: `labels` are `(batch_size, num_labels)` float multi-hot rows) or `"regression"` (a
+            number per example: `labels` are floats).
+        num_labels (`int`, *optional*): The number of classes; needed for multi-label lists of classes.
         max_audio_seconds (`float`, *optional*): Audio is cut to this many seconds (only its start is decoded).
         drop_modalities (`Sequence[str]`, *optional*): Modalities hidden from the model (per-modality ablation).
         return_loss (`bool`, *optional*): Add `return_loss=True` to every batch: the contrastive objective of an
@@ -55,9 +62,15 @@ class MultimodalDataCollator:
     columns: Mapping[str, str] = field(default_factory=lambda: {m: m for m in MODALITIES})
     label_column: str | None = "label"
     label_to_id: Mapping[Any, int] | None = None
+    problem_type: str = "single_label_classification"
+    num_labels: int | None = None
     max_audio_seconds: float | None = None
     drop_modalities: Sequence[str] = ()
     return_loss: bool = False
+
+    def __post_init__(self):
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {self.problem_type!r}.")
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         used = [m for m in self.modalities if m not in self.drop_modalities]
@@ -66,7 +79,7 @@ class MultimodalDataCollator:
         # Labels first: Trainer takes the batch size from the first tensor, and it must count every example.
         batch: dict[str, torch.Tensor] = {}
         if self.label_column is not None:
-            batch["labels"] = torch.tensor([self._label(example, index) for index, example in enumerate(examples)])
+            batch["labels"] = self.labels_tensor([example.get(self.label_column) for example in examples])
         if len(rows) < len(examples):
             batch[UNAVAILABLE_KEY] = torch.ones(len(examples), dtype=torch.bool).index_fill_(0, torch.tensor(rows, dtype=torch.long), False)
         if rows:
@@ -101,15 +114,55 @@ class MultimodalDataCollator:
             waveform = waveform[: max(1, int(self.max_audio_seconds * rate))]
         return waveform
 
-    def _label(self, example: Mapping[str, Any], index: int) -> int:
-        value = example.get(self.label_column)
-        if value is None:
-            raise ValueError(f"example {index} has no label in column {self.label_column!r}.")
+    def labels_tensor(self, values: Sequence[Any]) -> torch.Tensor:
+        """The `labels` tensor of a batch's label values, as `problem_type` reads them: int64 class indices, float
+        multi-hot rows or float targets.
+
+        Example:
+
+        ```python
+        >>> collator = MultimodalDataCollator(processor, ["text"], problem_type="multi_label_classification", num_labels=3)
+        >>> collator.labels_tensor([[0, 2], [], [0.0, 1.0, 0.0]]).tolist()
+        [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        ```
+        """
+        for index, value in enumerate(values):
+            if value is None:
+                raise ValueError(f"example {index} has no label in column {self.label_column!r}.")
+        if self.problem_type == "regression":
+            return torch.tensor([float(value) for value in values], dtype=torch.float32)
+        if self.problem_type == "multi_label_classification":
+            return torch.stack([self._multi_hot(value, index) for index, value in enumerate(values)])
+        return torch.tensor([self._class_index(value, index) for index, value in enumerate(values)], dtype=torch.long)
+
+    def _class_index(self, value: Any, index: int) -> int:
         if self.label_to_id is not None:
             if value not in self.label_to_id:
                 raise ValueError(f"example {index} has label {value!r}, not among the training labels.")
             return self.label_to_id[value]
         return int(value)
+
+    def _multi_hot(self, value: Any, index: int) -> torch.Tensor:
+        """A multi-label value as a float multi-hot row: a multi-hot list of floats or bools as it is, a list of
+        classes (indices or names) marked in a row of `num_labels` zeros."""
+        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"example {index} has multi-label label {value!r}: give a list of classes or a multi-hot list."
+            )
+        values = list(value)
+        if values and all(isinstance(item, (float, bool, np.floating, np.bool_)) for item in values):
+            if self.num_labels is not None and len(values) != self.num_labels:
+                raise ValueError(f"example {index} has a multi-hot label of {len(values)} values, not {self.num_labels}.")
+            return torch.tensor([float(item) for item in values], dtype=torch.float32)
+        if self.num_labels is None:
+            raise ValueError("a multi-label list of classes needs num_labels: pass it to the collator.")
+        row = torch.zeros(self.num_labels, dtype=torch.float32)
+        for item in values:
+            class_index = self._class_index(item, index)
+            if not 0 <= class_index < self.num_labels:
+                raise ValueError(f"example {index} has class {item!r}, outside 0..{self.num_labels - 1}.")
+            row[class_index] = 1.0
+        return row
 
 
 __all__ = ["UNAVAILABLE_KEY", "MultimodalDataCollator"]

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 from transformers import BatchFeature, SequenceFeatureExtractor
+from transformers.processing_utils import AudioKwargs
 from transformers.utils import TensorType, logging
 
 
@@ -16,6 +17,8 @@ logger = logging.get_logger(__name__)
 AudioLike = np.ndarray | Sequence[float]  # torch tensors are accepted too
 MAX_CHANNELS = 8  # a 2-D array is read as (channels, samples) or (samples, channels) when one side is this small
 MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
+MIN_CLIP_SECONDS = 0.01
+"""Shorter clips are refused: they hold no sound the encoder can hear, and normalised they would become silence."""
 
 
 def check_sampling_rate(sampling_rate, name: str = "sampling_rate") -> int:
@@ -122,6 +125,13 @@ def _mix_down(array: np.ndarray, index: int) -> np.ndarray:
     )
 
 
+class WaveNetAudioKwargs(AudioKwargs, total=False):
+    """transformers' audio keyword arguments plus this feature extractor's own, so that a processor routes them here
+    (`processor(audio=..., max_length_seconds=5)`)."""
+
+    max_length_seconds: float | None
+
+
 class WaveNetFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Prepares raw audio for [`WaveNetModel`]: checks the sampling rate, mixes multichannel audio down to mono, rejects
@@ -160,6 +170,7 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
     """
 
     model_input_names = ["input_values", "attention_mask"]
+    valid_kwargs = WaveNetAudioKwargs
 
     def __init__(
         self,
@@ -230,7 +241,7 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
                 f"hf_multimodal.resample_audio(wave, {sampling_rate}, {self.sampling_rate})) or use a feature "
                 f"extractor built with sampling_rate={sampling_rate}."
             )
-        examples = self._as_examples(raw_speech)
+        examples = [self.check_clip(example, index) for index, example in enumerate(self._as_examples(raw_speech))]
         max_seconds = max_length_seconds if max_length_seconds is not None else self.max_length_seconds
         max_samples = None if max_seconds is None else max(1, int(round(max_seconds * self.sampling_rate)))
         if truncation and max_samples is not None and any(len(example) > max_samples for example in examples):
@@ -273,7 +284,7 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
             and all(isinstance(value, (int, float, np.number)) for value in raw_speech)
         )
         if is_single:
-            return [to_mono_float32(raw_speech)]
+            return [raw_speech]
         if getattr(raw_speech, "ndim", None) == 0 or not (isinstance(raw_speech, (list, tuple)) or hasattr(raw_speech, "ndim")):
             raise TypeError(
                 f"audio must be a waveform (1-D array or list of floats) or a list of waveforms, got "
@@ -281,8 +292,22 @@ class WaveNetFeatureExtractor(SequenceFeatureExtractor):
             )
         if len(raw_speech) == 0:
             raise ValueError("audio is an empty list: pass at least one waveform.")
-        # a list, or an array batched along its first axis
-        return [to_mono_float32(example, index) for index, example in enumerate(raw_speech)]
+        return list(raw_speech)  # a list, or an array batched along its first axis
+
+    def check_clip(self, waveform: AudioLike, index: int | None = None) -> np.ndarray:
+        """One clip as a finite mono float32 array ([`to_mono_float32`]), refused when shorter than
+        `MIN_CLIP_SECONDS`; `index` is the example's position in a batch, named in errors."""
+        array = to_mono_float32(waveform, index or 0)
+        min_samples = math.ceil(MIN_CLIP_SECONDS * self.sampling_rate)
+        if len(array) < min_samples:
+            where = "the audio clip" if index is None else f"audio example {index}"
+            raise ValueError(
+                f"{where} is {len(array)} sample{'s' if len(array) > 1 else ''} long "
+                f"({1000 * len(array) / self.sampling_rate:.2g} ms at {self.sampling_rate} Hz): clips shorter than "
+                f"{1000 * MIN_CLIP_SECONDS:g} ms hold no sound the encoder can hear (normalised, they become "
+                "silence). Pass None for an example without audio."
+            )
+        return array
 
     @staticmethod
     def _normalize(example: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from transformers import AutoProcessor, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .configuration_multimodal import SUB_CONFIG_KEYS, MultimodalConfig
-from .metrics import METRIC_NAMES
+from .metrics import HEADLINE_METRICS, LOWER_IS_BETTER, METRIC_NAMES, problem_type_metrics
 from .modeling_fusion import FUSION_CLASSES
 from .modeling_multimodal import ENCODER_ATTRIBUTES, encoder_output_size
 from .trainer import checkpoints
@@ -95,7 +95,8 @@ class TrainingReport:
         dataset (`str`, *optional*): Hub id or name of the training data.
         dataset_local (`bool`, *optional*): Whether `dataset` names local data (not a Hub dataset); inferred from
             its form when not given.
-        test (`dict`, *optional*): Test metrics: `accuracy`, `precision`, `recall`, `f1` (macro), `num_examples`.
+        test (`dict`, *optional*): Test metrics of the model's problem type (`metrics.PROBLEM_TYPE_METRICS`: e.g.
+            `accuracy`, `precision`, `recall`, `f1` (macro)) and `num_examples`.
         ablation (`dict`, *optional*): Test metrics with one modality removed, keyed `without_text`, ...
         hyperparameters (`dict`, *optional*): Training hyper-parameters, shown as a table.
         log_history (`list[dict]`, *optional*): `TrainerState.log_history` (training loss and validation metrics).
@@ -105,6 +106,8 @@ class TrainingReport:
         objective (`str`, *optional*, defaults to `"classification"`): `"contrastive"` for an aligned model (retrieval
             and zero-shot results, the alignment card).
         extra_tests (`dict`, *optional*): Results on more test splits, keyed by split.
+        hpo (`dict`, *optional*): The hyper-parameter search that chose the settings (`scripts/train.py
+            --hpo_trials`): `trials` (`number`, `state`, `params`, `objective`), `best`, `objective`.
 
     Example:
 
@@ -125,6 +128,7 @@ class TrainingReport:
     backbones: dict[str, str] | None = None
     limitations: list[str] = field(default_factory=list)
     extra_tests: dict[str, dict[str, Any]] | None = None
+    hpo: dict[str, Any] | None = None
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> TrainingReport:
@@ -154,6 +158,7 @@ class TrainingReport:
         report.backbones = metrics.get("backbones")
         report.objective = metrics.get("objective") or "classification"
         report.extra_tests = metrics.get("extra_tests")
+        report.hpo = metrics.get("hpo")
         report.limitations = list(metrics.get("limitations") or [])
         return report
 
@@ -277,7 +282,7 @@ def build_model_card(
 
     ```python
     >>> from hf_multimodal import MultimodalConfig
-    >>> from hf_multimodal.modelcard_multimodal import TrainingReport, build_model_card
+    >>> from hf_multimodal.model_card import TrainingReport, build_model_card
     >>> config = MultimodalConfig(id2label={0: "neg", 1: "pos"})
     >>> card = build_model_card(config, TrainingReport(test={"accuracy": 0.9, "f1": 0.89}), repo_id="me/my-model")
     >>> card.data.model_name, card.data.eval_results[0].metric_value
@@ -347,8 +352,9 @@ def build_model_card(
             "transformers": transformers.__version__,
             "huggingface_hub": huggingface_hub.__version__,
         },
-        **_results_context(report, modalities),
+        **_results_context(report, modalities, config.problem_type),
         **_training_log_context(report.log_history),
+        **_search_context(report.hpo),
     }
     path = Path(template) if template is not None else template_path(ALIGNMENT_TEMPLATE if aligned else DEFAULT_TEMPLATE)
     return ModelCard.from_template(card_data, template_path=str(path), **context)
@@ -383,8 +389,12 @@ def _dataset_info(report: TrainingReport) -> dict[str, Any] | None:
     }
 
 
+_AVERAGES: dict[str, str] = {"precision": "macro", "recall": "macro", "f1": "macro", "f1_macro": "macro", "f1_micro": "micro"}
+"""How the averaged metrics of `METRIC_NAMES` average over labels (the model-index's `metric_args`)."""
+
+
 def _eval_results(report: TrainingReport, dataset: dict[str, Any] | None) -> list[EvalResult]:
-    dataset_type = (dataset or {}).get("id") or (dataset or {}).get("name") or "custom"
+    dataset_type = (dataset or {}).get("id") or "custom"  # a Hub dataset id; never a local folder's name
     dataset_name = (dataset or {}).get("name") or "custom"
     return [
         EvalResult(
@@ -396,7 +406,7 @@ def _eval_results(report: TrainingReport, dataset: dict[str, Any] | None) -> lis
             metric_type=name,
             metric_name=pretty,
             metric_value=round(float(report.test[name]), 4),
-            metric_args={"average": "macro"} if name != "accuracy" else None,
+            metric_args={"average": _AVERAGES[name]} if name in _AVERAGES else None,
         )
         for name, pretty in METRIC_NAMES.items()
         if name in (report.test or {})
@@ -458,22 +468,26 @@ def _limitations(
             f"It was trained and evaluated on {dataset['name']} only: expect lower accuracy on data from another "
             "distribution (other domains, vocabulary, image styles or recording conditions)."
         )
-    ablation = _ablation_rows(report, list(config.modalities))
+    ablation = _ablation_rows(report, list(config.modalities), config.problem_type)
     if ablation:
-        row = min(ablation, key=lambda item: item["delta_value"])
-        if row["delta_value"] < 0:
+        row = max(ablation, key=lambda item: item["worse_by"])
+        metric = _headline_metrics(config.problem_type)[0]
+        name = METRIC_NAMES[metric] if metric in LOWER_IS_BETTER else METRIC_NAMES[metric].lower()
+        if row["worse_by"] > 0:
             items.append(
-                f"Without {row['modality']} its test accuracy changes by {row['delta']} points, the largest drop of "
-                f"the ablation: the model relies most on {row['modality']}, so examples lacking it are the least "
-                "reliable."
+                f"Without {row['modality']} its test {name} changes by {row['delta']}{_delta_unit(metric)}, the "
+                f"largest drop of the ablation: the model relies most on {row['modality']}, so examples lacking it "
+                "are the least reliable."
             )
         else:
             items.append(
-                "Removing any one modality from the test examples lowered no accuracy in the ablation: the test set "
-                "does not show which modality the model relies on."
+                f"Removing any one modality from the test examples {'raised' if metric in LOWER_IS_BETTER else 'lowered'} "
+                f"no {name} in the ablation: the test set does not show which modality the model relies on."
             )
     if config.problem_type == "multi_label_classification":
         items.append("It is a multi-label model: each label gets an independent sigmoid score.")
+    if config.problem_type == "regression":
+        items.append("It is a regression model: the pipeline's score is the predicted value itself.")
     items.append(
         "Scores are the model's confidences, not calibrated probabilities. It has not been evaluated for fairness "
         "or for safety-critical use: validate it on your own data before relying on its predictions."
@@ -503,30 +517,45 @@ def _alignment_rows(report: TrainingReport) -> list[dict[str, str]]:
     return rows
 
 
-def _ablation_rows(report: TrainingReport, modalities: list[str]) -> list[dict[str, Any]]:
+def _headline_metrics(problem_type: str | None) -> tuple[str, str]:
+    problem_type_metrics(problem_type)  # checks the name
+    return HEADLINE_METRICS[problem_type or "single_label_classification"]
+
+
+def _delta_unit(metric: str) -> str:
+    """The unit of a change of `metric` in the ablation: points (hundredths) for scores, none for errors."""
+    return "" if metric in LOWER_IS_BETTER else " points"
+
+
+def _ablation_rows(report: TrainingReport, modalities: list[str], problem_type: str | None) -> list[dict[str, Any]]:
+    """One row per modality removed at test time: the headline and second metric of `problem_type`, the headline's
+    change (in points for scores, as is for errors) and `worse_by`, that change counted positive when it is a loss."""
+    first, second = _headline_metrics(problem_type)
     test, ablation = report.test or {}, report.ablation or {}
-    if "accuracy" not in test:
+    if first not in test:
         return []
+    lower_is_better = first in LOWER_IS_BETTER
     rows = []
     for modality in modalities:
         metrics = ablation.get(f"without_{modality}")
-        if not isinstance(metrics, dict) or "accuracy" not in metrics:
+        if not isinstance(metrics, dict) or first not in metrics:
             continue
-        delta = 100.0 * (float(metrics["accuracy"]) - float(test["accuracy"]))
+        delta = (1.0 if lower_is_better else 100.0) * (float(metrics[first]) - float(test[first]))
         rows.append(
             {
                 "modality": modality,
-                "accuracy": _format_value(metrics["accuracy"]),
-                "f1": _format_value(metrics.get("f1", "-")),
-                "delta": f"{delta:+.1f}",
-                "delta_value": delta,
+                "first": _format_value(metrics[first]),
+                "second": _format_value(metrics.get(second, "-")),
+                "delta": f"{delta:+.3f}" if lower_is_better else f"{delta:+.1f}",
+                "worse_by": delta if lower_is_better else -delta,
             }
         )
     return rows
 
 
-def _results_context(report: TrainingReport, modalities: list[str]) -> dict[str, Any]:
+def _results_context(report: TrainingReport, modalities: list[str], problem_type: str | None) -> dict[str, Any]:
     test = report.test or {}
+    first, second = _headline_metrics(problem_type)
     return {
         "test": test or None,
         "test_metrics": [
@@ -534,9 +563,13 @@ def _results_context(report: TrainingReport, modalities: list[str]) -> dict[str,
             for name, value in test.items()
             if name != "num_examples" and isinstance(value, (int, float))
         ],
-        "test_accuracy": _format_value(test.get("accuracy", "-")),
-        "test_f1": _format_value(test.get("f1", "-")),
-        "ablation": _ablation_rows(report, modalities),
+        "ablation_metrics": {
+            "first": METRIC_NAMES[first],
+            "second": METRIC_NAMES[second],
+            "change": f"{METRIC_NAMES[first]} change" + (" (points)" if _delta_unit(first) else ""),
+            "test": [_format_value(test.get(first, "-")), _format_value(test.get(second, "-"))],
+        },
+        "ablation": _ablation_rows(report, modalities, problem_type),
     }
 
 
@@ -562,6 +595,24 @@ def _training_log_context(log_history: list[dict[str, Any]]) -> dict[str, Any]:
                 }
             )
     return {"training_log": rows, "training_log_metrics": metric_names}
+
+
+def _search_context(hpo: dict[str, Any] | None) -> dict[str, Any]:
+    """The hyper-parameter search's trial table: one row per trial (its settings, state and objective)."""
+    if not hpo or not hpo.get("trials"):
+        return {"search": None}
+    names = list(dict.fromkeys(name for trial in hpo["trials"] for name in trial.get("params", {})))
+    best = (hpo.get("best") or {}).get("number")
+    rows = [
+        {
+            "number": f"**{trial['number']}** (best)" if trial["number"] == best else trial["number"],
+            "state": trial.get("state", "-"),
+            "params": [_format_value(trial["params"].get(name, "-")) for name in names],
+            "objective": _format_value(trial["objective"]) if trial.get("objective") is not None else "-",
+        }
+        for trial in hpo["trials"]
+    ]
+    return {"search": {"objective": hpo.get("objective", "objective"), "names": names, "rows": rows}}
 
 
 def _format_value(value: Any) -> str:

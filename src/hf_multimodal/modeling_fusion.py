@@ -47,6 +47,13 @@ class MultimodalFusion(nn.Module):
         """(batch_size, num_modalities, hidden_size) tensor of `features` in `self.modalities` order."""
         return torch.stack([features[modality] for modality in self.modalities], dim=1)
 
+    def modality_weights(
+        self, features: dict[str, torch.Tensor], presence: torch.BoolTensor, padding_masks=None
+    ) -> torch.Tensor | None:
+        """The head's own weight of each modality per example, `(batch_size, num_modalities)`, summing to 1 over the
+        present ones (softmax weights, gates, attention), for heads that weigh modalities; None for the others."""
+        return None
+
 
 class ConcatFusion(MultimodalFusion):
     """Concatenation followed by an MLP; an absent modality is replaced by a learned per-modality placeholder."""
@@ -83,8 +90,11 @@ class WeightedSumFusion(MultimodalFusion):
         self.dropout = nn.Dropout(config.fusion_dropout)
 
     def forward(self, features, presence, padding_masks=None):
-        weights = masked_softmax(self.modality_logits.expand(presence.shape[0], -1), presence)
+        weights = self.modality_weights(features, presence)
         return self.dropout((weights.unsqueeze(-1) * self.stack(features)).sum(dim=1))
+
+    def modality_weights(self, features, presence, padding_masks=None):
+        return masked_softmax(self.modality_logits.expand(presence.shape[0], -1), presence)
 
 
 class GatedFusion(MultimodalFusion):
@@ -107,15 +117,17 @@ class GatedFusion(MultimodalFusion):
         self.dropout = nn.Dropout(config.fusion_dropout)
 
     def forward(self, features, presence, padding_masks=None):
-        weights = presence.unsqueeze(-1).to(features[self.modalities[0]].dtype)
-        stacked = self.stack(features)
-        context = (stacked * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         transformed = torch.stack([torch.tanh(self.transforms[m](features[m])) for m in self.modalities], dim=1)
+        gates = self.modality_weights(features, presence)
+        return self.dropout((gates.unsqueeze(-1) * transformed).sum(dim=1))
+
+    def modality_weights(self, features, presence, padding_masks=None):
+        weights = presence.unsqueeze(-1).to(features[self.modalities[0]].dtype)
+        context = (self.stack(features) * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         gate_logits = torch.cat(
             [self.gates[m](torch.cat([features[m], context], dim=-1)) for m in self.modalities], dim=-1
         )
-        gates = masked_softmax(gate_logits, presence)
-        return self.dropout((gates.unsqueeze(-1) * transformed).sum(dim=1))
+        return masked_softmax(gate_logits, presence)
 
 
 class AttentionFusion(MultimodalFusion):
@@ -133,10 +145,16 @@ class AttentionFusion(MultimodalFusion):
         self.layer_norm = nn.LayerNorm(self.hidden_size)
 
     def forward(self, features, presence, padding_masks=None):
+        attended, _ = self._attend(features, presence, need_weights=False)
+        return self.layer_norm(attended.squeeze(1))
+
+    def modality_weights(self, features, presence, padding_masks=None):
+        return self._attend(features, presence, need_weights=True)[1].squeeze(1)  # averaged over the heads
+
+    def _attend(self, features, presence, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokens = self.stack(features) + self.type_embeddings
         query = self.query.expand(tokens.shape[0], -1, -1)
-        attended, _ = self.attention(query, tokens, tokens, key_padding_mask=~presence, need_weights=False)
-        return self.layer_norm(attended.squeeze(1))
+        return self.attention(query, tokens, tokens, key_padding_mask=~presence, need_weights=need_weights)
 
 
 class TransformerFusion(MultimodalFusion):
@@ -199,13 +217,28 @@ class BiLSTMFusion(MultimodalFusion):
 
     def forward(self, features, presence, padding_masks=None):
         tokens = self.stack(features) + self.type_embeddings
-        # Move each example's present tokens to the front, keeping their modality order.
-        order = torch.argsort((~presence).to(torch.int8), dim=1, stable=True)
-        tokens = tokens.gather(1, order.unsqueeze(-1).expand_as(tokens))
-        lengths = presence.sum(dim=1).cpu()
-        packed = pack_padded_sequence(tokens, lengths, batch_first=True, enforce_sorted=False)
-        _, (last_hidden, _) = self.lstm(packed)
+        # Move each example's present tokens to the front, keeping their modality order (scattered to their places
+        # rather than stably sorted, which ONNX cannot express).
+        present = presence.long()
+        lengths = present.sum(dim=1)
+        places = torch.where(presence, present.cumsum(dim=1), lengths[:, None] + (1 - present).cumsum(dim=1)) - 1
+        tokens = torch.zeros_like(tokens).scatter(1, places.unsqueeze(-1).expand_as(tokens), tokens)
+        if torch.compiler.is_compiling():
+            last_hidden = self._last_hidden_by_length(tokens, lengths)
+        else:
+            packed = pack_padded_sequence(tokens, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, (last_hidden, _) = self.lstm(packed)
         return self.output(torch.cat([last_hidden[-2], last_hidden[-1]], dim=-1))
+
+    def _last_hidden_by_length(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The final states of the packed LSTM without packing, whose shapes depend on the data (traced graphs,
+        torch.export / ONNX, cannot hold it): the LSTM reads the first `n` tokens of every example for each `n` up
+        to the number of modalities, and each example keeps the run of its own length."""
+        _, (last_hidden, _) = self.lstm(tokens[:, :1])
+        for length in range(2, tokens.shape[1] + 1):
+            _, (hidden, _) = self.lstm(tokens[:, :length])
+            last_hidden = torch.where((lengths == length)[None, :, None], hidden, last_hidden)
+        return last_hidden
 
 
 class LowRankTensorFusion(MultimodalFusion):

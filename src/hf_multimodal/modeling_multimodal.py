@@ -6,6 +6,7 @@ import inspect
 import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from .configuration_multimodal import MODALITIES, SUB_CONFIG_KEYS, MultimodalConfig, image_or_deprecated_vision
+from .configuration_recurrent import RecurrentEncoderConfig
 from .configuration_wavenet import WaveNetConfig
 from .modeling_fusion import FUSION_CLASSES, LowRankTensorFusion, MultimodalFusion
+from .modeling_recurrent import RecurrentEncoderModel
 from .modeling_safe_io import SafeSerializationMixin, load_safetensors_only
 from .modeling_wavenet import WaveNetModel, masked_mean
 
@@ -28,6 +31,13 @@ INPUT_NAMES: dict[str, tuple[str, ...]] = {
     "audio": ("input_values", "audio_attention_mask"),
 }
 """Model input names per modality; the first one of each is the modality's main input."""
+
+PACKAGE_ENCODERS: dict[str, type[PreTrainedModel]] = {
+    WaveNetConfig.model_type: WaveNetModel,
+    RecurrentEncoderConfig.model_type: RecurrentEncoderModel,
+}
+"""The package's own encoders by `model_type` (by name: remote code may load a second copy of their classes, which
+the Auto registry does not know)."""
 
 PRESENCE_NAMES: dict[str, str] = {"text": "has_text", "image": "has_image", "audio": "has_audio"}
 """Per-example presence masks, `(batch_size,)` bool: False where an example lacks that modality."""
@@ -75,11 +85,17 @@ class ModalityImportanceOutput(ModelOutput):
             For each example and modality (in `config.modalities` order), the score of `predicted` with every present
             modality minus its score with that modality left out. NaN where the example lacks the modality, or has
             no other one.
+        fusion_weights (`torch.FloatTensor` of shape `(batch_size, num_modalities)`, *optional*):
+            A second view, for fusion heads that weigh the modalities (`weighted_sum`: its softmax weights, `gated`:
+            its gates, `attention`: the query's attention, averaged over heads): the weight each present modality got
+            in the fused embedding, summing to 1 per example, 0 where absent; `None` for the other heads. A weight
+            says how much of a modality went into the fused vector, not whether it moved the prediction.
     """
 
     logits: torch.FloatTensor | None = None
     predicted: torch.LongTensor | None = None
     importance: torch.FloatTensor | None = None
+    fusion_weights: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -100,6 +116,11 @@ class MultimodalModelOutput(ModelOutput):
         presence (`torch.BoolTensor` of shape `(batch_size, num_modalities)`):
             Which modalities the fusion head used for each example, columns in `config.modalities` order (after
             `modality_dropout` during training).
+        text_hidden_states, image_hidden_states, audio_hidden_states (`tuple(torch.FloatTensor)`, returned with
+            `output_hidden_states=True`):
+            The hidden states of each encoder (its embeddings, then every layer or stage, as that encoder returns them
+            with `output_hidden_states=True`), each of shape `(batch_size, ...)`, zero for examples without the
+            modality; `None` when no example has it.
     """
 
     loss: torch.FloatTensor | None = None
@@ -108,6 +129,9 @@ class MultimodalModelOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     audio_embeds: torch.FloatTensor | None = None
     presence: torch.BoolTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -122,7 +146,8 @@ class MultimodalSequenceClassifierOutput(ModelOutput):
             `config.modality_loss_weight` turn on.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Classification (or regression) scores before softmax / sigmoid.
-        fused_embeds, text_embeds, image_embeds, audio_embeds, presence:
+        fused_embeds, text_embeds, image_embeds, audio_embeds, presence, text_hidden_states, image_hidden_states,
+        audio_hidden_states:
             As in [`MultimodalModelOutput`].
     """
 
@@ -133,13 +158,16 @@ class MultimodalSequenceClassifierOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     audio_embeds: torch.FloatTensor | None = None
     presence: torch.BoolTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 def build_encoder(config: PreTrainedConfig) -> PreTrainedModel:
     """A randomly initialised encoder for `config`, without a pooling layer where the architecture has one to drop
     (poolers would be unused parameters: the multimodal model mean-pools the last hidden state)."""
-    if config.model_type == WaveNetConfig.model_type:  # by name: remote code may load a second copy of the class
-        return WaveNetModel(config)
+    if config.model_type in PACKAGE_ENCODERS:
+        return PACKAGE_ENCODERS[config.model_type](config)
     model_class = MODEL_MAPPING[type(config)]
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         return model_class(config, add_pooling_layer=False)
@@ -163,6 +191,33 @@ class ModalityProjection(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.layer_norm(self.dense(features)))
+
+
+def add_model_card_if_missing(config: MultimodalConfig, repo_id: str, processor=None, **push_kwargs) -> str:
+    """Give a Hub repo that has no model card yet this package's card for a model of `config` (modalities, encoders,
+    fusion, how to use it, tags and `base_model`), in a commit of its own, and return the repo's full id.
+
+    `push_to_hub` of the models and of the pipelines calls this first with its own keyword arguments (`token`,
+    `private`; nothing is written for a push to another `revision` or a pull request): transformers would otherwise
+    write its generic card ("More Information Needed", no tags). Without the installed package (remote code) or its
+    `[train]` extra, nothing is written and transformers' card stays.
+    """
+    try:  # the card is the package's Hub integration, not part of the model files
+        from hf_multimodal.model_card import build_model_card
+    except ImportError:
+        return repo_id
+    if push_kwargs.get("revision") or push_kwargs.get("create_pr"):
+        return repo_id
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=push_kwargs.get("token"))
+    repo_id = api.create_repo(repo_id, private=push_kwargs.get("private"), exist_ok=True).repo_id
+    if not api.file_exists(repo_id, "README.md"):
+        card = build_model_card(config, repo_id=repo_id, processor=processor)
+        api.upload_file(
+            path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id=repo_id, commit_message="Model card"
+        )
+    return repo_id
 
 
 class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
@@ -200,6 +255,11 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
         if self._auto_class is not None:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """`PreTrainedModel.push_to_hub`; a repo without a model card first gets this package's
+        ([`add_model_card_if_missing`]) instead of transformers' generic one."""
+        return super().push_to_hub(add_model_card_if_missing(self.config, repo_id, **kwargs), **kwargs)
 
     @classmethod
     def from_backbones(
@@ -274,10 +334,13 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
-    ) -> BaseModelOutputWithPooling:
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
         r"""
         The text encoder's output, its `pooler_output` being the text embedding in the space shared by the
-        modalities (`(batch_size, fusion_hidden_size)`, not normalised), as `CLIPModel.get_text_features` returns it.
+        modalities (`(batch_size, fusion_hidden_size)`, not normalised), as `CLIPModel.get_text_features` returns it;
+        with `output_hidden_states`, the encoder's hidden states too.
 
         Example:
 
@@ -288,27 +351,36 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
         ```
         """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return self.base_model.encode_modality("text", inputs)
+        return self.base_model.encode_modality("text", inputs, output_hidden_states, return_dict)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> BaseModelOutputWithPooling:
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
         """The image encoder's output, its `pooler_output` being the image embedding in the shared space (see
         `get_text_features`)."""
-        return self.base_model.encode_modality("image", {"pixel_values": pixel_values})
+        return self.base_model.encode_modality("image", {"pixel_values": pixel_values}, output_hidden_states, return_dict)
 
     def get_audio_features(
-        self, input_values: torch.FloatTensor, audio_attention_mask: torch.LongTensor | None = None
-    ) -> BaseModelOutputWithPooling:
+        self,
+        input_values: torch.FloatTensor,
+        audio_attention_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
         """The audio encoder's output, its `pooler_output` being the audio embedding in the shared space (see
         `get_text_features`)."""
-        return self.base_model.encode_modality(
-            "audio", {"input_values": input_values, "audio_attention_mask": audio_attention_mask}
-        )
+        inputs = {"input_values": input_values, "audio_attention_mask": audio_attention_mask}
+        return self.base_model.encode_modality("audio", inputs, output_hidden_states, return_dict)
 
 
 def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
-    """Load a pretrained encoder from a folder or Hub id (WaveNet checkpoints load without Auto registration)."""
+    """Load a pretrained encoder from a folder or Hub id (the package's own encoders load without Auto
+    registration)."""
     config_dict, _ = PreTrainedConfig.get_config_dict(source)
-    model_class = WaveNetModel if config_dict.get("model_type") == WaveNetConfig.model_type else AutoModel
+    model_class = PACKAGE_ENCODERS.get(config_dict.get("model_type"), AutoModel)
     return load_safetensors_only(model_class.from_pretrained, source)
 
 
@@ -393,6 +465,7 @@ class MultimodalModel(MultimodalPreTrainedModel):
         has_image: torch.BoolTensor | None = None,
         has_audio: torch.BoolTensor | None = None,
         return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MultimodalModelOutput | tuple[torch.Tensor, ...]:
@@ -411,8 +484,13 @@ class MultimodalModel(MultimodalPreTrainedModel):
         return_loss (`bool`, *optional*):
             Also return the contrastive loss (see `contrastive_loss`): the objective of alignment pre-training on
             unlabelled examples whose modalities describe the same thing, as `CLIPModel(return_loss=True)`.
+        output_hidden_states (`bool`, *optional*):
+            Also return every encoder's hidden states (`text_hidden_states`, ...). Defaults to
+            `config.output_hidden_states`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -425,7 +503,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
         presence = self._presence(inputs, given)
         if self.training and self.config.modality_dropout > 0:
             presence = self._drop_modalities(presence)
-        embeddings, features, padding_masks = self._encode_present(inputs, presence)
+        embeddings, features, padding_masks, hidden_states = self._encode_present(
+            inputs, presence, output_hidden_states
+        )
         fused = self.fuse(features, presence, padding_masks)
         loss = self.contrastive_loss(embeddings, presence, required=True) if return_loss else None
         output = MultimodalModelOutput(
@@ -435,6 +515,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
             image_embeds=embeddings.get("image"),
             audio_embeds=embeddings.get("audio"),
             presence=presence,
+            text_hidden_states=hidden_states.get("text"),
+            image_hidden_states=hidden_states.get("image"),
+            audio_hidden_states=hidden_states.get("audio"),
         )
         return output if return_dict else output.to_tuple()
 
@@ -447,22 +530,29 @@ class MultimodalModel(MultimodalPreTrainedModel):
         return self.fusion(features, presence, padding_masks if self.fusion.uses_sequences else None)
 
     def _encode_present(
-        self, inputs: dict[str, torch.Tensor | None], presence: torch.BoolTensor
-    ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Encode each modality's present rows: the pooled embeddings, the fusion head's features and (for heads
-        over sequences) the padding masks, each scattered back to `(batch_size, ...)`."""
+        self, inputs: dict[str, torch.Tensor | None], presence: torch.BoolTensor, output_hidden_states: bool = False
+    ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, tuple]]:
+        """Encode each modality's present rows: the pooled embeddings, the fusion head's features, (for heads over
+        sequences) the padding masks and (with `output_hidden_states`) the encoders' hidden states, each scattered
+        back to `(batch_size, ...)`."""
         batch_size = presence.shape[0]
         embeddings: dict[str, torch.Tensor | None] = {}
-        features, padding_masks = {}, {}
+        features, padding_masks, hidden_states = {}, {}, {}
+        tracing = torch.compiler.is_compiling()
         for index, modality in enumerate(self.config.modalities):
             rows = presence[:, index]
-            if not rows.any():
+            # A traced graph (torch.export / ONNX, torch.compile) cannot branch on data: it encodes every row of each
+            # given modality and masks the absent ones; eager mode skips modalities no example has.
+            skipped = inputs[INPUT_NAMES[modality][0]] is None if tracing else not bool(rows.any())
+            if skipped:
                 given_zeros = inputs[INPUT_NAMES[modality][0]] is not None
                 embeddings[modality] = self._zeros(batch_size, presence.device, sequence=False) if given_zeros else None
                 features[modality] = self._zeros(batch_size, presence.device, self.fusion.uses_sequences)
                 padding_masks[modality] = presence.new_zeros(batch_size, 1)
                 continue
-            sequence, sequence_mask = self._encode(modality, inputs, rows)
+            sequence, sequence_mask, encoder_states = self._encode(modality, inputs, rows, output_hidden_states)
+            if encoder_states is not None:
+                hidden_states[modality] = tuple(self._scatter(state, rows) for state in encoder_states)
             pooled = self.projections[modality](masked_mean(sequence, sequence_mask))
             embeddings[modality] = self._scatter(pooled, rows)
             if self.fusion.uses_sequences:
@@ -472,7 +562,7 @@ class MultimodalModel(MultimodalPreTrainedModel):
                 padding_masks[modality] = self._scatter(mask, rows)
             else:
                 features[modality] = embeddings[modality]
-        return embeddings, features, padding_masks
+        return embeddings, features, padding_masks, hidden_states
 
     def _presence(self, inputs: dict, given: dict) -> torch.BoolTensor:
         """(batch_size, num_modalities) bool mask of the modalities each example has; validates the inputs."""
@@ -490,9 +580,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
         if not sizes:
             expected = ", ".join(INPUT_NAMES[m][0] for m in modalities)
             raise ValueError(f"no inputs given: pass at least one of {expected}.")
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"the modalities have different batch sizes {sizes}: pass one row per example for each.")
         batch_size = next(iter(sizes.values()))
+        if any(size != batch_size for size in sizes.values()):  # not a set: traced graphs' sizes are unhashable
+            raise ValueError(f"the modalities have different batch sizes {sizes}: pass one row per example for each.")
         device = next(t for t in main_inputs.values() if t is not None).device
         columns = []
         for modality in modalities:
@@ -514,6 +604,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
                     )
                 columns.append(flags)
         presence = torch.stack(columns, dim=1)
+        if torch.compiler.is_compiling():  # a check on the data: traced graphs leave it to their callers
+            return presence
         empty = (~presence.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(
@@ -565,9 +657,19 @@ class MultimodalModel(MultimodalPreTrainedModel):
             return None
         return torch.stack(losses).mean()
 
-    def encode_modality(self, modality: str, inputs: dict[str, torch.Tensor | None]) -> BaseModelOutputWithPooling:
+    def encode_modality(
+        self,
+        modality: str,
+        inputs: dict[str, torch.Tensor | None],
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
         """Encode one modality of every example: the encoder's last hidden state (as a `(batch, length, hidden)`
-        sequence) and, as `pooler_output`, its mean over the real positions projected into the shared space."""
+        sequence), as `pooler_output` its mean over the real positions projected into the shared space, and with
+        `output_hidden_states` (default: `config.output_hidden_states`) the encoder's hidden states."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.get_encoder(modality)
         unknown = sorted(set(inputs) - set(INPUT_NAMES[modality]))
         if unknown:
@@ -577,40 +679,55 @@ class MultimodalModel(MultimodalPreTrainedModel):
             raise ValueError(f"pass {INPUT_NAMES[modality][0]} to encode {modality}.")
         everything = {name: inputs.get(name) for names in INPUT_NAMES.values() for name in names}
         rows = torch.ones(main.shape[0], dtype=torch.bool, device=main.device)
-        sequence, mask = self._encode(modality, everything, rows)
+        sequence, mask, hidden_states = self._encode(modality, everything, rows, output_hidden_states)
         pooled = self.projections[modality](masked_mean(sequence, mask))
-        return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled)
+        output = BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled, hidden_states=hidden_states)
+        return output if return_dict else output.to_tuple()
 
     def _encode(
-        self, modality: str, inputs: dict, rows: torch.BoolTensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, modality: str, inputs: dict, rows: torch.BoolTensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
         """Run the encoder of `modality` on the rows where it is present.
 
-        Returns its last hidden state as a `(rows, length, hidden)` sequence and a `(rows, length)` bool mask of
-        the real positions (None when every position is real).
+        Returns its last hidden state as a `(rows, length, hidden)` sequence, a `(rows, length)` bool mask of the
+        real positions (None when every position is real) and, with `output_hidden_states`, the encoder's hidden
+        states (else None).
         """
         encoder = getattr(self, ENCODER_ATTRIBUTES[modality])
-        select = (lambda tensor: tensor) if bool(rows.all()) else (lambda tensor: tensor[rows])
+        every_row = torch.compiler.is_compiling() or bool(rows.all())  # traced graphs encode every row, then mask
+        select = (lambda tensor: tensor) if every_row else (lambda tensor: tensor[rows])
+
+        def prepared(name: str) -> torch.Tensor:
+            # Float inputs (pixels, waveforms) take the encoder's dtype: a model loaded with dtype=torch.bfloat16
+            # reads the processor's float32 tensors.
+            tensor = select(inputs[name])
+            return tensor.to(encoder.dtype) if tensor.is_floating_point() else tensor
+
         kwargs = {
-            encoder_name: select(inputs[name])
+            encoder_name: prepared(name)
             for name, encoder_name in self._encoder_kwargs[modality].items()
             if inputs[name] is not None
         }
-        hidden = encoder(**kwargs, return_dict=True).last_hidden_state
+        outputs = encoder(**kwargs, output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state
         if hidden.dim() == 4:  # convolutional feature map (rows, channels, height, width)
             hidden = hidden.flatten(2).transpose(1, 2)
+        mask = None
         if modality == "text" and inputs["attention_mask"] is not None:
-            return hidden, select(inputs["attention_mask"]).bool()
-        if modality == "audio" and inputs["audio_attention_mask"] is not None:
-            mask = select(inputs["audio_attention_mask"])
-            return hidden, encoder._get_feature_vector_attention_mask(hidden.shape[1], mask).bool()
-        return hidden, None
+            mask = select(inputs["attention_mask"]).bool()
+        elif modality == "audio" and inputs["audio_attention_mask"] is not None:
+            mask = encoder._get_feature_vector_attention_mask(hidden.shape[1], select(inputs["audio_attention_mask"]))
+            mask = mask.bool()
+        return hidden, mask, outputs.hidden_states if output_hidden_states else None
 
     @staticmethod
     def _scatter(values: torch.Tensor, rows: torch.BoolTensor) -> torch.Tensor:
-        """Place `values` computed for the true `rows` into a zero tensor with one entry per example."""
+        """`values` computed for the true `rows` (or for every example) as one entry per example, zero where `rows`
+        is false."""
         if values.shape[0] == rows.shape[0]:
-            return values
+            rows = rows.view(-1, *(1,) * (values.dim() - 1))
+            # `&` for masks: ONNX Runtime has no Where over booleans.
+            return values & rows if values.dtype == torch.bool else torch.where(rows, values, torch.zeros_like(values))
         full = values.new_zeros((rows.shape[0], *values.shape[1:]))
         return full.index_put((rows.nonzero().flatten(),), values)
 
@@ -676,6 +793,7 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         has_image: torch.BoolTensor | None = None,
         has_audio: torch.BoolTensor | None = None,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MultimodalSequenceClassifierOutput | tuple[torch.Tensor, ...]:
@@ -697,6 +815,7 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             has_text=has_text,
             has_image=has_image,
             has_audio=has_audio,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.fused_embeds))
@@ -713,6 +832,9 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             image_embeds=outputs.image_embeds,
             audio_embeds=outputs.audio_embeds,
             presence=outputs.presence,
+            text_hidden_states=outputs.text_hidden_states,
+            image_hidden_states=outputs.image_hidden_states,
+            audio_hidden_states=outputs.audio_hidden_states,
         )
         return output if return_dict else output.to_tuple()
 
@@ -741,28 +863,97 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         torch.Size([2, 2])
         ```
         """
-        accepted = [*(name for names in INPUT_NAMES.values() for name in names), *PRESENCE_NAMES.values()]
-        unknown = sorted(set(inputs) - set(accepted))
-        if unknown:
-            raise TypeError(f"modality_importance takes the model's inputs ({', '.join(accepted)}); got also {unknown}.")
-        multimodal = self.multimodal
-        tensors = {name: inputs.get(name) for names in INPUT_NAMES.values() for name in names}
-        presence = multimodal._presence(tensors, {name: inputs.get(name) for name in PRESENCE_NAMES.values()})
-        _, features, padding_masks = multimodal._encode_present(tensors, presence)
-        logits = self.classifier(multimodal.fuse(features, presence, padding_masks))
+        presence, features, padding_masks = self._encode_once("modality_importance", inputs)
+        logits = self._classify(features, presence, padding_masks)
         function = default_score_function(self.config)
         scores = scores_from_logits(logits, function)
         predicted = scores.argmax(dim=-1, keepdim=True)
         importance = torch.full(presence.shape, float("nan"), device=logits.device)
         for index in range(presence.shape[1]):
-            rows = presence[:, index] & (presence.sum(dim=1) > 1)  # present, and not the example's only modality
+            without, rows = self._leave_out(presence, index)
             if not bool(rows.any()):
                 continue
-            without = presence.clone()
-            without[rows, index] = False
-            left_out = scores_from_logits(self.classifier(multimodal.fuse(features, without, padding_masks)), function)
+            left_out = scores_from_logits(self._classify(features, without, padding_masks), function)
             importance[rows, index] = (scores.gather(1, predicted) - left_out.gather(1, predicted))[rows, 0]
-        return ModalityImportanceOutput(logits=logits, predicted=predicted[:, 0], importance=importance)
+        fusion_weights = self.multimodal.fusion.modality_weights(features, presence, padding_masks)
+        return ModalityImportanceOutput(
+            logits=logits, predicted=predicted[:, 0], importance=importance, fusion_weights=fusion_weights
+        )
+
+    @torch.no_grad()
+    def ablation_logits(
+        self, drop: Sequence[str] | None = None, **inputs: torch.Tensor | None
+    ) -> dict[str, torch.FloatTensor]:
+        r"""
+        The logits with every present modality and, for each modality of `drop`, with that modality removed from
+        every example, from one pass of the encoders: only the fusion head and the classifier run again per variant
+        (the per-modality ablation of `scripts/train.py` costs one encoding of the test set, not one per variant).
+
+        Returns a dict of `(batch_size, num_labels)` logits: `"all"`, then `"without_<modality>"` for each modality of
+        `drop` (in that order). Each variant equals the ordinary forward with that modality's `has_*` flag set to
+        False; rows of the examples that have no other modality (which the forward refuses) are NaN, for the caller
+        to fill with its answer without input (as [`MultimodalTrainer`] does with the training label prior). Call it in
+        eval mode, with the inputs of `forward` (no labels).
+
+        Args:
+            drop (`Sequence[str]`, *optional*): The modalities to leave out, one variant each; defaults to every
+                modality of the model.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from hf_multimodal import MultimodalConfig, MultimodalForSequenceClassification
+        >>> model = MultimodalForSequenceClassification(MultimodalConfig(text_config=None, num_labels=3)).eval()
+        >>> logits = model.ablation_logits(pixel_values=torch.randn(2, 3, 224, 224), input_values=torch.randn(2, 16000))
+        >>> list(logits), logits["without_audio"].shape
+        (['all', 'without_image', 'without_audio'], torch.Size([2, 3]))
+        ```
+        """
+        modalities = self.config.modalities
+        drop = modalities if drop is None else tuple(drop)
+        unknown = [modality for modality in drop if modality not in modalities]
+        if unknown:
+            raise ValueError(f"drop names {unknown}, which this model does not read: pick among {list(modalities)}.")
+        presence, features, padding_masks = self._encode_once("ablation_logits", inputs)
+        logits = {"all": self._classify(features, presence, padding_masks)}
+        for modality in drop:
+            index = modalities.index(modality)
+            without, _ = self._leave_out(presence, index)
+            left_alone = without[:, index, None]  # the example's only modality: nothing left to classify
+            logits[f"without_{modality}"] = self._classify(features, without, padding_masks).masked_fill(
+                left_alone, float("nan")
+            )
+        return logits
+
+    def _encode_once(
+        self, caller: str, inputs: dict[str, torch.Tensor | None]
+    ) -> tuple[torch.BoolTensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Validate the model inputs of `caller` and encode them: the presence mask, the fusion head's features and
+        padding masks, ready to be fused under several presence masks."""
+        accepted = [*(name for names in INPUT_NAMES.values() for name in names), *PRESENCE_NAMES.values()]
+        unknown = sorted(set(inputs) - set(accepted))
+        if unknown:
+            raise TypeError(f"{caller} takes the model's inputs ({', '.join(accepted)}); got also {unknown}.")
+        tensors = {name: inputs.get(name) for names in INPUT_NAMES.values() for name in names}
+        presence = self.multimodal._presence(tensors, {name: inputs.get(name) for name in PRESENCE_NAMES.values()})
+        _, features, padding_masks, _ = self.multimodal._encode_present(tensors, presence)
+        return presence, features, padding_masks
+
+    def _classify(
+        self, features: dict[str, torch.Tensor], presence: torch.BoolTensor, padding_masks: dict[str, torch.Tensor]
+    ) -> torch.FloatTensor:
+        """The logits of encoded modalities fused under `presence` (the eval-mode classifier of `forward`)."""
+        return self.classifier(self.multimodal.fuse(features, presence, padding_masks))
+
+    @staticmethod
+    def _leave_out(presence: torch.BoolTensor, index: int) -> tuple[torch.BoolTensor, torch.BoolTensor]:
+        """`presence` with modality `index` removed from every example that has another one, and those examples'
+        rows (an example whose only modality it is keeps it)."""
+        rows = presence[:, index] & (presence.sum(dim=1) > 1)
+        without = presence.clone()
+        without[rows, index] = False
+        return without, rows
 
     def _auxiliary_losses(self, outputs: MultimodalModelOutput, labels: torch.Tensor) -> torch.Tensor | float:
         """`config.contrastive_loss_weight` x the contrastive loss between the modalities of the batch, plus

@@ -10,7 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from transformers.utils import logging
 from transformers.utils.hub import has_file
+
+
+logger = logging.get_logger(__name__)
 
 
 PICKLE_WEIGHT_FILES: tuple[str, ...] = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -85,8 +89,9 @@ class SafeSerializationMixin:
 
     - `from_pretrained` loads safetensors only (see `load_safetensors_only`) and refuses a checkpoint that lacks
       weights of the model body instead of silently initialising them at random: only parameters under
-      `newly_initialized_prefixes` (a task head) may be missing. `ignore_mismatched_sizes=True` is the explicit
-      opt-in for re-initialising mismatched weights.
+      `newly_initialized_prefixes` (a task head) may be missing. `allow_missing_weights=True` is the explicit opt-in
+      for transformers' own behaviour (missing weights initialised by `_init_weights`, with a warning), as
+      `ignore_mismatched_sizes=True` is for re-initialising mismatched ones.
     - `save_pretrained` writes into a staging folder beside `save_directory`, then moves the files in with atomic
       renames, weights last (see `commit_staged_folder`): an interrupted save never leaves partial weights, and a
       folder whose config and weights disagree is refused at load time.
@@ -95,7 +100,14 @@ class SafeSerializationMixin:
     newly_initialized_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, use_safetensors: bool | None = None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        use_safetensors: bool | None = None,
+        allow_missing_weights: bool = False,
+        **kwargs,
+    ):
         parent_load = super().from_pretrained
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = load_safetensors_only(
@@ -106,11 +118,17 @@ class SafeSerializationMixin:
         )
         missing = [key for key in info["missing_keys"] if not key.startswith(cls.newly_initialized_prefixes)]
         if missing:
-            raise ValueError(
+            lacks = (
                 f"{pretrained_model_name_or_path} lacks {len(missing)} weights of {cls.__name__} (e.g. "
-                f"{', '.join(sorted(missing)[:4])}): its weights do not match its config (a different architecture or "
-                "an interrupted save). Load it with the class it was saved from, or pass the right config."
+                f"{', '.join(sorted(missing)[:4])})"
             )
+            if not allow_missing_weights:
+                raise ValueError(
+                    f"{lacks}: its weights do not match its config (a different architecture or an interrupted "
+                    "save). Load it with the class it was saved from, or pass the right config; "
+                    "allow_missing_weights=True initialises them at random instead, as transformers does."
+                )
+            logger.warning(f"{lacks}: initialised at random (allow_missing_weights=True); train before use.")
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):

@@ -29,6 +29,28 @@ def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch
     return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def mono_waveforms(input_values: torch.Tensor) -> torch.Tensor:
+    """`input_values` as `(batch_size, samples)` mono waveforms (a `(batch_size, 1, samples)` channel axis dropped);
+    anything else is refused with the fix."""
+    if input_values.dim() == 3 and input_values.shape[1] == 1:
+        input_values = input_values.squeeze(1)
+    if input_values.dim() != 2:
+        raise ValueError(
+            f"input_values must have shape (batch_size, samples) of mono audio, got {tuple(input_values.shape)}: "
+            "mix channels down first (WaveNetFeatureExtractor does)."
+        )
+    return input_values
+
+
+def frame_mask_from_samples(attention_mask: torch.Tensor, samples_per_frame: int, num_frames: int) -> torch.Tensor:
+    """Frame-level bool mask (batch, num_frames) from a sample-level `attention_mask` (batch, samples): a frame is real
+    when it covers at least one real sample; every row keeps at least one frame."""
+    lengths = attention_mask.sum(dim=-1)
+    frames = ((lengths + samples_per_frame - 1) // samples_per_frame).clamp(min=1, max=num_frames)
+    positions = torch.arange(num_frames, device=attention_mask.device)
+    return positions.unsqueeze(0) < frames.unsqueeze(1)
+
+
 class WaveNetCausalConv1d(nn.Conv1d):
     """A `Conv1d` padded on the left only, so that output frame `t` never sees input past the end of its stride."""
 
@@ -80,9 +102,19 @@ class WaveNetLogMelFrontend(nn.Module):
         self.n_fft = 2 ** math.ceil(math.log2(self.window_length))
         self.num_mel_bins, self.sampling_rate = config.num_mel_bins, config.sampling_rate
         self.register_buffer("mel_filters", self.compute_mel_filters(), persistent=False)
-        self.register_buffer("window", torch.hann_window(self.window_length, periodic=True), persistent=False)
+        self.register_buffer("window", self.compute_window(), persistent=False)
         self.layer_norm = nn.LayerNorm(config.num_mel_bins, eps=config.layer_norm_eps)
         self.projection = nn.Linear(config.num_mel_bins, config.hidden_size)
+
+    def compute_window(self) -> torch.Tensor:
+        """The periodic Hann analysis window, `(window_length,)`."""
+        return torch.hann_window(self.window_length, periodic=True)
+
+    def reset_buffers(self) -> None:
+        """Rebuild the buffers computed from the config (not saved with the weights): a model's `_init_weights` calls
+        this, as `from_pretrained` creates modules empty."""
+        init.copy_(self.mel_filters, self.compute_mel_filters())
+        init.copy_(self.window, self.compute_window())
 
     def compute_mel_filters(self) -> torch.Tensor:
         """`(n_fft // 2 + 1, num_mel_bins)` triangular mel filters from 20 Hz to half the sampling rate."""
@@ -101,7 +133,9 @@ class WaveNetLogMelFrontend(nn.Module):
         num_frames = input_values.shape[-1] // self.hop_length
         padded = F.pad(input_values, (self.window_length - self.hop_length, 0))
         frames = padded.unfold(-1, self.window_length, self.hop_length)[:, :num_frames]
-        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)
+        # The features are computed in float32 whatever the model's dtype (torch's FFT takes no bfloat16), as
+        # transformers' audio feature extractors compute theirs; the learned layers below run in the model's dtype.
+        spectrum = torch.fft.rfft(frames.float() * self.window.float(), n=self.n_fft)
         power = spectrum.real.square() + spectrum.imag.square()
         log_mel = torch.log(power @ self.mel_filters.to(power.dtype) + 1e-6)  # (batch, frames, mel bins)
         weights = (
@@ -111,7 +145,7 @@ class WaveNetLogMelFrontend(nn.Module):
         mean = (log_mel * weights).sum(dim=1, keepdim=True) / count
         variance = ((log_mel - mean).square() * weights).sum(dim=1, keepdim=True) / count
         normalised = (log_mel - mean) * torch.rsqrt(variance + 1e-5) * weights
-        return self.projection(self.layer_norm(normalised)).transpose(1, 2)
+        return self.projection(self.layer_norm(normalised.to(self.projection.weight.dtype))).transpose(1, 2)
 
 
 FRONTEND_CLASSES: dict[str, type[nn.Module]] = {"waveform": WaveNetFrontend, "log_mel": WaveNetLogMelFrontend}
@@ -148,9 +182,7 @@ class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, WaveNetLogMelFrontend):
-            # Buffers computed from the config, not saved: rebuilt here as `from_pretrained` creates modules empty.
-            init.copy_(module.mel_filters, module.compute_mel_filters())
-            init.copy_(module.window, torch.hann_window(module.window_length, periodic=True))
+            module.reset_buffers()
         if isinstance(module, nn.Conv1d):
             # Variance-preserving convolutions train the deep gated stacks from scratch far better than N(0, 0.02).
             init.kaiming_normal_(module.weight, nonlinearity="linear")
@@ -164,11 +196,7 @@ class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
 
         A frame is real when it covers at least one real sample (same name and signature as in `Wav2Vec2Model`).
         """
-        samples_per_frame = self.config.samples_per_frame
-        lengths = attention_mask.sum(dim=-1)
-        frames = ((lengths + samples_per_frame - 1) // samples_per_frame).clamp(min=1, max=feature_vector_length)
-        positions = torch.arange(feature_vector_length, device=attention_mask.device)
-        return positions.unsqueeze(0) < frames.unsqueeze(1)
+        return frame_mask_from_samples(attention_mask, self.config.samples_per_frame, feature_vector_length)
 
 
 class WaveNetModel(WaveNetPreTrainedModel):
@@ -231,13 +259,7 @@ class WaveNetModel(WaveNetPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_values.dim() == 3 and input_values.shape[1] == 1:
-            input_values = input_values.squeeze(1)
-        if input_values.dim() != 2:
-            raise ValueError(
-                f"input_values must have shape (batch_size, samples) of mono audio, got {tuple(input_values.shape)}: "
-                "mix channels down first (WaveNetFeatureExtractor does)."
-            )
+        input_values = mono_waveforms(input_values)
         samples_per_frame = self.config.samples_per_frame
         remainder = (-input_values.shape[-1]) % samples_per_frame
         if remainder:
@@ -247,14 +269,17 @@ class WaveNetModel(WaveNetPreTrainedModel):
             self._get_feature_vector_attention_mask(num_frames, attention_mask) if attention_mask is not None else None
         )
 
-        hidden_states = self.frontend(input_values, frame_mask)
-        all_hidden_states = (hidden_states.transpose(1, 2),) if output_hidden_states else None
-        skip_sum = torch.zeros_like(hidden_states)
+        # The residual stream is held as (batch, frames, hidden), the layout returned, and each layer reads the tensor
+        # returned: a transposed copy made only for the output would be off the graph and take no gradient.
+        hidden_states = self.frontend(input_values, frame_mask).transpose(1, 2)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        skip_sum = torch.zeros_like(hidden_states.transpose(1, 2))
         for layer in self.layers:
-            hidden_states, skip = layer(hidden_states)
+            residual_stream, skip = layer(hidden_states.transpose(1, 2))
+            hidden_states = residual_stream.transpose(1, 2)
             skip_sum = skip_sum + skip
             if output_hidden_states:
-                all_hidden_states += (hidden_states.transpose(1, 2),)
+                all_hidden_states += (hidden_states,)
 
         last_hidden_state = self.layer_norm(self.output_proj(F.gelu(skip_sum.transpose(1, 2))))
         pooled_output = masked_mean(last_hidden_state, frame_mask)
@@ -265,4 +290,4 @@ class WaveNetModel(WaveNetPreTrainedModel):
         )
 
 
-__all__ = ["WaveNetModel", "WaveNetPreTrainedModel"]
+__all__ = ["WaveNetModel", "WaveNetPreTrainedModel", "frame_mask_from_samples"]

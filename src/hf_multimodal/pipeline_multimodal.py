@@ -21,8 +21,8 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from .configuration_multimodal import MODALITIES
 from .feature_extraction_wavenet import check_sampling_rate
 from .media_loading import load_audio, load_image
-from .modeling_multimodal import default_score_function, scores_from_logits
-from .processing_multimodal import MODALITY_ARGUMENTS, check_text
+from .modeling_multimodal import add_model_card_if_missing, default_score_function, scores_from_logits
+from .processing_multimodal import MODALITY_ARGUMENTS, check_text, prepare_image
 
 
 PIPELINE_TASK = "multimodal-classification"
@@ -30,6 +30,19 @@ PIPELINE_TASK = "multimodal-classification"
 EXAMPLE_KEYS: tuple[str, ...] = ("text", "image", "audio", "sampling_rate")
 FUNCTIONS_TO_APPLY: tuple[str, ...] = ("softmax", "sigmoid", "none")
 _UNSET = object()
+
+
+class _Numbered(collections.abc.Sequence):
+    """A sized input of a pipeline, read as `(position, example)` pairs."""
+
+    def __init__(self, examples: collections.abc.Sequence):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.examples[index]
 
 
 class MultimodalPipeline(Pipeline):
@@ -116,16 +129,26 @@ class MultimodalPipeline(Pipeline):
             sampling_rate = check_sampling_rate(inputs["sampling_rate"])
         example = {"text": check_text(inputs.get("text")), "image": None, "audio": None}
         if inputs.get("image") is not None:
-            example["image"] = load_image(inputs["image"], timeout=timeout)
+            example["image"] = prepare_image(load_image(inputs["image"], timeout=timeout))
         if inputs.get("audio") is not None:
             target = getattr(self.processor.feature_extractor, "sampling_rate", None)
             max_seconds = getattr(self.processor.feature_extractor, "max_length_seconds", None)
-            example["audio"] = load_audio(inputs["audio"], sampling_rate, target, timeout=timeout, max_seconds=max_seconds)
+            audio = load_audio(inputs["audio"], sampling_rate, target, timeout=timeout, max_seconds=max_seconds)
+            check_clip = getattr(self.processor.feature_extractor, "check_clip", None)
+            example["audio"] = check_clip(audio) if check_clip else audio
         if all(value is None for value in example.values()):
             raise ValueError(
                 "the example has nothing to classify: give a non-empty 'text', an 'image' or an 'audio' clip."
             )
         return example
+
+    def _preprocess_numbered(self, numbered: tuple[int, Any], **preprocess_params) -> dict[str, Any]:
+        """`preprocess` of the example at a position of the input: its errors say which example is wrong."""
+        index, inputs = numbered
+        try:
+            return self.preprocess(inputs, **preprocess_params)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"example {index}: {error}") from error
 
     def _collate(self, examples: list[dict[str, Any]]) -> BatchFeature:
         """Run the processor on a batch of decoded examples; a modality missing from every example is left out."""
@@ -151,11 +174,12 @@ class MultimodalPipeline(Pipeline):
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         # As `Pipeline.get_iterator`, but batches are built by the processor from decoded examples: examples of one
         # batch may lack different modalities, which tensor-level padding cannot express.
+        # Examples are decoded with their position, so that a bad one among many is named in the error.
         if isinstance(inputs, collections.abc.Sized):
-            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+            dataset = PipelineDataset(_Numbered(inputs), self._preprocess_numbered, preprocess_params)
         else:
             num_workers = min(num_workers, 1)  # an iterable cannot be split between several workers
-            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            dataset = PipelineIterator(enumerate(inputs), self._preprocess_numbered, preprocess_params)
         dataloader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=self._collate)
         model_iterator = PipelineIterator(dataloader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
@@ -181,6 +205,12 @@ class MultimodalPipeline(Pipeline):
             else:
                 config.custom_pipelines = live
         self.processor.save_pretrained(save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """`Pipeline.push_to_hub` (model, processor, code); a repo without a model card first gets this package's
+        ([`add_model_card_if_missing`]) instead of transformers' generic one."""
+        repo_id = add_model_card_if_missing(self.model.config, repo_id, processor=self.processor, **kwargs)
+        return super().push_to_hub(repo_id, **kwargs)
 
 
 class MultimodalClassificationPipeline(MultimodalPipeline):
@@ -208,7 +238,9 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
             "modality_importance": {modality: drop or None}}`, the drop of the top label's score when that modality
             is left out (None where the example lacks it or has no other one). The encoders run once; only the
             fusion head and classifier run again per modality (see
-            [`MultimodalForSequenceClassification.modality_importance`]).
+            [`MultimodalForSequenceClassification.modality_importance`]). For the fusion heads that weigh the
+            modalities (weighted_sum, gated, attention), also `"fusion_weights": {modality: weight}`, the head's own
+            weights, a second view (they sum to 1 over the present modalities, 0 where the example lacks one).
 
     Example:
 
@@ -269,7 +301,8 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
     def _forward(self, model_inputs: BatchFeature, return_modality_importance: bool = False) -> dict[str, torch.Tensor]:
         if return_modality_importance:
             output = self.model.modality_importance(**model_inputs)
-            return {"logits": output.logits, "modality_importance": output.importance}
+            views = {"modality_importance": output.importance, "fusion_weights": output.fusion_weights}
+            return {"logits": output.logits, **{name: view for name, view in views.items() if view is not None}}
         return {"logits": self.model(**model_inputs).logits}
 
     def postprocess(
@@ -278,9 +311,13 @@ class MultimodalClassificationPipeline(MultimodalPipeline):
         labels = self._labels(model_outputs, top_k, function_to_apply)
         if "modality_importance" not in model_outputs:
             return labels
+        modalities = self.model.config.modalities
         values = model_outputs["modality_importance"][0].tolist()
-        importance = {m: None if math.isnan(value) else value for m, value in zip(self.model.config.modalities, values)}
-        return {"labels": labels, "modality_importance": importance}
+        importance = {modality: None if math.isnan(value) else value for modality, value in zip(modalities, values)}
+        result = {"labels": labels, "modality_importance": importance}
+        if "fusion_weights" in model_outputs:
+            result["fusion_weights"] = dict(zip(modalities, model_outputs["fusion_weights"][0].tolist()))
+        return result
 
     def _labels(
         self, model_outputs: dict[str, torch.Tensor], top_k: int | None, function_to_apply: str | None

@@ -17,7 +17,7 @@ from transformers import (
     BatchFeature,
     BertTokenizerFast,
 )
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_multimodal import image_or_deprecated_vision
@@ -33,6 +33,17 @@ MODALITY_ARGUMENTS: dict[str, str] = {"text": "text", "image": "images", "audio"
 """The processor's argument for each modality's inputs."""
 
 _UNSET = object()
+
+
+class MultimodalProcessorKwargs(ProcessingKwargs, total=False):
+    """Keyword arguments of [`MultimodalProcessor.__call__`], routed as transformers routes them: `text_kwargs`,
+    `images_kwargs`, `audio_kwargs` (or `common_kwargs`) dicts, or flat keywords sent to every sub-processor that
+    takes them (`max_length` to the tokenizer, `padding` to the tokenizer and the feature extractor, ...)."""
+
+    _defaults = {
+        "text_kwargs": {"padding": True, "truncation": True},
+        "audio_kwargs": {"padding": "longest", "return_attention_mask": True},
+    }
 
 
 def is_missing(value: Any) -> bool:
@@ -109,6 +120,8 @@ class MultimodalProcessor(ProcessorMixin):
     ([True, False], [False, True], torch.Size([2, 3, 224, 224]))
     ```
     """
+
+    valid_processor_kwargs = MultimodalProcessorKwargs
 
     def __init__(self, tokenizer=None, image_processor=None, feature_extractor=None, max_text_length: int = 128, **kwargs):
         if not isinstance(max_text_length, int) or max_text_length < 2:
@@ -192,15 +205,18 @@ class MultimodalProcessor(ProcessorMixin):
                 Rate of `audio`; the feature extractor refuses a rate other than its own.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 Only `"pt"` is supported: presence masks and scattered rows are torch tensors.
-            kwargs:
-                Passed to the feature extractor (e.g. `max_length_seconds`, or `padding="max_length"` for clips of
-                one length; by default they are padded to the longest).
+            kwargs ([`MultimodalProcessorKwargs`]):
+                Options of the sub-processors, as in transformers: `text_kwargs={"max_length": 64}`,
+                `images_kwargs={...}`, `audio_kwargs={"max_length_seconds": 5}`, or flat (`max_length=64`,
+                `padding="max_length"`, which also pads clips to `max_length_seconds`). Texts are padded to the
+                longest and truncated to `max_text_length` tokens unless told otherwise.
         """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}.")
+        options = self._merge_kwargs(MultimodalProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         columns = {
             "text": _as_column(text, "text", _is_single_text),
-            "image": _as_column(images, "images", _is_single_image),
+            "image": _as_column(images, "images", _is_single_image, _one_image),
             "audio": _as_column(audio, "audio", _is_single_audio),
         }
         sizes = {name: len(column) for name, column in columns.items() if column is not None}
@@ -218,50 +234,44 @@ class MultimodalProcessor(ProcessorMixin):
 
         data: dict[str, torch.Tensor] = {}
         if columns["text"] is not None:
-            data.update(self._process_text(columns["text"]))
+            data.update(self._process_text(columns["text"], options["text_kwargs"]))
         if columns["image"] is not None:
-            data.update(self._process_images(columns["image"], batch_size))
+            data.update(self._process_images(columns["image"], batch_size, options["images_kwargs"]))
         if columns["audio"] is not None:
-            data.update(self._process_audio(columns["audio"], batch_size, sampling_rate, kwargs))
+            data.update(self._process_audio(columns["audio"], batch_size, sampling_rate, options["audio_kwargs"]))
         return BatchFeature(data)
 
-    def _process_text(self, texts: list) -> dict[str, torch.Tensor]:
+    def _process_text(self, texts: list, options: dict) -> dict[str, torch.Tensor]:
         texts = [check_text(value, index) for index, value in enumerate(texts)]
         present = [value is not None for value in texts]
-        encoded = self.tokenizer(
-            [value if value is not None else "" for value in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.max_text_length,
-            return_tensors="pt",
-        )
+        options = {"max_length": self.max_text_length, **options, "return_tensors": "pt"}
+        encoded = self.tokenizer([value if value is not None else "" for value in texts], **options)
         if any(getattr(encoding, "overflowing", None) for encoding in (encoded.encodings or [])):
             logger.warning_once(
-                f"Text longer than max_text_length={self.max_text_length} tokens was truncated. Raise "
-                "processor.max_text_length (up to the text encoder's maximum) to keep more."
+                f"Text longer than {options['max_length']} tokens was truncated. Raise processor.max_text_length (or "
+                "pass max_length=..., up to the text encoder's maximum) to keep more."
             )
         return {**encoded, "has_text": torch.tensor(present)}
 
-    def _process_images(self, images: list, batch_size: int) -> dict[str, torch.Tensor]:
+    def _process_images(self, images: list, batch_size: int, options: dict) -> dict[str, torch.Tensor]:
         present = [index for index, image in enumerate(images) if image is not None]
         result = {"has_image": _mask(present, batch_size)}
         if present:
-            prepared = [_prepare_image(images[index], index) for index in present]
-            pixel_values = self.image_processor(images=prepared, return_tensors="pt")["pixel_values"]
+            prepared = [prepare_image(images[index], index) for index in present]
+            pixel_values = self.image_processor(images=prepared, **{**options, "return_tensors": "pt"})["pixel_values"]
             result["pixel_values"] = _scatter_rows(pixel_values, present, batch_size)
         return result
 
-    def _process_audio(self, clips: list, batch_size: int, sampling_rate: int | None, kwargs: dict) -> dict:
+    def _process_audio(self, clips: list, batch_size: int, sampling_rate: int | None, options: dict) -> dict:
         present = [index for index, clip in enumerate(clips) if clip is not None]
         result = {"has_audio": _mask(present, batch_size)}
         if not present:
             return result
+        # Checked here so that errors name the example's position in the batch, not among the clips given.
+        check = getattr(self.feature_extractor, "check_clip", lambda clip, index: clip)
         extracted = self.feature_extractor(
-            [clips[index] for index in present],
-            sampling_rate=sampling_rate,
-            return_attention_mask=True,
-            return_tensors="pt",
-            **{"padding": True, **kwargs},  # the longest clip by default; padding="max_length" may be asked for
+            [check(clips[index], index) for index in present],
+            **{**options, "sampling_rate": sampling_rate, "return_tensors": "pt"},
         )
         main_name = self.feature_extractor.model_input_names[0]
         result["input_values"] = _scatter_rows(extracted[main_name], present, batch_size)
@@ -290,8 +300,9 @@ def _is_single_audio(value: Any) -> bool:
     )
 
 
-def _as_column(value: Any, name: str, is_single) -> list | None:
-    """One modality's inputs as a list with one entry per example (None when the modality was not passed)."""
+def _as_column(value: Any, name: str, is_single, entry=lambda value, index: value) -> list | None:
+    """One modality's inputs as a list with one entry per example (None when the modality was not passed), each
+    entry read by `entry(value, index)`."""
     if value is None:
         return None
     if is_single(value):
@@ -301,43 +312,61 @@ def _as_column(value: Any, name: str, is_single) -> list | None:
         raise TypeError(f"{name} must be one example or a list of examples, got {type(value).__name__}.")
     if len(value) == 0:
         raise ValueError(f"{name} is empty: pass at least one example, or leave {name} out.")
-    return list(value)
+    if hasattr(value, "ndim") and not is_single(value[0]):
+        raise ValueError(
+            f"{name} is an array of shape {tuple(value.shape)}: expected one example, or a batch of them stacked on "
+            f"the first axis (or a list)."
+        )
+    return [entry(item, index) for index, item in enumerate(value)]
 
 
-def _prepare_image(image: Any, index: int) -> Any:
+def _one_image(entry: Any, index: int) -> Any:
+    """A batch entry of `images=`: an image or None, or (as multi-image processors take them) a list of at most one."""
+    if not isinstance(entry, (list, tuple)):
+        return entry
+    if len(entry) > 1:
+        raise ValueError(
+            f"example {index} has {len(entry)} images: this model reads one image per example; pass one (or None)."
+        )
+    return entry[0] if entry else None
+
+
+def prepare_image(image: Any, index: int | None = None) -> Image.Image:
     """Check one image and bring it to an RGB PIL image, from a PIL image in any mode or an (height, width[,
-    channels]) / (channels, height, width) array of uint8, 16-bit integers or floats in [0, 1] or [0, 255]."""
+    channels]) / (channels, height, width) array of uint8, 16-bit integers or floats in [0, 1] or [0, 255]; `index`
+    is the example's position in a batch, named in errors."""
+    where = "the image" if index is None else f"image {index}"
     if hasattr(image, "getpixel"):  # PIL.Image.Image
         if image.width < 1 or image.height < 1:
-            raise ValueError(f"image {index} is empty ({image.width}x{image.height}).")
+            raise ValueError(f"{where} is empty ({image.width}x{image.height}).")
         if image.mode in ("RGB", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "1", "LAB", "HSV"):
             return image if image.mode == "RGB" else image.convert("RGB")
         image = np.asarray(image)  # 16-bit and 32-bit integer or float modes: scale them below
     if hasattr(image, "detach"):  # torch.Tensor
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"image {index} is a {type(image).__name__}; expected a PIL image, numpy array or tensor.")
+        raise TypeError(f"{where} is a {type(image).__name__}; expected a PIL image, numpy array or tensor.")
     if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
         image = image.transpose(1, 2, 0)  # (channels, height, width) -> (height, width, channels)
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or 0 in image.shape:
         raise ValueError(
-            f"image {index} has shape {tuple(image.shape)}: expected (height, width), (height, width, 1|3|4) or "
+            f"{where} has shape {tuple(image.shape)}: expected (height, width), (height, width, 1|3|4) or "
             "(1|3|4, height, width)."
         )
-    image = _to_uint8(image[..., :3], index)
+    image = _to_uint8(image[..., :3], where)
     return Image.fromarray(np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image)
 
 
-def _to_uint8(image: np.ndarray, index: int) -> np.ndarray:
+def _to_uint8(image: np.ndarray, where: str) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
-        raise TypeError(f"image {index} has dtype {image.dtype}; expected integers or floats.")
+        raise TypeError(f"{where} has dtype {image.dtype}; expected integers or floats.")
     values = image.astype(np.float64)
     if not np.isfinite(values).all():
-        raise ValueError(f"image {index} contains NaN or infinite values.")
+        raise ValueError(f"{where} contains NaN or infinite values.")
     if np.issubdtype(image.dtype, np.integer):
         sixteen_bit = image.dtype.itemsize == 2 or values.max(initial=0) > 255
         scale = 255.0 / 65535.0 if sixteen_bit else 1.0

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -126,9 +125,11 @@ class MultimodalTrainer(Trainer):
             Encoders that are not trained: their parameters must have `requires_grad=False`; they stay in eval mode
             (no dropout, frozen batch-norm statistics) while the rest trains.
         label_prior (`torch.Tensor`, *optional*):
-            `(num_labels,)` class frequencies of the training set. Examples flagged `unavailable` by the collator
-            (none of the model's modalities) get `log(label_prior)` as logits: the best guess without input.
-            Defaults to uniform.
+            What the training set says without any input, as `config.problem_type` reads it: `(num_labels,)` class
+            frequencies (single-label), `(num_labels,)` per-label frequencies (multi-label) or `(1,)` the mean target
+            (regression). Examples flagged `unavailable` by the collator (none of the model's modalities) get the
+            logits of that best guess without input: `log(prior)`, `logit(prior)` or the mean. Defaults to uniform
+            class frequencies, frequencies of 0.5 and a mean of 0.
         Other arguments: as `Trainer`.
 
     Example:
@@ -154,9 +155,15 @@ class MultimodalTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.learning_rates = dict(learning_rates or {})
         self.frozen_modalities = tuple(m for m in frozen_modalities if m in self.model.config.modalities)
-        num_labels = self.model.config.num_labels
-        prior = label_prior if label_prior is not None else torch.full((num_labels,), 1.0 / num_labels)
-        self.fallback_logits = torch.log(prior.clamp(min=1e-12)).float()
+        config = self.model.config
+        if config.problem_type == "regression":
+            self.fallback_logits = (label_prior if label_prior is not None else torch.zeros(config.num_labels)).float()
+        elif config.problem_type == "multi_label_classification":
+            prior = label_prior if label_prior is not None else torch.full((config.num_labels,), 0.5)
+            self.fallback_logits = torch.logit(prior.double(), eps=1e-12).float()
+        else:
+            prior = label_prior if label_prior is not None else torch.full((config.num_labels,), 1.0 / config.num_labels)
+            self.fallback_logits = torch.log(prior.clamp(min=1e-12)).float()
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the newest complete checkpoint of `args.output_dir`
@@ -214,7 +221,7 @@ class MultimodalTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """`Trainer.prediction_step`, where examples flagged `unavailable` get the label-prior logits and the loss is
-        the cross-entropy over the whole batch."""
+        the model's loss (cross-entropy, binary cross-entropy or MSE) over the whole batch."""
         unavailable = inputs.pop(UNAVAILABLE_KEY, None)
         if unavailable is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
@@ -226,7 +233,8 @@ class MultimodalTrainer(Trainer):
                 model, {**inputs, "labels": labels[keep]}, False, ignore_keys=ignore_keys
             )
             logits[keep] = kept_logits.to(labels.device, logits.dtype)
-        loss = F.cross_entropy(logits, labels)
+        unwrapped = self.accelerator.unwrap_model(model)
+        loss = unwrapped.loss_function(labels, logits, unwrapped.config)
         return (loss, None, None) if prediction_loss_only else (loss, logits, labels)
 
 

@@ -1,0 +1,325 @@
+#!/usr/bin/env python
+"""A demo web page for a trained hf_multimodal classifier: record or upload audio, upload an image, type a text (any
+of them may be left empty) and see the top labels with their scores and how much each modality drove the prediction.
+
+    python scripts/demo_app.py outputs/demo/model [--port 7860] [--host 127.0.0.1] [--share off] [--top-k 5]
+    python scripts/demo_app.py user/av-digits                  # a Hub repo id works as well as a saved folder
+    python scripts/demo_app.py outputs/demo/model --measure "seven" digit.png seven.wav [--repeats 20]
+
+Why Gradio: it is what Hub users already know (a Hugging Face Space runs a Gradio app as it is), and it has the parts
+this page needs built in: microphone recording and audio / image upload, `gr.Label` for scores, bar charts, and
+`gr.Error`, which shows a message on the page while the server keeps serving; and every app has an HTTP API
+(`gradio_client`, endpoint `/classify`) for free.
+
+Every prediction comes from `pipeline("multimodal-classification", model=..., return_modality_importance=True)`:
+the page hands the pipeline the uploaded files' paths undecoded, so a file that is not an image or a corrupt WAV is
+refused with the package's own message (shown on the page, with the server's temporary folder left out).
+`--measure` starts the page on a free local port, opens it in headless Chromium (Playwright; the `test` extra and
+Debian's `chromium`), uploads the image and audio, clicks Classify `--repeats` times and prints the median time
+until the page shows the answer against the pipeline's own time on the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+
+import gradio as gr
+import pandas as pd
+from transformers import Pipeline, pipeline
+
+import hf_multimodal  # noqa: F401  (registers the task with transformers)
+
+API_NAME = "classify"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (apt-get install chromium), driven by Playwright in --measure
+
+
+class UndecodedImage(gr.Image):
+    """`gr.Image` that hands the function the uploaded file's path without opening it (Gradio's own `gr.Image`
+    decodes uploads with PIL first, so a bad file would fail before the pipeline could name the problem). The path is
+    the copy in Gradio's upload cache, which Gradio checks before preprocessing; the browser side is `gr.Image`'s."""
+
+    is_template = True  # Gradio's marker for subclasses rendered by the parent's front-end component
+
+    def preprocess(self, payload: gr.data_classes.ImageData | None) -> str | None:
+        return None if payload is None else payload.path
+
+
+def load_classifier(model: str) -> Pipeline:
+    """The `multimodal-classification` pipeline of a saved folder (e.g. scripts/train.py's output) or a Hub repo id.
+
+    Example:
+
+    ```python
+    >>> classifier = load_classifier("outputs/demo/model")
+    >>> classifier({"text": "seven"}, return_modality_importance=True)["labels"][0]["label"]
+    'seven'
+    ```
+    """
+    return pipeline("multimodal-classification", model=model)
+
+
+def classify(
+    classifier: Pipeline, text: str | None, image: str | None, audio: str | None, top_k: int = 5
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Classify one example of the page: the text and the paths of the uploaded image and audio, each possibly empty.
+
+    Returns the `gr.Label` value (`{label: score}`, the `top_k` best) and the bar chart's rows (`modality`,
+    `importance`: the drop of the top label's score without that modality; 0 for a modality that is absent or the
+    example's only one, which the row's name says). A malformed input raises `gr.Error` with the pipeline's message.
+
+    Example:
+
+    ```python
+    >>> scores, importance = classify(classifier, "seven", "digit.png", None)
+    >>> max(scores, key=scores.get), importance["modality"].tolist()
+    ('seven', ['text', 'image', 'audio (not given)'])
+    ```
+    """
+    example = {"text": text or None, "image": image, "audio": audio}
+    example = {modality: value for modality, value in example.items() if value is not None}
+    if not example:
+        raise gr.Error("Nothing to classify: type a text, upload an image or record / upload an audio clip.")
+    try:
+        prediction = classifier(example, top_k=top_k, return_modality_importance=True)
+    except (ValueError, TypeError) as error:
+        raise gr.Error(_without_folders(str(error), [image, audio])) from error
+    scores = {entry["label"]: entry["score"] for entry in prediction["labels"]}
+    rows = []
+    for modality, value in prediction["modality_importance"].items():
+        name = modality if value is not None else f"{modality} ({'only input' if modality in example else 'not given'})"
+        rows.append({"modality": name, "importance": 0.0 if value is None else value})
+    return scores, pd.DataFrame(rows, columns=["modality", "importance"])
+
+
+def _without_folders(message: str, paths: list[str | None]) -> str:
+    """The message with each uploaded file's path reduced to its name: the server's folders are not the user's."""
+    for path in paths:
+        if path:
+            message = message.replace(path, Path(path).name)
+    return message
+
+
+def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
+    """The page: text, image and audio inputs of the modalities the model reads, a Classify button, the top labels
+    (`gr.Label`) and the per-modality importance (`gr.BarPlot`). Its API endpoint is `/classify`.
+
+    Example:
+
+    ```python
+    >>> build_app(load_classifier("outputs/demo/model")).launch()
+    ```
+    """
+    config = classifier.model.config
+    modalities = config.modalities
+    labels = ", ".join(str(label) for label in (config.id2label or {}).values())
+    with gr.Blocks(title="hf_multimodal demo") as app:
+        gr.Markdown(
+            f"# Multimodal classification\nModel: `{Path(str(config.name_or_path)).name or config.name_or_path}` "
+            f"({config.fusion_type} fusion of {', '.join(modalities)}). Labels: {labels}.\n\n"
+            "Give any of the inputs; leave the others empty."
+        )
+        with gr.Row():
+            with gr.Column():
+                text = gr.Textbox(label="Text", lines=2, visible="text" in modalities, elem_id="text-input")
+                image = UndecodedImage(
+                    label="Image", type="filepath", sources=["upload", "clipboard"], visible="image" in modalities,
+                    elem_id="image-input",
+                )
+                audio = gr.Audio(
+                    label="Audio", type="filepath", sources=["upload", "microphone"], visible="audio" in modalities,
+                    elem_id="audio-input",
+                )
+                button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+            with gr.Column():
+                scores = gr.Label(label="Top labels", num_top_classes=top_k, elem_id="scores")
+                importance = gr.BarPlot(
+                    x="modality", y="importance", label="Modality importance (drop of the top score without it)",
+                    y_title="importance", elem_id="importance",
+                )
+        button.click(
+            lambda *inputs: classify(classifier, *inputs, top_k=top_k),
+            inputs=[text, image, audio], outputs=[scores, importance], api_name=API_NAME,
+        )  # queued (Gradio's default): without the queue, Gradio 6's page shows "Error" but not gr.Error's message
+    return app
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+           block: bool = True) -> str:
+    """Serve the page (without server-side rendering, which needs Node) and return its local URL; `block=False`
+    returns at once, leaving the server in a background thread (`app.close()` stops it)."""
+    app.launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=not block, ssr_mode=False, quiet=not block
+    )
+    return app.local_url
+
+
+class DemoPage:
+    """The demo page in a Playwright page (headless Chromium in the tests and `--measure`): fill the inputs as a user
+    does (typing, uploading files), click Classify, read the prediction shown or the error message.
+
+    Example:
+
+    ```python
+    >>> from playwright.sync_api import sync_playwright
+    >>> with sync_playwright() as playwright:
+    ...     browser = playwright.chromium.launch(executable_path=CHROMIUM)
+    ...     page = DemoPage(browser.new_page(), "http://127.0.0.1:7860/")
+    ...     page.fill(text="seven", image="digit.png")
+    ...     page.classify()
+    ...     page.wait_for_prediction()
+    {'label': 'seven', 'score': 0.93}
+    ```
+    """
+
+    _SHOWN = """(label, score) => {
+        const heading = document.querySelector("#scores [data-testid=label-output-value]");
+        const bar = document.querySelector("#scores meter");
+        return heading !== null && bar !== null && (label === null || heading.textContent.trim() === label)
+            && (score === null || bar.value === score);
+    }"""
+    """In-page test that the page shows a prediction (with `label` and `score` unless they are null)."""
+
+    def __init__(self, page: Any, url: str, timeout_s: float = 60.0):
+        self.page = page
+        self.page.set_default_timeout(timeout_s * 1000)
+        self.page.goto(url)
+        self.page.wait_for_selector("#classify-button")
+
+    def fill(self, text: str | None = None, image: str | os.PathLike | None = None,
+             audio: str | os.PathLike | None = None) -> None:
+        """Type the text and upload the files that are given, waiting until each upload is shown."""
+        if text is not None:
+            self.page.locator("#text-input textarea").fill(text)
+        for modality, path, shown in (("image", image, "img"), ("audio", audio, "[data-testid=download-link]")):
+            if path is not None:
+                with self.page.expect_response(lambda response: "/gradio_api/upload?" in response.url):
+                    self.page.locator(f"#{modality}-input input[type=file]").set_input_files(str(path))
+                self.page.wait_for_selector(f"#{modality}-input {shown}")
+
+    def classify(self) -> None:
+        self.page.click("#classify-button")
+
+    def wait_for_prediction(self, label: str | None = None, score: float | None = None) -> dict[str, Any]:
+        """The top label and its score as the page shows them (the `gr.Label` heading and its first bar's value),
+        once shown; with `label` and `score`, once the page shows exactly those."""
+        self.page.wait_for_function(f"([label, score]) => ({self._SHOWN})(label, score)", arg=[label, score],
+                                    polling="raf")
+        return {
+            "label": self.page.inner_text("#scores [data-testid=label-output-value]").strip(),
+            "score": self.page.eval_on_selector("#scores meter", "bar => bar.value"),
+        }
+
+    def timed_classify(self, label: str, score: float) -> float:
+        """Seconds from the click on Classify to the page showing `label` with `score` on top, timed in the page
+        (checked at each frame), so that the browser automation's own round trips are left out."""
+        return self.page.evaluate(
+            f"""async ([label, score]) => {{
+                const shown = {self._SHOWN};
+                const began = performance.now();
+                document.querySelector("#classify-button").click();
+                while (!shown(label, score)) await new Promise(resolve => requestAnimationFrame(resolve));
+                return (performance.now() - began) / 1000;
+            }}""",
+            [label, score],
+        )
+
+    def wait_for_error(self, containing: str) -> str:
+        """The whole text of the error message shown on the page that contains `containing`, once shown."""
+        message = self.page.locator("[data-testid=toast-text]", has_text=containing).first
+        message.wait_for()
+        return message.inner_text().strip()
+
+
+def measure(classifier: Pipeline, text: str, image: str, audio: str, repeats: int = 20, browser: Any = None
+            ) -> dict[str, float]:
+    """Median seconds from a click on Classify to the page showing the prediction of a 3-modality example (files
+    uploaded beforehand, as a user picks them), in headless Chromium, against the pipeline's own call on the same
+    files; and their ratio. Two texts alternate (`text` and `text + "!"`), so that each answer differs from the one
+    shown before it: the page's time (`DemoPage.timed_classify`) ends when it shows the pipeline's exact top label
+    and score. `browser`: a
+    Playwright browser to use (by default, Chromium at `CHROMIUM`, started here).
+
+    Example:
+
+    ```python
+    >>> measure(classifier, "seven", "digit.png", "seven.wav")
+    {'pipeline_s': 0.047, 'page_s': 0.08, 'ratio': 1.7, 'repeats': 20}
+    ```
+    """
+    if browser is None:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+            return measure(classifier, text, image, audio, repeats, chromium)
+    examples = [{"text": variant, "image": image, "audio": audio} for variant in (text, text + "!")]
+    expected = [classifier(example, return_modality_importance=True)["labels"][0] for example in examples]
+    if expected[0] == expected[1]:
+        raise ValueError(f"{text!r} and {text + '!'!r} get the same top score: give another text to --measure.")
+    timings = {"pipeline_s": [], "page_s": []}
+    app = build_app(classifier)
+    url = launch(app, port=free_port(), block=False)
+    tab = browser.new_page()
+    try:
+        page = DemoPage(tab, url)
+        page.fill(image=image, audio=audio)
+        for index in range(2 * repeats + 2):  # the first two of each are a warm-up
+            example, answer = examples[index % 2], expected[index % 2]
+            page.fill(text=example["text"])
+            page_seconds = page.timed_classify(answer["label"], answer["score"])
+            began = time.perf_counter()
+            classifier(example, return_modality_importance=True)
+            if index >= 2:  # alternate the two, so that a slow spell of a shared machine hits both
+                timings["pipeline_s"].append(time.perf_counter() - began)
+                timings["page_s"].append(page_seconds)
+    finally:
+        tab.close()
+        app.close()
+    result = {name: statistics.median(values) for name, values in timings.items()}
+    return {**result, "ratio": result["page_s"] / result["pipeline_s"], "repeats": repeats}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a saved model folder (e.g. outputs/demo/model) or a Hub repo id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    parser.add_argument("--share", choices=["on", "off"], default="off", help="a public gradio.live link (needs internet)")
+    parser.add_argument("--top-k", type=int, default=5, help="labels shown")
+    parser.add_argument("--measure", nargs=3, metavar=("TEXT", "IMAGE", "AUDIO"),
+                        help="time the page against the pipeline on this example instead of serving")
+    parser.add_argument("--repeats", type=int, default=20, help="requests timed by --measure")
+    args = parser.parse_args()
+    if args.top_k < 1:
+        parser.error(f"--top-k must be at least 1, got {args.top_k}.")
+    try:
+        classifier = load_classifier(args.model)
+    except (OSError, ValueError) as error:
+        parser.error(f"could not load a multimodal classifier from {args.model!r}: {error}")
+    if args.measure:
+        result = measure(classifier, *args.measure, repeats=args.repeats)
+        print(
+            f"3-modality request, median of {result['repeats']}: pipeline {result['pipeline_s'] * 1000:.1f} ms, "
+            f"web page {result['page_s'] * 1000:.1f} ms, ratio {result['ratio']:.2f} (target < 2)"
+        )
+        return
+    launch(build_app(classifier, top_k=args.top_k), host=args.host, port=args.port, share=args.share == "on")
+
+
+if __name__ == "__main__":
+    main()

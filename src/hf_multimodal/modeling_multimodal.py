@@ -479,8 +479,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
         audio_attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`):
             1 for real audio samples, 0 for padding.
         has_text, has_image, has_audio (`torch.BoolTensor` of shape `(batch_size,)`):
-            False for examples that lack that modality (their rows of the inputs are placeholders and are never
-            encoded). Defaults to True for every example of a modality whose inputs are given.
+            False for examples that lack that modality (their rows of the inputs are placeholders: never encoded in
+            eager mode; a traced or exported graph encodes them and masks them out). Defaults to True for every
+            example of a modality whose inputs are given.
         return_loss (`bool`, *optional*):
             Also return the contrastive loss (see `contrastive_loss`): the objective of alignment pre-training on
             unlabelled examples whose modalities describe the same thing, as `CLIPModel(return_loss=True)`.
@@ -526,7 +527,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
     ) -> torch.Tensor:
         """The fusion head on encoded modalities: `(batch_size, fusion_hidden_size)`. Rows that `presence` marks
         absent are never read, so the same encodings can be fused again under another presence mask (what
-        [`MultimodalForSequenceClassification.modality_importance`] does to leave one modality out)."""
+        [`MultimodalForSequenceClassification.modality_importance`] and `ablation_logits` do to leave a modality
+        out)."""
         return self.fusion(features, presence, padding_masks if self.fusion.uses_sequences else None)
 
     def _encode_present(

@@ -5,10 +5,13 @@
     python scripts/benchmark.py --size tiny           # seconds: a smoke run
     python scripts/benchmark.py --device cuda --bf16 --compile --output-dir gpu_results
     python scripts/benchmark.py --only audio preprocessing
+    python scripts/benchmark.py --only alternatives   # item 8 alone: the stock classifiers and scikit-learn
 
 
 Absolute times on shared machines mean little; ratios of two code paths timed in the same process, with warm-up,
-repetitions, interleaving and medians, do. Each of the seven measurements is a function taking a
+repetitions, interleaving and medians, do. Item 8 instead puts the project's model beside the alternatives a user has
+(stock one-modality transformers classifiers, a scikit-learn baseline): accuracy and CPU seconds of training on the
+same small demo task. Each of the eight measurements is a function taking a
 [`BenchmarkContext`] and returning [`BenchmarkRow`]s; [`run_benchmarks`] runs a selection of them and
 [`write_report`] prints the table and writes `benchmark.json` and `benchmark.png`. Needs `pip install
 hf_multimodal[bench]`.
@@ -58,9 +61,19 @@ from hf_multimodal import (
 )
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.modeling_multimodal import ENCODER_ATTRIBUTES
+from hf_multimodal.training_args import cpu_flags
 
-BENCHMARK_NAMES: tuple[str, ...] = ("training", "inference", "fusion", "compute", "audio", "preprocessing", "memory")
-"""The seven measurements, in issue order (1-7); `--only` takes a subset of these names."""
+BENCHMARK_NAMES: tuple[str, ...] = (
+    "training",
+    "inference",
+    "fusion",
+    "compute",
+    "audio",
+    "preprocessing",
+    "memory",
+    "alternatives",
+)
+"""The eight measurements, in issue order (1-8); `--only` takes a subset of these names."""
 
 TINY_CONFIG: dict[str, Any] = {
     "text_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
@@ -98,6 +111,8 @@ class Workload:
         repeat, warmup: timed repetitions and untimed warm-up calls of every other timing.
         pipeline_examples: examples classified one at a time, in turn, for the batch-1 inference comparison
             (`pipeline_examples * repeat` timed rounds of one example).
+        alternatives_train, alternatives_test, alternatives_steps: item 8's digits demo (training and `test`
+            examples) and the Trainer steps (at `batch_size`) of each model trained on it.
     """
 
     name: str
@@ -114,6 +129,9 @@ class Workload:
     repeat: int
     warmup: int
     pipeline_examples: int
+    alternatives_train: int
+    alternatives_test: int
+    alternatives_steps: int
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -132,6 +150,9 @@ WORKLOADS: dict[str, Workload] = {
         repeat=3,
         warmup=1,
         pipeline_examples=2,
+        alternatives_train=40,
+        alternatives_test=40,
+        alternatives_steps=3,
     ),
     "default": Workload(
         name="default",
@@ -148,12 +169,16 @@ WORKLOADS: dict[str, Workload] = {
         repeat=3,
         warmup=1,
         pipeline_examples=3,
+        alternatives_train=480,
+        alternatives_test=400,
+        alternatives_steps=600,
     ),
 }
 """`tiny`: seconds, for tests. `default`: `MultimodalConfig()` (BERT-base, ResNet-50, default WaveNet) at batch 16
 with 128 tokens, 224x224 crops of 500x375 images and 5 s clips; a few minutes on 2 CPU cores. To keep it so, the
 largest items use fewer repetitions or smaller batches: 3 timed training steps per loop, fusion forwards at batch 2,
-batch-1 inference over 3 examples."""
+batch-1 inference over 3 examples. Item 8 trains tiny models (the `tiny` sub-configs) for 600 steps of batch 16 on 480
+digits demo examples (20 epochs)."""
 
 
 @dataclass
@@ -208,7 +233,7 @@ class BenchmarkRow:
     """One line of the results table.
 
     Args:
-        item: the measurement's number in the issue (1-7).
+        item: the measurement's number in the issue (1-8).
         name: what was measured.
         value: the number (None when it could not be measured here; `note` says why).
         unit: "ratio", "x real time", "MiB", "share", ...
@@ -499,24 +524,29 @@ class BenchmarkContext:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _training_arguments(ctx: BenchmarkContext, steps: int):
+def _training_arguments(ctx: BenchmarkContext, steps: int, **overrides):
+    """The benchmark's `TrainingArguments` (no saving, logging or workers; the run's device, dtype and seed), with
+    `overrides`."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=os.path.join(ctx._tmp.name, "trainer"),
-        per_device_train_batch_size=ctx.workload.batch_size,
-        max_steps=steps,
-        learning_rate=1e-5,
-        train_sampling_strategy="sequential",  # the same batches, in the same order, as the hand-written loop
-        dataloader_num_workers=0,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=ctx.device.type == "cpu",
-        bf16=ctx.settings.bf16,
-        torch_compile=ctx.settings.compile,
-        seed=ctx.settings.seed,
+        **{
+            "output_dir": os.path.join(ctx._tmp.name, "trainer"),
+            "per_device_train_batch_size": ctx.workload.batch_size,
+            "max_steps": steps,
+            "learning_rate": 1e-5,
+            "train_sampling_strategy": "sequential",  # the same batches, in the same order, as the hand-written loop
+            "dataloader_num_workers": 0,
+            "report_to": "none",
+            "save_strategy": "no",
+            "logging_strategy": "no",
+            "disable_tqdm": True,
+            "use_cpu": ctx.device.type == "cpu",
+            "bf16": ctx.settings.bf16,
+            "torch_compile": ctx.settings.compile,
+            "seed": ctx.settings.seed,
+            **overrides,
+        }
     )
 
 
@@ -855,6 +885,12 @@ def bench_fusion(ctx: BenchmarkContext) -> list[BenchmarkRow]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU advertises AMX bfloat16 tiles (`amx_bf16`): without them a CPU's bfloat16 matmuls are
+    emulated, so no bfloat16 peak of the hardware can be reached (False where the flags cannot be read)."""
+    return "amx_bf16" in (cpu_flags() or set())
+
+
 def bench_compute(ctx: BenchmarkContext) -> list[BenchmarkRow]:
     """Item 4: FLOPs of a training step (counted by `FlopCounterMode`: matmuls, convolutions, attention; not the
     element-wise optimizer update) over the hand-loop step time, divided by the dense matmul FLOP/s this process
@@ -867,6 +903,9 @@ def bench_compute(ctx: BenchmarkContext) -> list[BenchmarkRow]:
         measured.matmul_flops_per_cpu_second
     )
     dtype = "bfloat16" if ctx.settings.bf16 else "float32"
+    amx_note = ""
+    if ctx.device.type == "cpu" and not cpu_has_amx_bf16():
+        amx_note = "; no AMX (amx_bf16) on this CPU: a bfloat16 peak needs it (--bf16 is emulated here)"
     return [
         make_row(
             4,
@@ -875,7 +914,8 @@ def bench_compute(ctx: BenchmarkContext) -> list[BenchmarkRow]:
             "ratio",
             ">= 0.30",
             f"batch {ctx.workload.batch_size}: {measured.flops_per_step / 1e9:.0f} GFLOP/step in {step_seconds:.2f} s "
-            f"= {achieved / 1e9:.1f} GFLOP/s; matmul {peak / 1e9:.1f} GFLOP/s; per CPU second {cpu_efficiency:.3f}",
+            f"= {achieved / 1e9:.1f} GFLOP/s; matmul {peak / 1e9:.1f} GFLOP/s; per CPU second {cpu_efficiency:.3f}"
+            f"{amx_note}",
             flops_per_step=measured.flops_per_step,
             step_seconds=measured.loop_seconds,
             step_cpu_seconds=measured.loop_cpu_seconds,
@@ -1073,6 +1113,161 @@ def bench_memory(ctx: BenchmarkContext) -> list[BenchmarkRow]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 8. The alternatives a user has: stock one-modality classifiers and scikit-learn on the same task
+# --------------------------------------------------------------------------------------------------------------------
+
+
+ALTERNATIVES_IMAGE_SIZE = 32
+"""Item 8 gives the 32x32 digit scans to the ResNets at their own size (as `scripts/train.py --image_size 32`)."""
+
+
+class _OneModalityCollator:
+    """Rows of the digits demo to the inputs of a stock one-modality classifier: the tokenizer's (a missing text is
+    an empty one: [CLS] [SEP]) or the image processor's (a missing image is a black one), with `labels`."""
+
+    def __init__(self, processor: MultimodalProcessor, modality: str):
+        self.processor = processor
+        self.modality = modality
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        from hf_multimodal.media_loading import load_image
+
+        if self.modality == "text":
+            batch = self.processor.tokenizer(
+                [example["text"] or "" for example in examples],
+                padding=True,
+                truncation=True,
+                max_length=self.processor.max_text_length,
+                return_tensors="pt",
+            )
+        else:
+            blank = Image.new("RGB", (ALTERNATIVES_IMAGE_SIZE, ALTERNATIVES_IMAGE_SIZE))
+            images = [blank if example["image"] is None else load_image(example["image"]) for example in examples]
+            batch = self.processor.image_processor([image.convert("RGB") for image in images], return_tensors="pt")
+        return {**batch, "labels": torch.tensor([example["label"] for example in examples])}
+
+
+def _train_and_score(
+    ctx: BenchmarkContext, model: torch.nn.Module, collator: Callable, train: Any, test: Any
+) -> tuple[float, float]:
+    """Train `model` with `Trainer` for `alternatives_steps` steps and return (accuracy on `test`, process CPU
+    seconds of `Trainer.train()`, batch decoding and preprocessing included)."""
+    from transformers import PrinterCallback, Trainer
+
+    args = _training_arguments(
+        ctx,
+        ctx.workload.alternatives_steps,
+        output_dir=os.path.join(ctx._tmp.name, "alternatives"),
+        per_device_eval_batch_size=64,
+        learning_rate=1e-3,  # random weights: the benchmark's 1e-5 would leave them where they start
+        train_sampling_strategy="random",
+        remove_unused_columns=False,  # the collators read the raw columns
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    trainer.remove_callback(PrinterCallback)
+    cpu_start = time.process_time()
+    trainer.train()
+    cpu_seconds = time.process_time() - cpu_start
+    predictions = trainer.predict(test).predictions
+    logits = predictions[0] if isinstance(predictions, tuple) else predictions
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(test["label"]))), cpu_seconds
+
+
+def bench_alternatives(ctx: BenchmarkContext) -> list[BenchmarkRow]:
+    """Item 8: the project's model beside the alternatives a user has, on the same task in one run: the digits demo
+    (`scripts/make_demo_dataset.py`, built from vendored material: `alternatives_train` training examples, scored on
+    `alternatives_test` examples of its `test` split). `BertForSequenceClassification` reads the text alone,
+    `ResNetForImageClassification` the image alone, both with the sub-configs of the multimodal model (the `tiny`
+    ones, hidden size 32 and 2 layers, at every size) and the same `Trainer` settings and steps; the scikit-learn
+    MLP of `scripts/baseline_sklearn.py` reads raw features of all three modalities. Each row's value is the test
+    accuracy; `cpu_seconds_per_1000` is the process CPU seconds of training (preprocessing included) per 1,000
+    examples of the training split."""
+    import copy
+
+    import datasets
+    from baseline_sklearn import fit_and_score  # scripts/
+    from make_demo_dataset import DIGIT_WORDS, VENDORED_AUDIO_DIR, build_demo_dataset  # scripts/
+    from train import resnet_image_processor  # scripts/
+    from transformers import BertForSequenceClassification, ResNetForImageClassification
+
+    from hf_multimodal import MODALITIES
+    from hf_multimodal.data_collator import MultimodalDataCollator
+
+    workload = ctx.workload
+    data = build_demo_dataset(
+        VENDORED_AUDIO_DIR,
+        num_train=workload.alternatives_train,
+        num_validation=2,
+        num_test=workload.alternatives_test,
+        seed=ctx.settings.seed,
+    )
+    train, test = data["train"], data["test"]
+    labels = {"id2label": dict(enumerate(DIGIT_WORDS)), "label2id": {w: i for i, w in enumerate(DIGIT_WORDS)}}
+    config = MultimodalConfig(**TINY_CONFIG, **labels)
+    processor = MultimodalProcessor(max_text_length=32)
+    processor.image_processor = resnet_image_processor(ALTERNATIVES_IMAGE_SIZE)
+    text_config, vision_config = copy.deepcopy(config.text_config), copy.deepcopy(config.vision_config)
+    for sub_config in (text_config, vision_config):
+        sub_config.update(labels)
+    torch.manual_seed(ctx.settings.seed)
+    neural = {
+        f"multimodal model ({config.fusion_type} fusion; text + image + audio)": (
+            MultimodalForSequenceClassification(config),
+            MultimodalDataCollator(processor, modalities=MODALITIES),
+        ),
+        "BertForSequenceClassification (text only)": (
+            BertForSequenceClassification(text_config),
+            _OneModalityCollator(processor, "text"),
+        ),
+        "ResNetForImageClassification (image only)": (
+            ResNetForImageClassification(vision_config),
+            _OneModalityCollator(processor, "image"),
+        ),
+    }
+    setting = f"{workload.alternatives_steps} Trainer steps at batch {workload.batch_size}, learning rate 1e-3"
+    results = {
+        name: (*_train_and_score(ctx, model.to(ctx.device), collator, train, test), setting)
+        for name, (model, collator) in neural.items()
+    }
+    folder = os.path.join(ctx._tmp.name, "alternatives_data")
+    bars_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # "Saving the dataset" bars are noise in the benchmark output
+    data.save_to_disk(folder)
+    if bars_enabled:
+        datasets.enable_progress_bars()
+    sklearn = fit_and_score(folder, MODALITIES, ["test"], seed=ctx.settings.seed)
+    results["scikit-learn MLP on raw features (text + image + audio)"] = (
+        sklearn["test"]["accuracy"],
+        sklearn["fit_cpu_seconds"],
+        (
+            "scripts/baseline_sklearn.py: hashed character n-grams, 32x32 grey pixels, log-mel statistics; MLP "
+            "256-256 with early stopping"
+        ),
+    )
+    rows = []
+    for name, (accuracy, cpu_seconds, how) in results.items():
+        per_1000 = 1000 * cpu_seconds / len(train)
+        rows.append(
+            make_row(
+                8,
+                f"alternatives: {name}",
+                accuracy,
+                "accuracy",
+                None,
+                f"digits demo, {len(train)} training / {len(test)} test examples; {how}; {cpu_seconds:.1f} CPU s "
+                f"of training = {per_1000:.2f} CPU s / 1,000 training examples",
+                cpu_seconds=cpu_seconds,
+                cpu_seconds_per_1000=per_1000,
+                num_train=len(train),
+                num_test=len(test),
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Running and reporting
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -1085,8 +1280,18 @@ BENCHMARKS: dict[str, Callable[[BenchmarkContext], list[BenchmarkRow]]] = {
     "audio": bench_audio_encoder,
     "preprocessing": bench_preprocessing,
     "memory": bench_memory,
+    "alternatives": bench_alternatives,
 }
-RUN_ORDER: tuple[str, ...] = ("audio", "preprocessing", "fusion", "inference", "training", "compute", "memory")
+RUN_ORDER: tuple[str, ...] = (
+    "audio",
+    "preprocessing",
+    "fusion",
+    "inference",
+    "training",
+    "compute",
+    "memory",
+    "alternatives",
+)
 """Cheap measurements first; `training` and `compute` share one measurement ([`measure_training`])."""
 
 
@@ -1327,6 +1532,7 @@ __all__ = [
     "Timings",
     "Workload",
     "check_target",
+    "cpu_has_amx_bf16",
     "format_table",
     "main",
     "measure_peak_memory",

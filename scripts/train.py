@@ -54,6 +54,7 @@ from hf_multimodal import (
     WaveNetConfig,
 )
 from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
+from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallback, DataAugmentation
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.metrics import (
@@ -311,6 +312,38 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test examples."})
+    augment: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Augment these modalities of the training examples (never evaluation), any of: audio image "
+                  "text. Seeded by (--seed, epoch, example index): runs and resumes stay reproducible. Off by default."},
+    )
+    audio_gain_db: float = field(
+        default=DataAugmentation.audio_gain_db, metadata={"help": "Audio augmentation: random gain within +/- this (dB)."}
+    )
+    audio_shift_seconds: float = field(
+        default=DataAugmentation.audio_shift_seconds,
+        metadata={"help": "Audio augmentation: random time shift within +/- this many seconds (zero-filled)."},
+    )
+    audio_noise_snr_db: float = field(
+        default=DataAugmentation.audio_noise_snr_db,
+        metadata={"help": "Audio augmentation: white noise added at this signal-to-noise ratio (dB)."},
+    )
+    audio_speed: float = field(
+        default=DataAugmentation.audio_speed,
+        metadata={"help": "Audio augmentation: random speed factor within 1 +/- this (resampling, length kept)."},
+    )
+    image_shift: float = field(
+        default=DataAugmentation.image_shift,
+        metadata={"help": "Image augmentation: random shift within +/- this share of the width / height."},
+    )
+    image_rotation_degrees: float = field(
+        default=DataAugmentation.image_rotation_degrees,
+        metadata={"help": "Image augmentation: random rotation within +/- this many degrees (no flips)."},
+    )
+    text_word_dropout: float = field(
+        default=DataAugmentation.text_word_dropout,
+        metadata={"help": "Text augmentation: probability of dropping each word."},
+    )
 
     def __post_init__(self):
         if (self.dataset is None) == (self.train_file is None):
@@ -342,6 +375,14 @@ class DataArguments:
     def columns(self) -> dict[str, str]:
         """Column name per modality."""
         return {"text": self.text_column, "image": self.image_column, "audio": self.audio_column}
+
+    def augmentation(self, seed: int) -> DataAugmentation | None:
+        """The training augmentation that --augment and the strength options ask for (`None` without --augment)."""
+        if not self.augment:
+            return None
+        strengths = ("audio_gain_db", "audio_shift_seconds", "audio_noise_snr_db", "audio_speed", "image_shift",
+                     "image_rotation_degrees", "text_word_dropout")
+        return DataAugmentation(self.augment, seed, **{name: getattr(self, name) for name in strengths})
 
     @property
     def name(self) -> str:
@@ -750,6 +791,13 @@ def build_trainer(
     ```
     """
     set_seed(training_args.seed)
+    augmentation = data_args.augmentation(training_args.seed)
+    if augmentation is not None and training_args.dataloader_persistent_workers and training_args.dataloader_num_workers:
+        # persistent workers keep the collator they started with, so every epoch would draw epoch 0's augmentation
+        raise ValueError(
+            "--augment with --dataloader_persistent_workers: persistent workers would repeat the first epoch's "
+            "augmentation every epoch. Drop --dataloader_persistent_workers (or --augment)."
+        )
     contrastive = model_args.objective == "contrastive"
     splits = load_splits(
         data_args, model_args.modalities, training_args.seed, labelled=not contrastive, min_modalities=1 + contrastive
@@ -772,8 +820,13 @@ def build_trainer(
         num_labels=len(splits.labels),
         max_audio_seconds=data_args.max_audio_seconds,
         return_loss=contrastive,
+        augmentation=augmentation,
     )
     all_callbacks = [*callbacks, ModelCardCallback(dataset=data_args.name)]
+    train_dataset = splits.train
+    if augmentation is not None:  # only rows carrying their index are augmented: the training split's
+        train_dataset = splits.train.add_column(INDEX_COLUMN, list(range(len(splits.train))))
+        all_callbacks.append(AugmentationEpochCallback(augmentation))
     if training_args.disable_tqdm:  # logs without progress bars (CI, files): one line per evaluation instead
         all_callbacks.append(ProgressLineCallback())
     if training_args.early_stopping_patience:
@@ -784,7 +837,7 @@ def build_trainer(
         model=None if model_init else model,
         model_init=model_init,
         args=training_args,
-        train_dataset=splits.train,
+        train_dataset=train_dataset,
         eval_dataset=splits.validation,
         data_collator=collator,
         processing_class=processor,

@@ -30,7 +30,7 @@ from hf_multimodal import (
     WaveNetFeatureExtractor,
 )
 
-from conftest import WITHOUT_THE_PACKAGE, tiny_image_processor, tiny_model
+from conftest import HUB_TOKENS, WITHOUT_THE_PACKAGE, client_env, tiny_image_processor, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +168,10 @@ def hub_user_site(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_remote_code_runs_with_only_what_a_hub_user_has(saved_folder, tmp_path):
-    """No scipy, scikit-learn, datasets, accelerate or hf_multimodal: the model, processor and pipeline load and
-    predict through remote code; resampling, which needs scipy, says so when asked for."""
+def test_remote_code_runs_with_only_what_a_hub_user_has(saved_folder, tmp_path, hub_server):
+    """A repo pushed to the (local) Hub, loaded where there is no scipy, scikit-learn, datasets, accelerate or
+    hf_multimodal: the model, processor and pipeline load and predict through remote code; resampling, which needs
+    scipy, says so when asked for."""
     script = tmp_path / "hub_user.py"
     script.write_text(
         REMOTE_CODE_SCRIPT
@@ -194,16 +195,20 @@ def test_remote_code_runs_with_only_what_a_hub_user_has(saved_folder, tmp_path):
             """
         )
     )
-    folder = tmp_path / "with_pipeline"  # as pushed: with the pipeline's code and `custom_pipelines`
+    folder = tmp_path / "with_pipeline"  # what a push sends: with the pipeline's code and `custom_pipelines`
     model = AutoModelForSequenceClassification.from_pretrained(saved_folder)
     MultimodalClassificationPipeline(model=model, processor=AutoProcessor.from_pretrained(saved_folder)).save_pretrained(folder)
+    repo = "alice/hub-user-remote-code"  # pushed by alice (this process runs offline, as the suite does)
+    push = "import sys, huggingface_hub as hub; repo, folder = sys.argv[1:]; hub.create_repo(repo); " \
+        "hub.upload_folder(repo_id=repo, folder_path=folder)"
+    pusher = client_env(hub_server, tmp_path / "pusher", next(iter(HUB_TOKENS)))
+    subprocess.run([sys.executable, "-c", push, repo, str(folder)], check=True, env=pusher)
     result = subprocess.run(
-        [sys.executable, "-S", str(script), str(folder), str(saved_folder.parent / "expected.pt")],
+        [sys.executable, "-S", str(script), repo, str(saved_folder.parent / "expected.pt")],
         capture_output=True,
         text=True,
         timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
-             "PYTHONPATH": str(hub_user_site(tmp_path / "site")), "OMP_NUM_THREADS": "1"},
+        env=client_env(hub_server, tmp_path / "home", PYTHONPATH=str(hub_user_site(tmp_path / "site"))),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-CODE-OK transformers_modules" in result.stdout

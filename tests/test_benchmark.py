@@ -20,6 +20,7 @@ from benchmark import (
     BenchmarkSettings,
     Timings,
     check_target,
+    cpu_has_amx_bf16,
     main,
     measure_peak_memory,
     model_sharing_encoders,
@@ -49,7 +50,7 @@ def test_smoke_run_prints_the_table(smoke_run):
     status, printed, _ = smoke_run
     assert status == 0
     assert "| # | measurement | value | target | met | details |" in printed
-    for item in range(1, 8):
+    for item in range(1, 9):
         assert f"\n| {item} | " in printed, f"item {item} missing from the table"
     assert "load average before" in printed and "CPU cores" in printed
 
@@ -62,7 +63,7 @@ def test_smoke_run_writes_json_with_every_measurement(smoke_run):
     )
     assert report["meta"]["settings"]["size"] == "tiny"
     rows = report["rows"]
-    assert {row["item"] for row in rows} == set(range(1, 8))
+    assert {row["item"] for row in rows} == set(range(1, 9))
     for row in rows:
         assert {"item", "name", "value", "unit", "target", "met", "note", "extra"} <= set(row)
         if row["value"] is None:
@@ -84,7 +85,31 @@ def test_smoke_run_writes_json_with_every_measurement(smoke_run):
     assert single["extra"]["ratio_of_medians"] > 0 and single["extra"]["cpu_ratio"] > 0
     compute = next(row for row in rows if row["item"] == 4)
     assert compute["extra"]["flops_per_step"] > 0
+    assert ("no AMX (amx_bf16)" in compute["note"]) == (not cpu_has_amx_bf16())  # the bf16 peak is not reachable
     assert {row["unit"] for row in rows if row["item"] == 7} == {"MiB"}
+
+
+def test_smoke_run_compares_the_alternatives_on_the_demo_task(smoke_run):
+    """Item 8: the multimodal model, BERT on the text, ResNet on the image and scikit-learn, each with a finite
+    accuracy and CPU seconds of training per 1,000 training examples, on the same demo examples."""
+    _, _, output_dir = smoke_run
+    report = json.loads((output_dir / "benchmark.json").read_text())
+    rows = [row for row in report["rows"] if row["item"] == 8]
+    names = [row["name"] for row in rows]
+    alternatives = ("multimodal model", "BertForSequence", "ResNetForImageClassification", "scikit-learn")
+    for alternative in alternatives:
+        assert sum(alternative in name for name in names) == 1, (alternative, names)
+    workload = report["meta"]["settings"]["workload"]
+    for row in rows:
+        assert row["unit"] == "accuracy" and 0.0 <= row["value"] <= 1.0, row
+        extra = row["extra"]
+        assert extra["num_train"] == workload["alternatives_train"]
+        assert extra["num_test"] == workload["alternatives_test"]
+        assert math.isfinite(extra["cpu_seconds"]) and extra["cpu_seconds"] >= 0, row
+        assert extra["cpu_seconds_per_1000"] == pytest.approx(1000 * extra["cpu_seconds"] / extra["num_train"])
+        assert "CPU s / 1,000 training examples" in row["note"]
+    trained = [row for row in rows if "scikit-learn" not in row["name"]]  # Trainer runs: measurable CPU time
+    assert all(row["extra"]["cpu_seconds"] > 0 for row in trained)
 
 
 def test_smoke_run_writes_png_and_markdown(smoke_run):
@@ -129,7 +154,17 @@ def test_settings_refuse_bad_values_with_the_fix():
         with pytest.raises(ValueError, match="--device cpu"):
             BenchmarkSettings(device="cuda")
     assert BenchmarkSettings(only=("memory", "training")).only == ("training", "memory")  # issue order
-    assert set(BENCHMARK_NAMES) == {"training", "inference", "fusion", "compute", "audio", "preprocessing", "memory"}
+    assert set(BENCHMARK_NAMES) == {
+        "training",
+        "inference",
+        "fusion",
+        "compute",
+        "audio",
+        "preprocessing",
+        "memory",
+        "alternatives",
+    }
+    assert BenchmarkSettings(only=("alternatives",)).only == ("alternatives",)
 
 
 def test_threads_option_applies_to_the_run_and_is_restored():

@@ -21,7 +21,9 @@ MODEL_ROLES = ("configuration_", "modeling_", "feature_extraction_", "image_proc
 """Files a saved model ships as remote code: transformers' model-folder roles."""
 MODEL_MODULES = {"media_loading"}
 """Support of the model files (loading media for the pipeline), also shipped as remote code."""
-EDGE_MODULES = {"data_collator", "exporting_onnx", "hub", "metrics", "model_card", "trainer", "training_args"}
+EDGE_MODULES = {
+    "data_augmentation", "data_collator", "exporting_onnx", "hub", "metrics", "model_card", "trainer", "training_args"
+}
 """The Trainer, Hub and ONNX integration: imported explicitly, never by `import hf_multimodal` or a model file."""
 TRAIN_ONLY_PACKAGES = ("datasets", "evaluate", "sklearn", "matplotlib")
 

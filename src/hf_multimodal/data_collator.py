@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .configuration_multimodal import MODALITIES, PROBLEM_TYPES
+from .data_augmentation import INDEX_COLUMN, DataAugmentation
 from .media_loading import load_audio, load_image
 from .processing_multimodal import MODALITY_ARGUMENTS, MultimodalProcessor, check_text
 
@@ -46,6 +47,8 @@ class MultimodalDataCollator:
         drop_modalities (`Sequence[str]`, *optional*): Modalities hidden from the model (per-modality ablation).
         return_loss (`bool`, *optional*): Add `return_loss=True` to every batch: the contrastive objective of an
             unlabelled `MultimodalModel` (as `CLIPModel` is trained with `Trainer`).
+        augmentation ([`DataAugmentation`], *optional*): Augments the decoded examples that carry an
+            `augmentation_index` (added to the training split only, so evaluation batches are never augmented).
 
     Example:
 
@@ -67,6 +70,7 @@ class MultimodalDataCollator:
     max_audio_seconds: float | None = None
     drop_modalities: Sequence[str] = ()
     return_loss: bool = False
+    augmentation: DataAugmentation | None = None
 
     def __post_init__(self):
         if self.problem_type not in PROBLEM_TYPES:
@@ -92,6 +96,13 @@ class MultimodalDataCollator:
         return batch
 
     def _decode(self, modality: str, example: Mapping[str, Any], index: int) -> Any:
+        value = self._decode_value(modality, example, index)
+        if value is None or self.augmentation is None or INDEX_COLUMN not in example:
+            return value
+        rate = self.processor.feature_extractor.sampling_rate if modality == "audio" else None
+        return self.augmentation(modality, value, example[INDEX_COLUMN], sampling_rate=rate)
+
+    def _decode_value(self, modality: str, example: Mapping[str, Any], index: int) -> Any:
         column = self.columns[modality]
         if column not in example:
             raise KeyError(f"example {index} has no column {column!r} for {modality} (columns: {sorted(example)}).")

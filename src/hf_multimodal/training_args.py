@@ -18,10 +18,20 @@ BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16", "bf16")
 """`/proc/cpuinfo` flags of bfloat16 arithmetic in hardware (x86 AVX512-BF16 and AMX, Arm BF16)."""
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The feature flags of this CPU (the `flags` / `Features` lines of `cpuinfo`); None where they cannot be read
+    (another OS)."""
+    try:
+        with open(cpuinfo) as file:
+            return {flag for line in file if line.startswith(("flags", "Features")) for flag in line.split()}
+    except OSError:
+        return None
+
+
 def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether this CPU computes bfloat16 in hardware, from the flags of `cpuinfo`; None where they cannot be read
-    (another OS). Without such units torch emulates bfloat16 in software: on this project's demo model, inference in
-    bfloat16 took 7x the CPU time of float32 on an AMD EPYC without them (same accuracy).
+    """Whether this CPU computes bfloat16 in hardware (`BF16_CPU_FLAGS`); None where its flags cannot be read.
+    Without such units torch emulates bfloat16 in software: on this project's demo model, inference in bfloat16 took
+    7x the CPU time of float32 on an AMD EPYC without them (same accuracy).
 
     Example:
 
@@ -30,12 +40,8 @@ def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     False
     ```
     """
-    try:
-        with open(cpuinfo) as file:
-            flags = {flag for line in file if line.startswith(("flags", "Features")) for flag in line.split()}
-    except OSError:
-        return None
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else bool(flags & set(BF16_CPU_FLAGS))
 
 
 def _training_default(name: str, default: Any) -> Any:
@@ -114,4 +120,4 @@ class MultimodalTrainingArguments(TrainingArguments):
         }
 
 
-__all__ = ["MultimodalTrainingArguments", "cpu_has_bf16_units"]
+__all__ = ["MultimodalTrainingArguments", "cpu_flags", "cpu_has_bf16_units"]

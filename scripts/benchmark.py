@@ -6,12 +6,14 @@
     python scripts/benchmark.py --device cuda --bf16 --compile --output-dir gpu_results
     python scripts/benchmark.py --only audio preprocessing
     python scripts/benchmark.py --only alternatives   # item 8 alone: the stock classifiers and scikit-learn
+    python scripts/benchmark.py --only compile checkpointing   # items 9 and 10 (opt-in): torch.compile, checkpointing
+    python scripts/benchmark.py --only data_loading   # item 11 alone: collator CPU share, 0 vs 2 DataLoader workers
 
 
 Absolute times on shared machines mean little; ratios of two code paths timed in the same process, with warm-up,
 repetitions, interleaving and medians, do. Item 8 instead puts the project's model beside the alternatives a user has
 (stock one-modality transformers classifiers, a scikit-learn baseline): accuracy and CPU seconds of training on the
-same small demo task. Each of the eight measurements is a function taking a
+same small demo task. Each measurement is a function taking a
 [`BenchmarkContext`] and returning [`BenchmarkRow`]s; [`run_benchmarks`] runs a selection of them and
 [`write_report`] prints the table and writes `benchmark.json` and `benchmark.png`. Needs `pip install
 hf_multimodal[bench]`.
@@ -72,8 +74,14 @@ BENCHMARK_NAMES: tuple[str, ...] = (
     "preprocessing",
     "memory",
     "alternatives",
+    "compile",
+    "checkpointing",
+    "data_loading",
 )
-"""The eight measurements, in issue order (1-8); `--only` takes a subset of these names."""
+"""The measurements, in item order (1-11); `--only` takes a subset of these names."""
+
+OPT_IN_BENCHMARKS: tuple[str, ...] = ("compile", "checkpointing")
+"""Measurements run only when `--only` names them: each trains or compiles for minutes at the default size."""
 
 TINY_CONFIG: dict[str, Any] = {
     "text_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
@@ -113,6 +121,8 @@ class Workload:
             (`pipeline_examples * repeat` timed rounds of one example).
         alternatives_train, alternatives_test, alternatives_steps: item 8's digits demo (training and `test`
             examples) and the Trainer steps (at `batch_size`) of each model trained on it.
+        compile_batches: item 9's digits-demo training batches (of `batch_size`).
+        loading_batches: item 11's digits-demo training batches (of `LOADING_BATCH_SIZE`).
     """
 
     name: str
@@ -132,6 +142,8 @@ class Workload:
     alternatives_train: int
     alternatives_test: int
     alternatives_steps: int
+    compile_batches: int
+    loading_batches: int
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -153,6 +165,8 @@ WORKLOADS: dict[str, Workload] = {
         alternatives_train=40,
         alternatives_test=40,
         alternatives_steps=3,
+        compile_batches=3,
+        loading_batches=2,
     ),
     "default": Workload(
         name="default",
@@ -172,13 +186,15 @@ WORKLOADS: dict[str, Workload] = {
         alternatives_train=480,
         alternatives_test=400,
         alternatives_steps=600,
+        compile_batches=24,
+        loading_batches=8,
     ),
 }
 """`tiny`: seconds, for tests. `default`: `MultimodalConfig()` (BERT-base, ResNet-50, default WaveNet) at batch 16
 with 128 tokens, 224x224 crops of 500x375 images and 5 s clips; a few minutes on 2 CPU cores. To keep it so, the
 largest items use fewer repetitions or smaller batches: 3 timed training steps per loop, fusion forwards at batch 2,
 batch-1 inference over 3 examples. Item 8 trains tiny models (the `tiny` sub-configs) for 600 steps of batch 16 on 480
-digits demo examples (20 epochs)."""
+digits demo examples (20 epochs). Item 9 compiles the demo model (`DEMO_MODEL_CONFIG`) over 24 batches."""
 
 
 @dataclass
@@ -190,7 +206,7 @@ class BenchmarkSettings:
         device: "cpu" or "cuda" (timings synchronise the GPU; memory is `torch.cuda.max_memory_allocated`).
         bf16: run forwards and training under `torch.autocast(dtype=torch.bfloat16)` (Trainer: `bf16=True`).
         compile: wrap the timed models in `torch.compile` (Trainer: `torch_compile=True`).
-        only: a subset of `BENCHMARK_NAMES`; None runs all.
+        only: a subset of `BENCHMARK_NAMES`; None runs all but the `OPT_IN_BENCHMARKS`.
         seed: seed of the random weights and inputs.
         threads: `torch.set_num_threads` for the run (None: torch's default, one per core). On a machine shared with
             other jobs, 1 thread avoids the stalls of OpenMP threads waiting for a core (see the README).
@@ -233,7 +249,8 @@ class BenchmarkRow:
     """One line of the results table.
 
     Args:
-        item: the measurement's number in the issue (1-8).
+        item: the measurement's number (1-8: issue order; 9: torch.compile, 10: activation checkpointing, 11: data
+            loading).
         name: what was measured.
         value: the number (None when it could not be measured here; `note` says why).
         unit: "ratio", "x real time", "MiB", "share", ...
@@ -1268,6 +1285,451 @@ def bench_alternatives(ctx: BenchmarkContext) -> list[BenchmarkRow]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 9. torch.compile on the demo model, 10. activation checkpointing per encoder (issue 12, items 5 and 7)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+DEMO_MODEL_CONFIG: dict[str, Any] = {
+    # all-MiniLM-L6-v2's shape, random weights (nothing is downloaded); frozen, as scripts/demo.sh freezes it
+    "text_config": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+    "vision_config": {"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"},
+    "audio_config": {
+        "frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4
+    },
+    "fusion_type": "gated",
+    "fusion_hidden_size": 128,
+    "modality_dropout": 0.5,
+}
+"""The encoders, head and modality dropout of `scripts/demo.sh` (item 9 at the default size)."""
+
+DEMO_MAX_TEXT_TOKENS, DEMO_MAX_AUDIO_SECONDS, DEMO_IMAGE_SIZE = 32, 2.0, 32
+"""`scripts/demo.sh`'s `--max_text_tokens`, `--max_audio_seconds` and `--image_size`."""
+
+
+def _shape_signature(batch: dict[str, Any]) -> tuple:
+    """What a compiled graph is specialised on: the name and shape of every tensor input of a batch."""
+    return tuple(sorted((name, tuple(value.shape)) for name, value in batch.items() if torch.is_tensor(value)))
+
+
+def _count_graphs(
+    model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], frozen: Sequence[str]
+) -> dict[str, int]:
+    """Graphs and graph breaks of `torch.compile(model, backend="eager")` over training forwards of
+    `batches` (the `frozen` encoders in eval mode): the graphs dynamo captures do not depend on the backend, and the
+    eager backend costs no compilation."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="eager")
+    model.train()
+    for modality in frozen:
+        model.get_encoder(modality).eval()
+    for batch in batches:
+        compiled(**batch)
+    model.eval()
+    graphs = {"graphs": int(counters["stats"]["unique_graphs"]), "graph_breaks": sum(counters["graph_break"].values())}
+    torch._dynamo.reset()
+    return graphs
+
+
+def _training_steps(
+    model: torch.nn.Module, forward: Callable, batches: Sequence[dict[str, torch.Tensor]], frozen: Sequence[str]
+) -> tuple[list[float], list[int]]:
+    """Train `model` through `forward` (the model or its compiled form) one step per batch with AdamW; returns the
+    seconds of each step and the number of graphs compiled so far after each."""
+    from torch._dynamo.utils import counters
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    seconds, graphs = [], []
+    model.train()
+    for modality in frozen:
+        model.get_encoder(modality).eval()
+    for batch in batches:
+        start = time.perf_counter()
+        forward(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+        graphs.append(int(counters["stats"]["unique_graphs"]))
+    model.eval()
+    return seconds, graphs
+
+
+def bench_compile(ctx: BenchmarkContext) -> list[BenchmarkRow]:
+    """Item 9 (issue 12, item 5): `torch.compile` (inductor, `dynamic=None`: static shapes first, dynamic after a
+    shape changes) of the demo model (`DEMO_MODEL_CONFIG`, random weights; the `tiny` sub-configs at the tiny size)
+    on digits-demo batches of `batch_size` decoded by `MultimodalDataCollator` as `scripts/train.py` does.
+
+    Rows: the graphs dynamo captures over the training batches with text and audio padded to the longest example vs
+    to bucketed lengths (`bucket_multiples`); inference of one batch, eager time / compiled time (steady state, the
+    first compiled call's compilation in the note); training over the bucketed batches, eager / compiled median step
+    time after the steps that compiled, with the graphs compiled."""
+    import datasets
+    from make_demo_dataset import VENDORED_AUDIO_DIR, build_demo_dataset  # scripts/
+    from train import resnet_image_processor  # scripts/
+
+    from hf_multimodal import MODALITIES
+    from hf_multimodal.data_collator import MultimodalDataCollator
+    from hf_multimodal.processing_multimodal import bucket_multiples, is_missing
+
+    workload = ctx.workload
+    tiny = workload.name == "tiny"
+    described = "tiny model" if tiny else "demo model"
+    num_examples = workload.compile_batches * workload.batch_size
+    bars_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    data = build_demo_dataset(VENDORED_AUDIO_DIR, num_train=num_examples, num_validation=2, num_test=2, seed=0)
+    if bars_enabled:
+        datasets.enable_progress_bars()
+    # problem_type set as scripts/train.py sets it: transformers' loss would set it on the first call, a recompilation
+    config = MultimodalConfig(
+        **(TINY_CONFIG if tiny else DEMO_MODEL_CONFIG), num_labels=10, problem_type="single_label_classification"
+    )
+    torch.manual_seed(ctx.settings.seed)
+    model = MultimodalForSequenceClassification(config).to(ctx.device)
+    model.get_encoder("text").requires_grad_(False)
+    processor = MultimodalProcessor(max_text_length=DEMO_MAX_TEXT_TOKENS)
+    processor.image_processor = resnet_image_processor(DEMO_IMAGE_SIZE)
+    rate = processor.feature_extractor.sampling_rate = config.audio_config.sampling_rate
+    multiples = bucket_multiples(DEMO_MAX_TEXT_TOKENS, int(DEMO_MAX_AUDIO_SECONDS * rate))
+    # as scripts/train.py, examples without any modality are left out of training
+    rows = [row for row in data["train"] if not all(is_missing(row[m]) for m in MODALITIES)]
+    padded = {}
+    paddings = {"to the longest example": {}, "to bucketed lengths": multiples}
+    for name, pad_to_multiple_of in paddings.items():
+        collator = MultimodalDataCollator(
+            processor, MODALITIES, max_audio_seconds=DEMO_MAX_AUDIO_SECONDS, pad_to_multiple_of=pad_to_multiple_of
+        )
+        padded[name] = [
+            {key: value.to(ctx.device) for key, value in collator(rows[start : start + workload.batch_size]).items()}
+            for start in range(0, len(rows), workload.batch_size)
+        ]
+    shapes = {name: len({_shape_signature(batch) for batch in batches}) for name, batches in padded.items()}
+    graphs = {name: _count_graphs(model, batches, ["text"]) for name, batches in padded.items()}
+    result = [
+        make_row(
+            9,
+            f"torch.compile ({described}): graphs over {len(padded[name])} training batches, text and audio padded "
+            f"{name}",
+            float(graphs[name]["graphs"]),
+            "graphs",
+            None,
+            f"{shapes[name]} distinct input shapes; {graphs[name]['graph_breaks']} graph breaks (dynamo, dynamic=None"
+            + (f"; pad_to_multiple_of {paddings[name]}" if paddings[name] else "")
+            + ")",
+            distinct_shapes=shapes[name],
+            **graphs[name],
+        )
+        for name in padded
+    ]
+
+    bucketed = padded["to bucketed lengths"]
+    inputs = {name: value for name, value in bucketed[0].items() if name != "labels"}
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+
+    def infer(forward: Callable) -> Callable[[], Any]:
+        def run():
+            with torch.inference_mode(), ctx.autocast():
+                forward(**inputs)
+
+        return run
+
+    start = time.perf_counter()
+    infer(compiled)()
+    first_call = time.perf_counter() - start
+    times = time_interleaved(
+        {"eager": infer(model), "compiled": infer(compiled)}, repeat=workload.repeat, warmup=1, device=ctx.device
+    )
+    ratio = times.ratio("eager", "compiled")
+    result.append(
+        make_row(
+            9,
+            f"torch.compile ({described}): inference batch {workload.batch_size}, eager / compiled time",
+            ratio,
+            "ratio",
+            None,
+            f"median s: eager {median(times['eager']):.3f}, compiled {median(times['compiled']):.3f} "
+            f"({workload.repeat} interleaved rounds); first compiled call {first_call:.1f} s (compilation); "
+            f"CPU-time ratio {times.ratio('eager', 'compiled', cpu=True):.3f}",
+            eager_seconds=times["eager"],
+            compiled_seconds=times["compiled"],
+            first_call_seconds=first_call,
+        )
+    )
+
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    with ctx.autocast():
+        compiled_seconds, compiled_graphs = _training_steps(model, torch.compile(model), bucketed, ["text"])
+        model.load_state_dict(state)
+        eager_seconds, _ = _training_steps(model, model, bucketed, ["text"])
+    model.load_state_dict(state)
+    torch._dynamo.reset()
+    # steps that compiled a graph (the first, and each new shape) are left out of the steady-state medians
+    steady = [i for i in range(1, len(compiled_graphs)) if compiled_graphs[i] == compiled_graphs[i - 1]]
+    steady_compiled = median([compiled_seconds[i] for i in steady]) if steady else float("nan")
+    steady_eager = median([eager_seconds[i] for i in steady]) if steady else float("nan")
+    compiling = sum(compiled_seconds) - len(compiled_seconds) * steady_compiled
+    result.append(
+        make_row(
+            9,
+            f"torch.compile ({described}): training {len(compiled_seconds)} steps of batch {workload.batch_size}, "
+            "eager / compiled step time",
+            steady_eager / steady_compiled if steady else None,
+            "ratio",
+            None,
+            f"bucketed batches; median s/step over the {len(steady)} steps that compiled nothing: eager "
+            f"{steady_eager:.3f}, compiled {steady_compiled:.3f}; {compiled_graphs[-1]} graphs compiled (about "
+            f"{compiling:.0f} s of compilation); whole run: eager {sum(eager_seconds):.1f} s, compiled "
+            f"{sum(compiled_seconds):.1f} s",
+            eager_step_seconds=eager_seconds,
+            compiled_step_seconds=compiled_seconds,
+            graphs_after_step=compiled_graphs,
+        )
+    )
+    return result
+
+
+def bench_checkpointing(ctx: BenchmarkContext) -> list[BenchmarkRow]:
+    """Item 10 (issue 12, item 7): peak memory and step time of a training step of the benchmark model at
+    `batch_size` without and with activation checkpointing of the encoders that support it (text and audio: the
+    transformers ResNet does not), `model.activation_checkpointing_enable(modalities=...)`. Each variant takes a
+    warm-up step (optimizer state), a step under [`measure_peak_memory`] and `train_steps` timed steps; the value
+    is checkpointed peak / plain peak."""
+    model = ctx.model
+    modalities = [m for m in model.config.modalities if model.get_encoder(m).supports_gradient_checkpointing]
+    measured = {}
+    loop = HandLoop(ctx, steps=2 * (2 + ctx.workload.train_steps))
+    for name in ("plain", "checkpointed"):
+        if name == "checkpointed":
+            model.activation_checkpointing_enable(modalities=modalities)
+        loop.step()
+        peak = measure_peak_memory(loop.step, ctx.device)
+        seconds = []
+        for _ in range(ctx.workload.train_steps):
+            start = time.perf_counter()
+            loop.step()
+            seconds.append(time.perf_counter() - start)
+        measured[name] = {**peak, "step_seconds": seconds}
+    for modality in modalities:
+        model.get_encoder(modality).activation_checkpointing_disable()
+    model.eval()
+    plain, checkpointed = measured["plain"], measured["checkpointed"]
+    time_ratio = median(checkpointed["step_seconds"]) / median(plain["step_seconds"])
+    precision = "bf16 autocast" if ctx.settings.bf16 else "fp32"
+    return [
+        make_row(
+            10,
+            f"activation checkpointing ({' + '.join(modalities)}): peak memory of a training step, checkpointed / "
+            "plain",
+            checkpointed["peak_mib"] / plain["peak_mib"],
+            "ratio",
+            None,
+            f"batch {ctx.workload.batch_size}, {precision}; peak {plain['peak_mib']:.0f} -> "
+            f"{checkpointed['peak_mib']:.0f} MiB (step's increase {plain['increase_mib']:.0f} -> "
+            f"{checkpointed['increase_mib']:.0f} MiB); step time x{time_ratio:.2f} (median s "
+            f"{median(plain['step_seconds']):.2f} -> {median(checkpointed['step_seconds']):.2f}); {plain['method']}",
+            checkpointed_modalities=modalities,
+            step_time_ratio=time_ratio,
+            **{f"{name}_{key}": value for name, values in measured.items() for key, value in values.items()},
+        )
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 11. Data loading: the collator's CPU share, and decoding in DataLoader workers (issue 14, item 5)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+LOADING_BATCH_SIZE = 32
+"""Item 11 measures at the demo's training batch size (`scripts/demo.sh --per_device_train_batch_size 32`)."""
+
+LOADING_WORKERS = 2
+"""Item 11 compares the training loader with this many worker processes against none."""
+
+
+def demo_model_and_processor(
+    ctx: BenchmarkContext,
+) -> tuple[MultimodalForSequenceClassification, MultimodalProcessor]:
+    """The demo model (`DEMO_MODEL_CONFIG`, random weights, its text encoder frozen; the `tiny` sub-configs at the
+    tiny size) on the run's device, and a processor with `scripts/demo.sh`'s text length, image size and audio rate."""
+    from train import resnet_image_processor  # scripts/
+
+    sub_configs = TINY_CONFIG if ctx.workload.name == "tiny" else DEMO_MODEL_CONFIG
+    # problem_type set as scripts/train.py sets it (transformers' loss would set it on the first call)
+    config = MultimodalConfig(**sub_configs, num_labels=10, problem_type="single_label_classification")
+    torch.manual_seed(ctx.settings.seed)
+    model = MultimodalForSequenceClassification(config).to(ctx.device)
+    model.get_encoder("text").requires_grad_(False)
+    processor = MultimodalProcessor(max_text_length=DEMO_MAX_TEXT_TOKENS)
+    processor.image_processor = resnet_image_processor(DEMO_IMAGE_SIZE)
+    processor.feature_extractor.sampling_rate = config.audio_config.sampling_rate
+    return model, processor
+
+
+def _same_batches(left: Sequence[dict[str, Any]], right: Sequence[dict[str, Any]]) -> bool:
+    """Whether two passes over a loader gave equal batches (same keys, equal tensors) in the same order."""
+    return len(left) == len(right) and all(
+        one.keys() == other.keys()
+        and all(torch.equal(one[key], other[key]) if torch.is_tensor(one[key]) else one[key] == other[key] for key in one)
+        for one, other in zip(left, right)
+    )
+
+
+def bench_data_loading(ctx: BenchmarkContext) -> list[BenchmarkRow]:
+    """Item 11 (issue 14, item 5): loading digits-demo training batches of `LOADING_BATCH_SIZE` (`loading_batches`
+    of them) with `MultimodalDataCollator` as `scripts/train.py` does, for the demo model
+    ([`demo_model_and_processor`]).
+
+    Rows: the CPU time of loading a batch (reading its rows, decoding the PNG and WAV bytes, resampling, the
+    processor) over that of the model's forward + backward on the same batch, in interleaved rounds (<= 1: one worker
+    keeps up with training, decoding is not the bottleneck); the wall-clock time of one pass over
+    `MultimodalTrainer.get_train_dataloader()` with no workers over that with `LOADING_WORKERS` (worker start-up
+    included, as every epoch pays it; > 1: the workers load faster), with whether both gave identical batches; and
+    the same ratio for a whole training epoch (`MultimodalTrainer.train()`, one epoch over these batches, the two
+    settings alternating; >= 1: the workers make the epoch faster)."""
+    import datasets
+    from make_demo_dataset import VENDORED_AUDIO_DIR, build_demo_dataset  # scripts/
+    from transformers import PrinterCallback, set_seed
+
+    from hf_multimodal import MODALITIES
+    from hf_multimodal.data_collator import MultimodalDataCollator
+    from hf_multimodal.processing_multimodal import is_missing
+    from hf_multimodal.trainer import MultimodalTrainer
+    from hf_multimodal.training_args import MultimodalTrainingArguments
+
+    workload = ctx.workload
+    bars_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    train = build_demo_dataset(
+        VENDORED_AUDIO_DIR,
+        num_train=workload.loading_batches * LOADING_BATCH_SIZE,
+        num_validation=2,
+        num_test=2,
+        seed=ctx.settings.seed,
+    )["train"]
+    # as scripts/train.py, examples without any modality are left out of training
+    train = train.filter(lambda row: not all(is_missing(row[m]) for m in MODALITIES))
+    if bars_enabled:
+        datasets.enable_progress_bars()
+    model, processor = demo_model_and_processor(ctx)
+    collator = MultimodalDataCollator(processor, MODALITIES, max_audio_seconds=DEMO_MAX_AUDIO_SECONDS)
+    args = MultimodalTrainingArguments(
+        os.path.join(ctx._tmp.name, "loading"),
+        per_device_train_batch_size=LOADING_BATCH_SIZE,
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        early_stopping_patience=0,
+        num_train_epochs=1,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        report_to="none",
+        use_cpu=ctx.device.type == "cpu",
+        seed=ctx.settings.seed,
+    )
+    trainer = MultimodalTrainer(
+        model=model, args=args, train_dataset=train, data_collator=collator, frozen_modalities=["text"]
+    )
+    trainer.remove_callback(PrinterCallback)  # its end-of-training print is noise in the benchmark output
+    indices = [
+        range(start, min(start + LOADING_BATCH_SIZE, len(train))) for start in range(0, len(train), LOADING_BATCH_SIZE)
+    ]
+
+    def load(rows: range) -> dict[str, torch.Tensor]:
+        return collator([train[row] for row in rows])
+
+    batches = [{name: value.to(ctx.device) for name, value in load(rows).items()} for rows in indices]
+
+    def forward_backward(batch: dict[str, torch.Tensor]) -> None:
+        model.train()
+        with ctx.autocast():
+            loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    rounds = max(workload.repeat, len(batches))
+    times = time_interleaved(
+        {"loading": _cycling(load, indices), "forward_backward": _cycling(forward_backward, batches)},
+        repeat=rounds,
+        warmup=workload.warmup,
+        device=ctx.device,
+    )
+
+    def with_workers(workers: int, run: Callable[[], Any]) -> Callable[[], Any]:
+        def call():
+            trainer.args.dataloader_num_workers = workers
+            set_seed(ctx.settings.seed)  # the sampler's shuffle, as at the start of a run
+            return run()
+
+        return call
+
+    counts = (0, LOADING_WORKERS)
+    without, within = (f"{workers} workers" for workers in counts)
+    passes = {f"{w} workers": with_workers(w, lambda: list(trainer.get_train_dataloader())) for w in counts}
+    identical = _same_batches(passes[without](), passes[within]())  # also the warm-up of both
+    loader_times = time_interleaved(passes, repeat=workload.repeat, warmup=0)
+    epochs = {f"{w} workers": with_workers(w, trainer.train) for w in counts}
+    epoch_times = time_interleaved(epochs, repeat=workload.repeat, warmup=0, device=ctx.device)
+    trainer.args.dataloader_num_workers = 0
+    model.eval()
+    loading, step = median(times.cpu["loading"]), median(times.cpu["forward_backward"])
+    described = "tiny model" if workload.name == "tiny" else "demo model"
+    return [
+        make_row(
+            11,
+            f"data loading ({described}): CPU time of loading a batch of {LOADING_BATCH_SIZE} / of forward + "
+            "backward on it",
+            times.ratio("loading", "forward_backward", cpu=True),
+            "ratio",
+            "<= 1.0",
+            f"digits demo, {len(train)} training examples; median CPU s per batch: loading {loading:.3f} (rows, PNG "
+            f"and WAV decoding, resampling, processor), forward + backward {step:.3f} ({rounds} interleaved rounds); "
+            f"without workers, loading is {loading / (loading + step):.0%} of a step's CPU time",
+            loading_cpu_seconds=times.cpu["loading"],
+            forward_backward_cpu_seconds=times.cpu["forward_backward"],
+            loading_seconds=times["loading"],
+            forward_backward_seconds=times["forward_backward"],
+        ),
+        make_row(
+            11,
+            f"data loading ({described}): training loader pass, {without} / {within} time",
+            loader_times.ratio(without, within),
+            "ratio",
+            None,
+            f"MultimodalTrainer.get_train_dataloader() over {len(indices)} batches of {LOADING_BATCH_SIZE}, worker "
+            f"start-up included; median s: {without} {median(loader_times[without]):.3f}, {within} "
+            f"{median(loader_times[within]):.3f} ({workload.repeat} interleaved rounds, {os.cpu_count()} CPU cores); "
+            f"identical batches with and without workers: {'yes' if identical else '**no**'}",
+            identical_batches=identical,
+            without_workers_seconds=loader_times[without],
+            with_workers_seconds=loader_times[within],
+            workers=LOADING_WORKERS,
+        ),
+        make_row(
+            11,
+            f"data loading ({described}): training epoch, {without} / {within} time",
+            epoch_times.ratio(without, within),
+            "ratio",
+            ">= 1.0",
+            f"MultimodalTrainer.train(), one epoch of {len(indices)} steps of batch {LOADING_BATCH_SIZE}; median s: "
+            f"{without} {median(epoch_times[without]):.2f}, {within} {median(epoch_times[within]):.2f} "
+            f"({workload.repeat} interleaved rounds; {torch.get_num_threads()} torch threads in the main process, "
+            f"{os.cpu_count()} CPU cores)",
+            without_workers_seconds=epoch_times[without],
+            with_workers_seconds=epoch_times[within],
+            workers=LOADING_WORKERS,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Running and reporting
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -1281,6 +1743,9 @@ BENCHMARKS: dict[str, Callable[[BenchmarkContext], list[BenchmarkRow]]] = {
     "preprocessing": bench_preprocessing,
     "memory": bench_memory,
     "alternatives": bench_alternatives,
+    "compile": bench_compile,
+    "checkpointing": bench_checkpointing,
+    "data_loading": bench_data_loading,
 }
 RUN_ORDER: tuple[str, ...] = (
     "audio",
@@ -1291,6 +1756,9 @@ RUN_ORDER: tuple[str, ...] = (
     "compute",
     "memory",
     "alternatives",
+    "data_loading",
+    "checkpointing",
+    "compile",
 )
 """Cheap measurements first; `training` and `compute` share one measurement ([`measure_training`])."""
 
@@ -1344,7 +1812,7 @@ def run_benchmarks(settings: BenchmarkSettings, log: Callable[[str], None] | Non
         torch.set_num_threads(settings.threads)
     meta = machine_info(settings)
     ctx = BenchmarkContext(settings)
-    selected = settings.only or BENCHMARK_NAMES
+    selected = settings.only or [name for name in BENCHMARK_NAMES if name not in OPT_IN_BENCHMARKS]
     rows: list[BenchmarkRow] = []
     seconds: dict[str, float] = {}
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -1486,7 +1954,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchmarkSettings, st
         nargs="+",
         choices=BENCHMARK_NAMES,
         metavar="NAME",
-        help=f"run only these measurements: {', '.join(BENCHMARK_NAMES)}",
+        help=f"run only these measurements: {', '.join(BENCHMARK_NAMES)} (the default runs all but "
+        f"{' and '.join(OPT_IN_BENCHMARKS)})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -1524,6 +1993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "BENCHMARK_NAMES",
+    "OPT_IN_BENCHMARKS",
     "WORKLOADS",
     "BenchmarkContext",
     "BenchmarkReport",

@@ -5,6 +5,7 @@ of them may be left empty) and see the top labels with their scores and how much
     python scripts/demo_app.py outputs/demo/model [--port 7860] [--host 127.0.0.1] [--share off] [--top-k 5]
     python scripts/demo_app.py user/av-digits                  # a Hub repo id works as well as a saved folder
     python scripts/demo_app.py outputs/demo/model --measure "seven" digit.png seven.wav [--repeats 20]
+    python scripts/demo_app.py user/av-digits --write_space space/   # a Hugging Face Space serving a pushed model
 
 Why Gradio: it is what Hub users already know (a Hugging Face Space runs a Gradio app as it is), and it has the parts
 this page needs built in: microphone recording and audio / image upload, `gr.Label` for scores, bar charts, and
@@ -17,11 +18,17 @@ refused with the package's own message (shown on the page, with the server's tem
 `--measure` starts the page on a free local port, opens it in headless Chromium (Playwright; the `test` extra and
 Debian's `chromium`), uploads the image and audio, clicks Classify `--repeats` times and prints the median time
 until the page shows the answer against the pipeline's own time on the same files.
+
+`--write_space FOLDER` writes a Space for a model pushed to the Hub (`scripts/push_to_hub.py`): `app.py` (this file,
+serving that repo when started without arguments), `requirements.txt` and the Space card `README.md`. The Space does
+not need hf_multimodal installed: without the package the page loads the model and its pipeline through the repo's
+own code (`trust_remote_code=True`). Upload it with `hf upload <user>/<space> space/ --repo-type space`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import socket
 import statistics
@@ -35,9 +42,18 @@ import gradio as gr
 import pandas as pd
 from transformers import Pipeline, pipeline
 
-import hf_multimodal  # noqa: F401  (registers the task with transformers)
+try:
+    import hf_multimodal  # registers the task with transformers
+except ImportError:  # a Space without the package: the model repo's own code serves the task
+    hf_multimodal = None
 
 API_NAME = "classify"
+DEFAULT_MODEL: str | None = None
+"""The model served when no model is given (set in the `app.py` that `--write_space` writes)."""
+SPACE_FILES = ("app.py", "requirements.txt", "README.md")
+SPACE_REQUIREMENTS = ("torch", "transformers", "soundfile", "pillow", "scipy")
+"""What a Space needs beside Gradio (which the Space SDK installs) to run the model's remote code, pinned to the
+versions installed here."""
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (apt-get install chromium), driven by Playwright in --measure
 
 
@@ -63,7 +79,7 @@ def load_classifier(model: str) -> Pipeline:
     'seven'
     ```
     """
-    return pipeline("multimodal-classification", model=model)
+    return pipeline("multimodal-classification", model=model, trust_remote_code=hf_multimodal is None)
 
 
 def classify(
@@ -149,6 +165,43 @@ def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
             inputs=[text, image, audio], outputs=[scores, importance], api_name=API_NAME,
         )  # queued (Gradio's default): without the queue, Gradio 6's page shows "Error" but not gr.Error's message
     return app
+
+
+def write_space(repo_id: str, folder: str | os.PathLike) -> Path:
+    """Write a Hugging Face Space (Gradio SDK) that serves the pushed model `repo_id` with this page: `app.py` (this
+    file with `DEFAULT_MODEL = repo_id`), `requirements.txt` (the versions this page was tested with) and the Space
+    card `README.md`. Refuses a local folder (a Space can only load from the Hub) and files already in `folder`.
+
+    Example:
+
+    ```python
+    >>> sorted(path.name for path in write_space("me/av-digits", "space").iterdir())
+    ['README.md', 'app.py', 'requirements.txt']
+    ```
+    """
+    if Path(repo_id).exists() or repo_id.count("/") != 1:
+        raise ValueError(
+            f"a Space loads its model from the Hub, so it needs a repo id as namespace/name, got {repo_id!r}: push "
+            "the folder first (python scripts/push_to_hub.py FOLDER namespace/name) and pass that repo id."
+        )
+    folder = Path(folder)
+    existing = [name for name in SPACE_FILES if (folder / name).exists()]
+    if existing:
+        raise FileExistsError(f"{folder} already holds {', '.join(existing)}: choose an empty folder, or remove them.")
+    source = Path(__file__).read_text()
+    default_line = "DEFAULT_MODEL: str | None = None\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(source.replace(default_line, f"DEFAULT_MODEL: str | None = {repo_id!r}\n", 1))
+    (folder / "requirements.txt").write_text(
+        "".join(f"{name}=={importlib.metadata.version(name).split('+')[0]}\n" for name in SPACE_REQUIREMENTS)
+    )
+    (folder / "README.md").write_text(
+        f"---\ntitle: {repo_id.split('/')[1]}\nsdk: gradio\nsdk_version: {gr.__version__}\napp_file: app.py\n"
+        f"models:\n- {repo_id}\n---\n\nA demo page of [{repo_id}](https://huggingface.co/{repo_id}), a multimodal "
+        "classifier made with hf_multimodal: give a text, an image and / or an audio clip and see the top labels and "
+        "how much each input drove the prediction.\n"
+    )
+    return folder
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -296,17 +349,29 @@ def measure(classifier: Pipeline, text: str, image: str, audio: str, repeats: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a saved model folder (e.g. outputs/demo/model) or a Hub repo id")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
+    parser.add_argument("model", nargs="?" if DEFAULT_MODEL else None, default=DEFAULT_MODEL,
+                        help="a saved model folder (e.g. outputs/demo/model) or a Hub repo id")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0: the whole network; a Space sets GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     parser.add_argument("--share", choices=["on", "off"], default="off", help="a public gradio.live link (needs internet)")
     parser.add_argument("--top-k", type=int, default=5, help="labels shown")
     parser.add_argument("--measure", nargs=3, metavar=("TEXT", "IMAGE", "AUDIO"),
                         help="time the page against the pipeline on this example instead of serving")
     parser.add_argument("--repeats", type=int, default=20, help="requests timed by --measure")
+    parser.add_argument("--write_space", metavar="FOLDER",
+                        help="write a Hugging Face Space serving MODEL (a pushed repo id) into FOLDER and exit")
     args = parser.parse_args()
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}.")
+    if args.write_space:
+        try:
+            folder = write_space(args.model, args.write_space)
+        except (ValueError, FileExistsError) as error:
+            parser.error(str(error))
+        print(f"wrote a Space for {args.model} in {folder}: upload it with "
+              f"hf upload <namespace>/<space> {folder} --repo-type space")
+        return
     try:
         classifier = load_classifier(args.model)
     except (OSError, ValueError) as error:

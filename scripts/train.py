@@ -24,6 +24,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 from hyperparameter_search import HyperparameterSearch, default_search_space, load_search_space  # scripts/
 from transformers import (
@@ -56,6 +57,7 @@ from hf_multimodal import (
 from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallback, DataAugmentation
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
+from hf_multimodal.feature_cache import cache_frozen_features
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.metrics import (
     DEFAULT_MULTI_LABEL_THRESHOLD,
@@ -70,7 +72,7 @@ from hf_multimodal.model_card import (
     parse_backbones,
     without_local_paths,
 )
-from hf_multimodal.processing_multimodal import is_missing
+from hf_multimodal.processing_multimodal import bucket_multiples, is_missing
 from hf_multimodal.trainer import (
     FUSION_PART,
     MultimodalTrainer,
@@ -168,6 +170,23 @@ class ModelArguments:
     freeze_modalities: list[str] = field(
         default_factory=list, metadata={"help": "Modalities whose encoder is frozen (kept in eval mode, not trained)."}
     )
+    activation_checkpointing_modalities: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Encoders (text, audio) whose activations are recomputed in the backward pass instead of "
+                  "kept: less memory, slower steps (README: Training options). --activation_checkpointing (or "
+                  "--gradient_checkpointing) checkpoints every encoder that supports it."},
+    )
+    cache_frozen_features: bool = field(
+        default=True,
+        metadata={"help": "Compute the output of each frozen encoder once per split (stored under the datasets cache, "
+                  "keyed by the data, the encoder's weights and the preprocessing) and train and evaluate the rest "
+                  "from it; not for a modality in --augment on the training split. README: Frozen-encoder cache."},
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the frozen-encoder cache (default: hf_multimodal_encoder_features in the "
+                  "datasets cache, HF_DATASETS_CACHE)."},
+    )
     text_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the text encoder (default: --learning_rate)."}
     )
@@ -200,6 +219,14 @@ class ModelArguments:
     def __post_init__(self):
         _check_modalities(self.modalities, "--modalities", allow_empty=False)
         _check_modalities(self.freeze_modalities, "--freeze_modalities", allow_empty=True)
+        _check_modalities(self.activation_checkpointing_modalities, "--activation_checkpointing_modalities", True)
+        frozen_and_checkpointed = sorted(set(self.freeze_modalities) & set(self.activation_checkpointing_modalities))
+        if frozen_and_checkpointed:
+            raise ValueError(
+                f"{frozen_and_checkpointed} are in --freeze_modalities and --activation_checkpointing_modalities: a "
+                "frozen encoder keeps no activations for the backward pass, so checkpointing it saves nothing. Drop "
+                "them from --activation_checkpointing_modalities."
+            )
         if self.fusion_type is not None and self.fusion_type not in FUSION_TYPES:
             raise ValueError(f"--fusion_type must be one of {', '.join(FUSION_TYPES)}; got {self.fusion_type!r}.")
         if self.objective not in OBJECTIVES:
@@ -304,6 +331,12 @@ class DataArguments:
     )
     max_text_tokens: int = field(default=64, metadata={"help": "Texts are truncated to this many tokens."})
     max_audio_seconds: float = field(default=10.0, metadata={"help": "Audio is truncated to this many seconds."})
+    bucket_shapes: bool | None = field(
+        default=None,
+        metadata={"help": "Pad text to a multiple of 16 tokens and audio to a multiple of a quarter of "
+                  "--max_audio_seconds, so that --torch_compile compiles a bounded number of graphs (README: "
+                  "Training options). Default: on with --torch_compile, off otherwise (padding to the longest)."},
+    )
     image_size: int | None = field(
         default=None,
         metadata={"help": "Resize images to this square size (ResNet-style normalisation). Default: the image "
@@ -312,6 +345,25 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test examples."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Train from a stream (`datasets` streaming: an IterableDataset read as training goes, never "
+                  "whole), for data larger than memory or disk: a Hub dataset id, Parquet / JSON Lines / CSV files, or "
+                  "a saved folder. Needs --max_steps and step-based --eval_strategy / --save_strategy; the validation "
+                  "and test splits are read into memory (bound them with --max_eval_samples / --max_test_samples); "
+                  "each process of `accelerate launch` reads its own part. README: Streaming."},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "With --streaming: training examples are shuffled within a buffer of this many (and the "
+                  "order of the stream's files / shards), reshuffled every pass through the data (seed + pass)."},
+    )
+    class_names: list[str] = field(
+        default_factory=list,
+        metadata={"help": "The classes in index order, for a label column of class indices or strings (or lists of "
+                  "them, or multi-hot lists) that is not a ClassLabel. Needed with --streaming there: the classes of a "
+                  "stream cannot be read without a pass over it. Default: read from the data."},
+    )
     augment: list[str] = field(
         default_factory=list,
         metadata={"help": "Augment these modalities of the training examples (never evaluation), any of: audio image "
@@ -371,6 +423,10 @@ class DataArguments:
             raise ValueError(f"--max_audio_seconds must be positive, got {self.max_audio_seconds}.")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"--image_size must be >= 8 pixels, got {self.image_size}.")
+        if self.shuffle_buffer_size < 1:
+            raise ValueError(f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"--class_names must be distinct class names, got {self.class_names}.")
 
     def columns(self) -> dict[str, str]:
         """Column name per modality."""
@@ -404,7 +460,7 @@ class Splits:
     """The train / validation / test datasets of a run, their label names (for regression: the target's name) and
     problem type."""
 
-    train: datasets.Dataset
+    train: datasets.Dataset | datasets.IterableDataset
     validation: datasets.Dataset
     test: datasets.Dataset
     labels: list[str]
@@ -419,10 +475,15 @@ def load_splits(
     """Load the dataset, check its columns, keep image and audio columns undecoded (decoded by the collator, never
     through torchcodec), hold out a validation split when there is none, and read the label names (with
     `labelled=False`, for contrastive training, the label column is optional). Training examples with fewer than
-    `min_modalities` of `modalities` are left out."""
+    `min_modalities` of `modalities` are left out.
+
+    With `--streaming` the training split is a shuffled `IterableDataset` (read as training goes) and the evaluation
+    splits are read into memory; the label names come from the features or `--class_names`."""
     raw = _load_dataset(data_args)
-    if isinstance(raw, datasets.Dataset):
+    if isinstance(raw, (datasets.Dataset, datasets.IterableDataset)):
         raise ValueError(f"{data_args.name} holds a single Dataset: it needs named splits (a DatasetDict).")
+    if data_args.streaming:
+        raw = datasets.IterableDatasetDict({name: _with_features(split) for name, split in raw.items()})
     for name in (data_args.train_split, data_args.test_split, *data_args.extra_test_splits):
         if name not in raw:
             raise ValueError(
@@ -439,10 +500,16 @@ def load_splits(
                 "--text_column / --image_column / --audio_column / --label_column, or leave that modality out of "
                 "--modalities."
             )
-    raw = datasets.DatasetDict({name: _undecoded(split, [columns[m] for m in ("image", "audio")]) for name, split in raw.items()})
+    raw = type(raw)({name: _undecoded(split, [columns[m] for m in ("image", "audio")]) for name, split in raw.items()})
     train = raw[data_args.train_split]
     if data_args.validation_split in raw:
         validation = raw[data_args.validation_split]
+    elif data_args.streaming:
+        raise ValueError(
+            f"{data_args.name} has no {data_args.validation_split!r} split, and --streaming cannot hold out "
+            "--validation_fraction of a stream (that needs a pass over all of it): pass --validation_split (a split "
+            "of the dataset) or --validation_file."
+        )
     else:
         logger.warning(
             f"{data_args.name} has no {data_args.validation_split!r} split: holding out "
@@ -451,18 +518,29 @@ def load_splits(
         held_out = train.train_test_split(test_size=data_args.validation_fraction, seed=seed)
         train, validation = held_out["train"], held_out["test"]
     train = _first(train, data_args.max_train_samples)
-    validation = _first(validation, data_args.max_eval_samples)
-    test = _first(raw[data_args.test_split], data_args.max_test_samples)
-    extra_tests = {name: _first(raw[name], data_args.max_test_samples) for name in data_args.extra_test_splits}
+    validation = _in_memory(_first(validation, data_args.max_eval_samples))
+    test = _in_memory(_first(raw[data_args.test_split], data_args.max_test_samples))
+    extra_tests = {
+        name: _in_memory(_first(raw[name], data_args.max_test_samples)) for name in data_args.extra_test_splits
+    }
     has_labels = data_args.label_column in train.column_names
     problem_type = data_args.problem_type or "single_label_classification"
-    if has_labels:
+    if has_labels and (data_args.streaming or data_args.class_names):
+        labels, label_to_id, problem_type = _declared_label_names(
+            train.features[data_args.label_column], data_args.label_column, data_args.problem_type,
+            data_args.class_names,
+        )
+    elif has_labels:
         labels, label_to_id, problem_type = _label_names(train, data_args.label_column, data_args.problem_type)
     else:
         labels, label_to_id = [], None
     # A model cannot learn from an example that has too few of its modalities: train only on the others.
     train = _with_modalities(train, [columns[m] for m in modalities], min_modalities)
-    if len(train) == 0:
+    if isinstance(train, datasets.IterableDataset):
+        # Parquet files are read by row group, each a shard (`reshard`): the shard order is shuffled too, and memory
+        # holds the few row groups that feed the buffer, not a large part of each file
+        train = train.reshard().shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
+    elif len(train) == 0:
         raise ValueError(
             f"no training example has {min_modalities} or more of the modalities {list(modalities)}: check "
             "--modalities and the columns."
@@ -477,6 +555,13 @@ _SPLIT_FILE_NAMES: dict[str, tuple[str, ...]] = {
     "validation": ("validation", "valid", "dev", "val"),
     "test": ("test",),
 }
+SAVED_FOLDER_SHARDS = 64
+"""Shards of each split of a saved folder read with --streaming: the stream's shard order is shuffled every pass, and
+processes and dataloader workers read disjoint shards (up to this many)."""
+FEATURE_INFERENCE_EXAMPLES = 1000
+"""A stream whose files name no features (CSV, JSON Lines) is cast to the features of its first this many examples."""
+LABEL_PRIOR_EXAMPLES = 10_000
+"""A streamed run estimates its label prior from the label column of its first this many training examples."""
 
 
 def _load_dataset(data_args: DataArguments) -> datasets.DatasetDict | datasets.Dataset:
@@ -485,12 +570,20 @@ def _load_dataset(data_args: DataArguments) -> datasets.DatasetDict | datasets.D
         return _load_data_files({split: Path(path) for split, path in files.items() if path is not None}, data_args)
     folder = Path(data_args.dataset)
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
-        return datasets.load_from_disk(str(folder))
+        saved = datasets.load_from_disk(str(folder))
+        if data_args.streaming and isinstance(saved, datasets.DatasetDict):
+            return datasets.IterableDatasetDict(
+                {
+                    name: split.to_iterable_dataset(num_shards=max(1, min(SAVED_FOLDER_SHARDS, len(split))))
+                    for name, split in saved.items()
+                }
+            )
+        return saved
     if folder.is_dir():
         tables = sorted(path for path in folder.iterdir() if path.suffix.lower() in DATA_FILE_FORMATS)
         if tables:
             return _load_data_files(_split_files(folder, tables), data_args)
-    return datasets.load_dataset(data_args.dataset, data_args.dataset_config)
+    return datasets.load_dataset(data_args.dataset, data_args.dataset_config, streaming=data_args.streaming)
 
 
 def _split_files(folder: Path, tables: Sequence[Path]) -> dict[str, Path]:
@@ -510,20 +603,27 @@ def _split_files(folder: Path, tables: Sequence[Path]) -> dict[str, Path]:
     return found
 
 
-def _load_data_files(files: Mapping[str, Path], data_args: DataArguments) -> datasets.DatasetDict:
-    """Read CSV / JSON Lines / Parquet files, one per split; relative media paths in the image and audio columns are
-    resolved against the folder of the file that names them (not the working directory)."""
+def _load_data_files(
+    files: Mapping[str, Path], data_args: DataArguments
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """Read CSV / JSON Lines / Parquet files, one per split (streamed with `--streaming`); relative media paths in the
+    image and audio columns are resolved against the folder of the file that names them (not the working
+    directory)."""
     formats = {DATA_FILE_FORMATS[path.suffix.lower()] for path in files.values()}
     if len(formats) != 1:
         raise ValueError(f"the data files {[str(path) for path in files.values()]} mix formats: use one format.")
-    loaded = datasets.load_dataset(formats.pop(), data_files={split: str(path) for split, path in files.items()})
+    loaded = datasets.load_dataset(
+        formats.pop(), data_files={split: str(path) for split, path in files.items()}, streaming=data_args.streaming
+    )
     media = [data_args.columns()[m] for m in ("image", "audio")]
-    return datasets.DatasetDict(
+    return type(loaded)(
         {split: _absolute_media_paths(part, media, files[split].resolve().parent) for split, part in loaded.items()}
     )
 
 
-def _absolute_media_paths(dataset: datasets.Dataset, columns: Sequence[str], base: Path) -> datasets.Dataset:
+def _absolute_media_paths(
+    dataset: datasets.Dataset | datasets.IterableDataset, columns: Sequence[str], base: Path
+) -> datasets.Dataset | datasets.IterableDataset:
     """Make the relative file paths of the string `columns` absolute against `base`."""
 
     def resolve(batch):
@@ -532,11 +632,36 @@ def _absolute_media_paths(dataset: datasets.Dataset, columns: Sequence[str], bas
             for column in present
         }
 
+    if isinstance(dataset, datasets.IterableDataset):
+        dataset = _with_features(dataset)
     present = [
         column for column in columns
         if column in dataset.column_names and getattr(dataset.features[column], "dtype", None) in ("string", "large_string")
     ]
-    return dataset.map(resolve, batched=True) if present else dataset
+    return dataset.map(resolve, batched=True, features=dataset.features) if present else dataset
+
+
+def _with_features(stream: datasets.IterableDataset) -> datasets.IterableDataset:
+    """`stream` with known features: streamed CSV / JSON Lines files name none until read, so the stream is cast to
+    those of its first `FEATURE_INFERENCE_EXAMPLES` examples (as map-style loading infers them from the first chunk)."""
+    if stream.features is not None:
+        return stream
+    head = next(iter(stream.with_format("arrow").iter(batch_size=FEATURE_INFERENCE_EXAMPLES)), None)
+    if head is None:
+        raise ValueError(f"the {stream.split or ''} split of the stream is empty: it needs examples.")
+    return stream.cast(datasets.Features.from_arrow_schema(head.schema))
+
+
+def _in_memory(dataset: datasets.Dataset | datasets.IterableDataset) -> datasets.Dataset:
+    """A bounded split as a map-style `Dataset`: a stream (e.g. the evaluation split of a streamed dataset, or its
+    first `--max_eval_samples`) is read whole into memory, as Arrow tables (media stay encoded)."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset
+    tables = list(dataset.with_format("arrow").iter(batch_size=FEATURE_INFERENCE_EXAMPLES))
+    if not tables:
+        raise ValueError(f"the {dataset.split or ''} split of the stream is empty: it needs examples.")
+    table = datasets.table.InMemoryTable(pa.concat_tables(tables))
+    return datasets.Dataset(table, info=dataset.info.copy(), split=dataset.split)
 
 
 def _undecoded(dataset: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
@@ -548,8 +673,14 @@ def _undecoded(dataset: datasets.Dataset, columns: Sequence[str]) -> datasets.Da
     return dataset
 
 
-def _first(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
-    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+def _first(
+    dataset: datasets.Dataset | datasets.IterableDataset, count: int | None
+) -> datasets.Dataset | datasets.IterableDataset:
+    if count is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(count)
+    return dataset.select(range(min(count, len(dataset))))
 
 
 def _label_names(
@@ -593,13 +724,45 @@ def _label_names(
     )
 
 
-def _with_modalities(dataset: datasets.Dataset, columns: Sequence[str], count: int) -> datasets.Dataset:
-    """The examples that have at least `count` of the modalities in `columns`."""
+def _declared_label_names(
+    feature: Any, column: str, problem_type: str | None, class_names: Sequence[str]
+) -> tuple[list[str], dict[Any, int] | None, str]:
+    """As `_label_names`, without reading the data (a stream): the names of a ClassLabel (or a list of them), the
+    column's name for regression, otherwise `class_names` (`--class_names`), mapped from strings when the column holds
+    strings."""
+    empty = datasets.Dataset.from_dict({column: []}, features=datasets.Features({column: feature}))
+    is_list = isinstance(feature, (datasets.List, datasets.LargeList))
+    inner = feature.feature if is_list else feature
+    if not class_names:
+        is_float = isinstance(feature, datasets.Value) and feature.dtype.startswith("float")  # regression unless told
+        if problem_type == "regression" or isinstance(inner, datasets.ClassLabel) or (is_float and problem_type is None):
+            return _label_names(empty, column, problem_type)
+        raise ValueError(
+            f"the classes of label column {column!r} ({feature}) are not in its features, and a stream cannot be read "
+            "whole to find them: pass --class_names with the classes in index order (or cast the column to a "
+            "ClassLabel)."
+        )
+    if isinstance(inner, datasets.ClassLabel) and list(inner.names) != list(class_names):
+        raise ValueError(
+            f"--class_names {list(class_names)} differ from the classes of the ClassLabel column {column!r} "
+            f"{inner.names}: leave --class_names out."
+        )
+    if problem_type is None:
+        problem_type = "multi_label_classification" if is_list else "single_label_classification"
+    strings = getattr(inner, "dtype", None) in ("string", "large_string")
+    return list(class_names), ({name: index for index, name in enumerate(class_names)} if strings else None), problem_type
+
+
+def _with_modalities(
+    dataset: datasets.Dataset | datasets.IterableDataset, columns: Sequence[str], count: int
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The examples that have at least `count` of the modalities in `columns` (a stream is filtered as it is read)."""
 
     def enough(*column_values):
         return [sum(not is_missing(value) for value in row) >= count for row in zip(*column_values)]
 
-    return dataset.filter(enough, input_columns=list(columns), batched=True, keep_in_memory=True)
+    in_memory = {} if isinstance(dataset, datasets.IterableDataset) else {"keep_in_memory": True}
+    return dataset.filter(enough, input_columns=list(columns), batched=True, **in_memory)
 
 
 def resnet_image_processor(size: int) -> ConvNextImageProcessorPil:
@@ -662,6 +825,8 @@ def build_model_and_processor(
     for modality in model_args.freeze_modalities:
         if modality in model.config.modalities:
             model.get_encoder(modality).requires_grad_(False)
+    if model_args.activation_checkpointing_modalities:
+        model.activation_checkpointing_enable(modalities=model_args.activation_checkpointing_modalities)
     return model, processor
 
 
@@ -791,6 +956,8 @@ def build_trainer(
     ```
     """
     set_seed(training_args.seed)
+    if data_args.streaming:
+        _check_streaming(model_args, training_args)
     augmentation = data_args.augmentation(training_args.seed)
     if augmentation is not None and training_args.dataloader_persistent_workers and training_args.dataloader_num_workers:
         # persistent workers keep the collator they started with, so every epoch would draw epoch 0's augmentation
@@ -821,11 +988,15 @@ def build_trainer(
         max_audio_seconds=data_args.max_audio_seconds,
         return_loss=contrastive,
         augmentation=augmentation,
+        pad_to_multiple_of=_bucket_multiples(data_args, training_args, processor),
     )
     all_callbacks = [*callbacks, ModelCardCallback(dataset=data_args.name)]
     train_dataset = splits.train
     if augmentation is not None:  # only rows carrying their index are augmented: the training split's
-        train_dataset = splits.train.add_column(INDEX_COLUMN, list(range(len(splits.train))))
+        if isinstance(splits.train, datasets.IterableDataset):  # a stream's examples are numbered as they come
+            train_dataset = splits.train.map(lambda _, index: {INDEX_COLUMN: index}, with_indices=True)
+        else:
+            train_dataset = splits.train.add_column(INDEX_COLUMN, list(range(len(splits.train))))
         all_callbacks.append(AugmentationEpochCallback(augmentation))
     if training_args.disable_tqdm:  # logs without progress bars (CI, files): one line per evaluation instead
         all_callbacks.append(ProgressLineCallback())
@@ -849,7 +1020,38 @@ def build_trainer(
         frozen_modalities=model_args.freeze_modalities,
         label_prior=None if contrastive else _label_prior(splits, collator),
     )
+    if model_args.cache_frozen_features and search is None:  # a search's trials may need other features (heads)
+        _use_feature_cache(trainer, splits, model_args)
     return trainer, splits
+
+
+def _bucket_multiples(
+    data_args: DataArguments, training_args: MultimodalTrainingArguments, processor: MultimodalProcessor
+) -> dict[str, int]:
+    """The collator's `pad_to_multiple_of` under `--bucket_shapes` (by default with `--torch_compile`), else none."""
+    bucket = training_args.torch_compile if data_args.bucket_shapes is None else data_args.bucket_shapes
+    if not bucket:
+        return {}
+    rate = processor.feature_extractor.sampling_rate
+    return bucket_multiples(data_args.max_text_tokens, int(data_args.max_audio_seconds * rate))
+
+
+def _use_feature_cache(trainer: MultimodalTrainer, splits: Splits, model_args: ModelArguments) -> None:
+    """`--cache_frozen_features`: the output of each frozen encoder over every map-style split is computed once (or
+    read from the cache), and the trainer and `splits` take the splits carrying its rows (README: Frozen-encoder
+    cache). A streamed training split, and a training split that `--augment` changes, run the encoder as usual."""
+    modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities]
+    if not modalities:
+        return
+    parts = {"validation": splits.validation, "test": splits.test}
+    parts.update({f"extra:{name}": part for name, part in splits.extra_tests.items()})
+    if isinstance(trainer.train_dataset, datasets.Dataset):
+        parts["train"] = trainer.train_dataset
+    cached = cache_frozen_features(trainer, parts, modalities, model_args.feature_cache_dir)
+    trainer.train_dataset = cached.get("train", trainer.train_dataset)
+    trainer.eval_dataset = splits.validation = cached["validation"]
+    splits.test = cached["test"]
+    splits.extra_tests = {name: cached[f"extra:{name}"] for name in splits.extra_tests}
 
 
 def train_and_evaluate(
@@ -1003,6 +1205,31 @@ def evaluate_alignment(
     return results
 
 
+def _check_streaming(model_args: ModelArguments, training_args: MultimodalTrainingArguments) -> None:
+    """Refuse the options a `--streaming` run cannot honour (each needs the length of the training data), and let
+    every process read its own part of the stream: accelerate then shards it (by its files / shards where there are
+    enough, else every process keeps its share of each batch) instead of dispatching every batch from process 0."""
+    if training_args.max_steps <= 0:
+        raise ValueError(
+            "--streaming needs --max_steps: a stream has no known length, so the number of epochs cannot say when "
+            "training ends. Pass --max_steps N (e.g. epochs x examples / (batch size x processes))."
+        )
+    by_epoch = [option for option in ("eval_strategy", "save_strategy") if getattr(training_args, option) == "epoch"]
+    if by_epoch:
+        raise ValueError(
+            f"--streaming with {' and '.join(f'--{option} epoch' for option in by_epoch)}: the end of an epoch of a "
+            "stream is not a known step (and may differ between processes). Pass --eval_strategy steps --eval_steps "
+            "N --save_strategy steps --save_steps N."
+        )
+    if model_args.hpo_trials:
+        raise ValueError(
+            "--hpo_trials with --streaming: the search sizes its trials and pruning in epochs of the training data. "
+            "Search on a map-style copy of a part of the data (--max_train_samples without --streaming)."
+        )
+    if training_args.accelerator_config.dispatch_batches is None:
+        training_args.accelerator_config.dispatch_batches = False
+
+
 def _check_best_model_metric(training_args: MultimodalTrainingArguments, problem_type: str, contrastive: bool) -> None:
     """`--metric_for_best_model` must be the loss or a metric the run computes (those of its problem type)."""
     metric = (training_args.metric_for_best_model or "loss").removeprefix("eval_")
@@ -1040,7 +1267,12 @@ def _resolve_resume(value: str | None, output_dir: Path) -> str | None:
 def _label_prior(splits: Splits, collator: MultimodalDataCollator) -> torch.Tensor:
     """The training set's best guess without input (`MultimodalTrainer`'s `label_prior`): class frequencies, per-label
     frequencies (multi-label) or the mean target (regression)."""
-    labels = collator.labels_tensor(splits.train[collator.label_column])
+    column = collator.label_column
+    if isinstance(splits.train, datasets.IterableDataset):  # a stream: estimated from its first examples
+        values = [row[column] for row in splits.train.select_columns([column]).take(LABEL_PRIOR_EXAMPLES)]
+    else:
+        values = splits.train[column]
+    labels = collator.labels_tensor(values)
     if splits.problem_type == "single_label_classification":
         counts = torch.bincount(labels, minlength=len(splits.labels)).double()
         return (counts / counts.sum()).float()

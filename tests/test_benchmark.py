@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from conftest import tiny_model
 from hf_multimodal import FUSION_TYPES, MultimodalConfig
 from benchmark import (
     BENCHMARK_NAMES,
+    OPT_IN_BENCHMARKS,
     BenchmarkSettings,
     Timings,
     check_target,
@@ -24,13 +23,12 @@ from benchmark import (
     main,
     measure_peak_memory,
     model_sharing_encoders,
+    parse_args,
     run_benchmarks,
     time_interleaved,
 )
 
 pytestmark = pytest.mark.slow  # benchmark smoke runs
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def test_smoke_run_writes_json_with_every_measurement(smoke_run):
     )
     assert report["meta"]["settings"]["size"] == "tiny"
     rows = report["rows"]
-    assert {row["item"] for row in rows} == set(range(1, 9))
+    assert {row["item"] for row in rows} == set(range(1, 9)) | {11}  # 9 and 10 are opt-in
     for row in rows:
         assert {"item", "name", "value", "unit", "target", "met", "note", "extra"} <= set(row)
         if row["value"] is None:
@@ -112,6 +110,23 @@ def test_smoke_run_compares_the_alternatives_on_the_demo_task(smoke_run):
     assert all(row["extra"]["cpu_seconds"] > 0 for row in trained)
 
 
+def test_smoke_run_measures_data_loading_with_and_without_workers(smoke_run):
+    """Item 11: the CPU time of loading demo batches of 32 against the model's forward + backward on them; the
+    training loader's pass and a training epoch with 0 and with 2 worker processes, which give identical batches."""
+    _, _, output_dir = smoke_run
+    report = json.loads((output_dir / "benchmark.json").read_text())
+    share, loader, epoch = [row for row in report["rows"] if row["item"] == 11]
+    repeat = report["meta"]["settings"]["workload"]["repeat"]
+    assert share["unit"] == "ratio" and share["target"] == "<= 1.0"
+    assert len(share["extra"]["loading_cpu_seconds"]) == len(share["extra"]["forward_backward_cpu_seconds"]) == repeat
+    assert loader["extra"]["identical_batches"] is True
+    assert "identical batches with and without workers: yes" in loader["note"]
+    assert epoch["target"] == ">= 1.0" and "training epoch" in epoch["name"]
+    for row in (loader, epoch):
+        assert row["extra"]["workers"] == 2
+        assert len(row["extra"]["without_workers_seconds"]) == len(row["extra"]["with_workers_seconds"]) == repeat
+
+
 def test_smoke_run_writes_png_and_markdown(smoke_run):
     _, printed, output_dir = smoke_run
     png = (output_dir / "benchmark.png").read_bytes()
@@ -120,26 +135,18 @@ def test_smoke_run_writes_png_and_markdown(smoke_run):
     assert table.strip() in printed
 
 
-def test_script_is_a_thin_cli(tmp_path):
-    """The script's options, including the GPU ones, parse; invalid choices are refused by argparse."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--help"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0
+def test_script_is_a_thin_cli(capsys):
+    """The script's options, including the GPU ones, parse; invalid choices are refused by argparse (that the script
+    itself answers --help is tests/test_readme.py's check)."""
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--help"])
+    assert exit.value.code == 0
+    shown = capsys.readouterr().out
     for option in ("--size", "--device", "--bf16", "--compile", "--output-dir", "--only", "--threads"):
-        assert option in result.stdout
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--only", "nonsense"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+        assert option in shown
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--only", "nonsense"])
+    assert exit.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_settings_refuse_bad_values_with_the_fix():
@@ -163,8 +170,12 @@ def test_settings_refuse_bad_values_with_the_fix():
         "preprocessing",
         "memory",
         "alternatives",
+        "compile",
+        "checkpointing",
+        "data_loading",
     }
     assert BenchmarkSettings(only=("alternatives",)).only == ("alternatives",)
+    assert set(OPT_IN_BENCHMARKS) == {"compile", "checkpointing"}  # run only when named (the smoke run leaves them)
 
 
 def test_threads_option_applies_to_the_run_and_is_restored():
@@ -173,6 +184,18 @@ def test_threads_option_applies_to_the_run_and_is_restored():
     assert report.meta["torch_threads"] == 1 and report.meta["settings"]["threads"] == 1
     assert "with 1 torch thread(s)" in report.rows[0].note
     assert torch.get_num_threads() == before
+
+
+def test_checkpointing_section_compares_peak_memory_and_step_time():
+    """Item 10 at the tiny size: the encoders that support checkpointing (text, audio), peaks and step times of both
+    variants, and the model left without checkpointing."""
+    report = run_benchmarks(BenchmarkSettings(size="tiny", only=("checkpointing",), threads=1), log=None)
+    (row,) = report.rows
+    assert row.item == 10 and row.unit == "ratio" and row.value > 0
+    assert row.extra["checkpointed_modalities"] == ["text", "audio"]
+    steps = report.meta["settings"]["workload"]["train_steps"]
+    assert len(row.extra["plain_step_seconds"]) == len(row.extra["checkpointed_step_seconds"]) == steps
+    assert row.extra["plain_peak_mib"] > 0 and "step time x" in row.note and "fp32" in row.note
 
 
 def test_check_target():

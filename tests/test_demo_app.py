@@ -9,6 +9,7 @@ version must match the browser's), uploads into Gradio's hidden file inputs, and
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import SCRIPTS, random_audio, random_image, tiny_model
+from conftest import SCRIPTS, WITHOUT_THE_PACKAGE, random_audio, random_image, tiny_model
 from transformers import pipeline
 
 demo_app = pytest.importorskip("demo_app", reason="gradio is not installed: pip install -e '.[app]'")
@@ -188,3 +189,50 @@ def test_measure_times_the_page_against_the_pipeline(browser, reference, files, 
     with capsys.disabled():
         print(f"\ndemo page, tiny model, 3 modalities: pipeline {result['pipeline_s'] * 1000:.1f} ms, page "
               f"{result['page_s'] * 1000:.1f} ms, ratio {result['ratio']:.2f}")
+
+
+SPACE_CHECK = """
+import json, runpy, sys
+
+app = runpy.run_path(sys.argv[1], run_name="space_app")  # as a module: the page is built, not launched
+assert app["hf_multimodal"] is None
+classifier = app["load_classifier"](sys.argv[2])
+scores, importance = app["classify"](classifier, *sys.argv[3:6])
+print(json.dumps({"default": app["DEFAULT_MODEL"], "module": type(classifier).__module__, "scores": scores,
+                  "importance": importance.to_dict("records")}))
+"""
+
+
+def test_a_written_space_serves_the_model_through_its_remote_code(files, reference, tmp_path):
+    """`--write_space` writes app.py, requirements.txt and the Space card; app.py runs in a process that cannot
+    import hf_multimodal (as on a Space) and classifies as the package's pipeline does."""
+    space = demo_app.write_space("alice/av-digits", tmp_path / "space")
+    assert sorted(path.name for path in space.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    card = (space / "README.md").read_text()
+    assert "sdk: gradio" in card and "app_file: app.py" in card and "- alice/av-digits" in card
+    assert "transformers==" in (space / "requirements.txt").read_text()
+    repo = tmp_path / "repo"  # as scripts/push_to_hub.py leaves a repo: the pipeline's code and task in it too
+    reference.save_pretrained(repo)
+    example = [TEXT, str(files["digit.png"]), str(files["spoken.wav"])]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_THE_PACKAGE + SPACE_CHECK, str(space / "app.py"), str(repo), *example],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.splitlines()[-1])
+    assert served["default"] == "alice/av-digits" and served["module"].startswith("transformers_modules")
+    expected = reference(dict(zip(("text", "image", "audio"), example)), return_modality_importance=True, top_k=5)
+    assert served["scores"] == pytest.approx({entry["label"]: entry["score"] for entry in expected["labels"]})
+    importance = {row["modality"]: row["importance"] for row in served["importance"]}
+    assert importance == pytest.approx(expected["modality_importance"])
+
+
+def test_a_space_needs_a_hub_repo_id_and_an_empty_folder(model_folder, tmp_path):
+    with pytest.raises(ValueError, match="push the folder first"):
+        demo_app.write_space(str(model_folder), tmp_path / "space")
+    (tmp_path / "space").mkdir()
+    (tmp_path / "space" / "app.py").write_text("mine\n")
+    with pytest.raises(FileExistsError, match="already holds app.py"):
+        demo_app.write_space("alice/av-digits", tmp_path / "space")
+    assert (tmp_path / "space" / "app.py").read_text() == "mine\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
@@ -44,7 +47,9 @@ class TestWaveNetModel:
         assert response[:30].abs().max() == 0  # nothing before the impulse reacts to it
         assert response[30:].abs().max() > 0
 
-    @pytest.mark.parametrize("frontend, sampling_rate", [("waveform", 16000), ("log_mel", 16000), ("log_mel", 8000)])
+    @pytest.mark.parametrize(
+        "frontend, sampling_rate", [("waveform", 16000), ("log_mel", 16000), ("log_mel", 8000), ("mfcc", 8000)]
+    )
     def test_padding_does_not_change_real_frames_or_pooling(self, frontend, sampling_rate):
         model = tiny_wavenet(frontend=frontend, sampling_rate=sampling_rate)
         real = torch.randn(1, 5000)
@@ -125,10 +130,91 @@ class TestLogMelFrontend:
         torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output)
 
     def test_bad_settings_are_refused(self):
-        with pytest.raises(ValueError, match="frontend must be one of waveform, log_mel"):
-            WaveNetConfig(frontend="mfcc")
+        with pytest.raises(ValueError, match="frontend must be one of waveform, log_mel, mfcc"):
+            WaveNetConfig(frontend="plp")
         with pytest.raises(ValueError, match="hop_ms .* at most window_ms"):
             WaveNetConfig(frontend="log_mel", hop_ms=40.0, window_ms=25.0)
+        with pytest.raises(ValueError, match="pooling must be one of mean, mean_std"):
+            WaveNetConfig(pooling="max")
+        with pytest.raises(ValueError, match="need frontend='log_mel'"):
+            WaveNetConfig(mask_time_prob=0.2)
+        with pytest.raises(ValueError, match=r"mask_feature_prob must be in \[0, 1\)"):
+            WaveNetConfig(frontend="log_mel", mask_feature_prob=1.5)
+        with pytest.raises(ValueError, match=r"mask_feature_length \(50\) must be at most num_mel_bins \(40\)"):
+            WaveNetConfig(frontend="log_mel", mask_feature_length=50)
+        with pytest.raises(ValueError, match=r"num_mfcc \(30\) must be at most num_mel_bins \(24\)"):
+            WaveNetConfig(frontend="mfcc", num_mfcc=30, num_mel_bins=24)
+
+
+class TestMfccFrontend:
+    def test_features_are_the_orthonormal_dct_of_the_log_mel_frames(self):
+        scipy_fft = pytest.importorskip("scipy.fft")
+        frontend = tiny_wavenet(frontend="mfcc", sampling_rate=8000, num_mfcc=13).frontend
+        log_mel = torch.randn(2, 7, 40)
+        expected = scipy_fft.dct(log_mel.numpy(), type=2, norm="ortho", axis=-1)[..., :13]
+        torch.testing.assert_close(frontend.frame_features(log_mel), torch.from_numpy(expected), atol=1e-5, rtol=1e-4)
+        assert frontend.projection.in_features == 13
+
+    def test_dct_is_rebuilt_not_saved(self, tmp_path):
+        model = tiny_wavenet(frontend="mfcc", sampling_rate=8000)
+        assert not any("dct" in name for name in model.state_dict())
+        model.save_pretrained(tmp_path)
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        audio = torch.randn(1, 4000)
+        torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output)
+
+
+SPEC_AUGMENT = {"mask_time_prob": 0.3, "mask_time_length": 5, "mask_feature_prob": 0.3, "mask_feature_length": 4}
+
+
+class TestSpecAugmentAndStatisticsPooling:
+    def test_masks_zero_whole_spans_of_real_frames_and_of_mel_bins(self):
+        frontend = tiny_wavenet(frontend="log_mel", sampling_rate=8000, **SPEC_AUGMENT).frontend
+        features = torch.randn(4, 60, 40)
+        frame_mask = torch.arange(60).unsqueeze(0) < torch.tensor([[60], [60], [60], [30]])
+        np.random.seed(0)  # the spans are drawn as Wav2Vec2Model draws them, from numpy's generator
+        masked = frontend.spec_augment(features, frame_mask)
+        zero_frames = (masked == 0).all(dim=-1)
+        zero_bins = (masked == 0).all(dim=1)
+        assert zero_frames.any() and zero_bins.any()
+        assert not zero_frames[3, 30:].any()  # padding frames are never chosen as time masks
+        kept = ~zero_frames.unsqueeze(-1) & ~zero_bins.unsqueeze(1)
+        torch.testing.assert_close(masked[kept], features[kept])
+        assert zero_frames.float().mean() < 0.5 and zero_bins.float().mean() < 0.5
+
+    def test_masking_happens_in_training_only(self):
+        plain = tiny_wavenet(frontend="log_mel", sampling_rate=8000, hidden_dropout=0.0)
+        masked = WaveNetModel(
+            WaveNetConfig(**TINY_AUDIO, **SPEC_AUGMENT, frontend="log_mel", sampling_rate=8000, hidden_dropout=0.0)
+        )
+        masked.load_state_dict(plain.state_dict())
+        audio = torch.randn(2, 8000)
+        torch.testing.assert_close(masked.eval()(audio).pooler_output, plain(audio).pooler_output)
+        torch.testing.assert_close(plain.train()(audio).pooler_output, plain.eval()(audio).pooler_output)
+        assert not torch.allclose(masked.train()(audio).pooler_output, plain(audio).pooler_output)
+
+    def test_configs_saved_before_the_options_load_with_identical_outputs(self, tmp_path):
+        model = tiny_wavenet(frontend="log_mel", sampling_rate=8000)
+        model.save_pretrained(tmp_path)
+        saved = json.loads((tmp_path / "config.json").read_text())
+        new_keys = ("pooling", "mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length")
+        (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in new_keys}))
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        assert loaded.config.pooling == "mean" and loaded.config.mask_time_prob == 0.0
+        audio = torch.randn(2, 4000)
+        torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output, rtol=0, atol=0)
+
+    def test_statistics_pooling_keeps_the_hidden_size_and_ignores_padding(self):
+        model = tiny_wavenet(frontend="log_mel", sampling_rate=8000, pooling="mean_std")
+        real = torch.randn(1, 3000)
+        alone = model(real).pooler_output
+        padded = torch.cat([real, torch.zeros(1, 5000)], dim=1)
+        mask = (torch.arange(8000) < 3000).long().unsqueeze(0)
+        assert alone.shape == (1, TINY_AUDIO["hidden_size"])
+        torch.testing.assert_close(model(padded, attention_mask=mask).pooler_output, alone, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():  # the standard deviation enters the pooled vector: without its weights it changes
+            model.pooling_projection.weight[:, TINY_AUDIO["hidden_size"] :] = 0.0
+        assert not torch.allclose(model(real).pooler_output, alone)
 
 
 def test_old_audio_attention_mask_name_still_works_with_a_warning():

@@ -22,7 +22,8 @@ MODEL_ROLES = ("configuration_", "modeling_", "feature_extraction_", "image_proc
 MODEL_MODULES = {"media_loading"}
 """Support of the model files (loading media for the pipeline), also shipped as remote code."""
 EDGE_MODULES = {
-    "data_augmentation", "data_collator", "exporting_onnx", "hub", "metrics", "model_card", "trainer", "training_args"
+    "data_augmentation", "data_collator", "exporting_onnx", "feature_cache", "hub", "metrics", "model_card", "trainer",
+    "training_args",
 }
 """The Trainer, Hub and ONNX integration: imported explicitly, never by `import hf_multimodal` or a model file."""
 TRAIN_ONLY_PACKAGES = ("datasets", "evaluate", "sklearn", "matplotlib")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -32,6 +33,26 @@ PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 SHELL_BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
 TINY_LOG_MEL = {"frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 32, "num_stacks": 1, "layers_per_stack": 2}
 SIZES = {"num_train": 10, "num_validation": 10, "num_test": 10}
+
+
+HELP_RUNNER = """
+import contextlib, io, json, os, runpy, sys
+
+answers = {}
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    sys.path.insert(0, os.path.dirname(script))  # as `python script.py` does
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code or 0
+    answers[script] = (code, output.getvalue())
+print(json.dumps(answers))
+"""
+"""Runs each script given as an argument with `--help` in this one process: {script: (exit code, its output)}."""
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +92,14 @@ def test_every_script_the_shell_blocks_name_exists_and_answers_help():
     assert scripts
     for script in scripts:
         assert (ROOT / script).is_file(), f"the README names {script}, which does not exist"
-        if script.endswith(".py"):
-            result = subprocess.run(
-                [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=300
-            )
-            assert result.returncode == 0 and "usage" in result.stdout.lower(), (script, result.stderr[-2000:])
+    python_scripts = [str(ROOT / script) for script in scripts if script.endswith(".py")]
+    # one process runs every script as `__main__` with --help (the heavy imports are paid once, not per script)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_RUNNER, *python_scripts], capture_output=True, text=True, timeout=300, cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.splitlines()[-1])
+    for script in python_scripts:
+        code, text = answers[script]
+        assert code == 0 and "usage" in text.lower(), (script, code, text[-2000:])

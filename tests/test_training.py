@@ -227,6 +227,7 @@ def test_trainer_gets_raw_columns_learning_rates_and_frozen_encoders(data, tmp_p
         [
             *tiny_arguments(data, tmp_path / "run"),
             "--freeze_modalities", "text",
+            "--cache_frozen_features", "False",  # the encoder's own inputs (the cache: tests/test_feature_cache.py)
             "--audio_learning_rate", "0.01",
             "--fusion_learning_rate", "0.002",
         ]

@@ -7,8 +7,11 @@ import math
 from transformers import PreTrainedConfig
 
 
-FRONTENDS: tuple[str, ...] = ("waveform", "log_mel")
+FRONTENDS: tuple[str, ...] = ("waveform", "log_mel", "mfcc")
 """Names accepted by `WaveNetConfig.frontend`."""
+
+POOLINGS: tuple[str, ...] = ("mean", "mean_std")
+"""Names accepted by `WaveNetConfig.pooling`."""
 
 
 class WaveNetConfig(PreTrainedConfig):
@@ -24,6 +27,10 @@ class WaveNetConfig(PreTrainedConfig):
       clip's real frames (cepstral mean and variance normalisation, which removes most of the recording channel and
       some of the speaker), then a linear projection. It learns from a few thousand clips (0.95+ on held-out
       recordings of known speakers, where the waveform front-end gets about 0.6).
+    - `"mfcc"`: the same log-mel frames taken through an orthonormal DCT-II, of which the first `num_mfcc`
+      coefficients (mel-frequency cepstral coefficients) are kept and normalised the same way. Dropping the upper
+      coefficients smooths the spectrum across bands, taking out pitch harmonics, which vary from speaker to speaker:
+      on a voice never heard it reads more spoken digits right than `"log_mel"` (README: Results).
 
     Every operation along time is causal and the normalisation uses real frames only, so padding appended to an
     example never changes the frames that cover its real samples, nor the pooled output.
@@ -33,14 +40,30 @@ class WaveNetConfig(PreTrainedConfig):
             Sampling rate, in Hz, of the waveforms the model expects (e.g. 8000 for telephone-band speech: the
             log-mel front-end then pays for no upsampling).
         frontend (`str`, *optional*, defaults to `"waveform"`):
-            `"waveform"` or `"log_mel"` (see above).
+            `"waveform"`, `"log_mel"` or `"mfcc"` (see above).
         num_mel_bins (`int`, *optional*, defaults to 40):
-            Mel bands of the `"log_mel"` front-end, between 20 Hz and half the sampling rate.
+            Mel bands of the `"log_mel"` and `"mfcc"` front-ends, between 20 Hz and half the sampling rate.
+        num_mfcc (`int`, *optional*, defaults to 20):
+            Cepstral coefficients kept by the `"mfcc"` front-end, at most `num_mel_bins`.
         window_ms (`float`, *optional*, defaults to 25.0):
-            Analysis window of the `"log_mel"` front-end, in milliseconds (Hann window, FFT size the next power of
+            Analysis window of the spectral front-ends, in milliseconds (Hann window, FFT size the next power of
             two).
         hop_ms (`float`, *optional*, defaults to 10.0):
-            Step between frames of the `"log_mel"` front-end, in milliseconds (one output frame per step).
+            Step between frames of the spectral front-ends, in milliseconds (one output frame per step).
+        mask_time_prob (`float`, *optional*, defaults to 0.0):
+            SpecAugment time masking of the spectral front-ends, in training only (as `Wav2Vec2Config`'s option of
+            the same name): about this fraction of each clip's real frames is set to the clip's mean (zero after
+            the per-bin normalisation), in `mask_time_prob * frames / mask_time_length` spans that may overlap.
+            0 (the default) masks nothing.
+        mask_time_length (`int`, *optional*, defaults to 10):
+            Frames per time mask (10 frames = 100 ms at the default hop).
+        mask_feature_prob (`float`, *optional*, defaults to 0.0):
+            SpecAugment frequency masking of the spectral front-ends, in training only (as `Wav2Vec2Config`'s
+            `mask_feature_prob`): about this fraction of the mel bins (cepstral coefficients for `"mfcc"`) of each
+            clip is set to zero, in `mask_feature_prob * features / mask_feature_length` spans. 0 (the default)
+            masks nothing.
+        mask_feature_length (`int`, *optional*, defaults to 10):
+            Mel bins (coefficients) per frequency mask, at most `num_mel_bins` (`num_mfcc`).
         frontend_channels (`list[int]`, *optional*, defaults to `[32, 64, 64, 64]`):
             Output channels of each front-end convolution.
         frontend_kernel_sizes (`list[int]`, *optional*, defaults to `[10, 8, 8, 4]`):
@@ -58,6 +81,10 @@ class WaveNetConfig(PreTrainedConfig):
             Kernel size of the dilated convolutions.
         hidden_dropout (`float`, *optional*, defaults to 0.1):
             Dropout applied to the residual branch of each layer.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            How `pooler_output` summarises the real frames: `"mean"`, their mean; `"mean_std"`, their mean and
+            standard deviation (statistics pooling, as in x-vectors) concatenated and projected back to
+            `hidden_size`.
         layer_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon of the layer norms.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -79,8 +106,13 @@ class WaveNetConfig(PreTrainedConfig):
     sampling_rate: int = 16000
     frontend: str = "waveform"
     num_mel_bins: int = 40
+    num_mfcc: int = 20
     window_ms: float = 25.0
     hop_ms: float = 10.0
+    mask_time_prob: float = 0.0
+    mask_time_length: int = 10
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
     frontend_channels: list[int] | tuple[int, ...] = (32, 64, 64, 64)
     frontend_kernel_sizes: list[int] | tuple[int, ...] = (10, 8, 8, 4)
     frontend_strides: list[int] | tuple[int, ...] = (5, 4, 4, 2)
@@ -89,6 +121,7 @@ class WaveNetConfig(PreTrainedConfig):
     layers_per_stack: int = 4
     kernel_size: int = 3
     hidden_dropout: float = 0.1
+    pooling: str = "mean"
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
 
@@ -99,18 +132,29 @@ class WaveNetConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._check_frontend()
         self._check_stacks()
+        self._check_spec_augment()
+
+    @property
+    def is_spectral(self) -> bool:
+        """Whether the front-end computes a spectrogram (`"log_mel"`, `"mfcc"`) rather than learning from samples."""
+        return self.frontend in ("log_mel", "mfcc")
+
+    @property
+    def num_frame_features(self) -> int:
+        """Features per frame of a spectral front-end, before its projection: cepstral coefficients or mel bands."""
+        return self.num_mfcc if self.frontend == "mfcc" else self.num_mel_bins
 
     @property
     def samples_per_frame(self) -> int:
         """Number of input samples per output frame: the product of the strides of the `"waveform"` front-end, the
-        hop of the `"log_mel"` one."""
-        if self.frontend == "log_mel":
+        hop of the spectral ones."""
+        if self.is_spectral:
             return int(round(self.sampling_rate * self.hop_ms / 1000))
         return math.prod(self.frontend_strides)
 
     @property
     def window_length(self) -> int:
-        """Samples per analysis window of the `"log_mel"` front-end."""
+        """Samples per analysis window of the spectral front-ends."""
         return int(round(self.sampling_rate * self.window_ms / 1000))
 
     @property
@@ -140,18 +184,43 @@ class WaveNetConfig(PreTrainedConfig):
                 )
 
     def _check_stacks(self) -> None:
-        """Positive sizes for the dilated stacks; a known front-end with a window that covers its hop."""
-        for name in ("hidden_size", "num_stacks", "layers_per_stack", "kernel_size", "sampling_rate", "num_mel_bins"):
+        """Positive sizes for the dilated stacks, a known front-end whose window covers its hop, a known pooling."""
+        names = ("hidden_size", "num_stacks", "layers_per_stack", "kernel_size", "sampling_rate", "num_mel_bins", "num_mfcc")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if self.frontend not in FRONTENDS:
             raise ValueError(f"frontend must be one of {', '.join(FRONTENDS)}; got {self.frontend!r}.")
-        if self.frontend == "log_mel" and not 1 <= self.samples_per_frame <= self.window_length:
+        if self.frontend == "mfcc" and self.num_mfcc > self.num_mel_bins:
+            raise ValueError(
+                f"num_mfcc ({self.num_mfcc}) must be at most num_mel_bins ({self.num_mel_bins}): lower it or add bands."
+            )
+        if self.is_spectral and not 1 <= self.samples_per_frame <= self.window_length:
             raise ValueError(
                 f"hop_ms ({self.hop_ms}) must be positive and at most window_ms ({self.window_ms}) so that no sample is "
                 "skipped."
             )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}.")
+
+    def _check_spec_augment(self) -> None:
+        """Masking fractions in [0, 1), positive span lengths, frequency spans no wider than the mel bins, and masking
+        only where there is a spectrogram to mask."""
+        for axis, size_name in (("time", None), ("feature", "num_mfcc" if self.frontend == "mfcc" else "num_mel_bins")):
+            prob, length = getattr(self, f"mask_{axis}_prob"), getattr(self, f"mask_{axis}_length")
+            if not 0.0 <= prob < 1.0:
+                raise ValueError(f"mask_{axis}_prob must be in [0, 1), got {prob!r}.")
+            if not isinstance(length, int) or length < 1:
+                raise ValueError(f"mask_{axis}_length must be an integer >= 1, got {length!r}.")
+            if size_name is not None and length > getattr(self, size_name):
+                size = getattr(self, size_name)
+                raise ValueError(f"mask_{axis}_length ({length}) must be at most {size_name} ({size}): lower it.")
+        if (self.mask_time_prob or self.mask_feature_prob) and not self.is_spectral:
+            raise ValueError(
+                f"mask_time_prob and mask_feature_prob mask a spectrogram: they need frontend='log_mel' or 'mfcc', got "
+                f"frontend={self.frontend!r}. Set a spectral front-end or leave both at 0."
+            )
 
 
-__all__ = ["FRONTENDS", "WaveNetConfig"]
+__all__ = ["FRONTENDS", "POOLINGS", "WaveNetConfig"]

@@ -12,8 +12,9 @@ import torch
 
 from .configuration_multimodal import MODALITIES, PROBLEM_TYPES
 from .data_augmentation import INDEX_COLUMN, DataAugmentation
+from .feature_cache import FEATURE_ROW_COLUMNS, EncoderFeatureTable
 from .media_loading import load_audio, load_image
-from .processing_multimodal import MODALITY_ARGUMENTS, MultimodalProcessor, check_text
+from .processing_multimodal import MODALITY_ARGUMENTS, MultimodalProcessor, check_text, padding_kwargs
 
 
 UNAVAILABLE_KEY = "unavailable"
@@ -49,6 +50,13 @@ class MultimodalDataCollator:
             unlabelled `MultimodalModel` (as `CLIPModel` is trained with `Trainer`).
         augmentation ([`DataAugmentation`], *optional*): Augments the decoded examples that carry an
             `augmentation_index` (added to the training split only, so evaluation batches are never augmented).
+        encoder_features (`dict[str, EncoderFeatureTable]`, *optional*): Precomputed features of frozen encoders
+            per modality (filled by [`FrozenEncoderCache`]): a batch whose examples all carry that modality's row
+            column (`feature_cache.FEATURE_ROW_COLUMNS`) gets `{modality}_encoder_features` instead of decoded inputs.
+        pad_to_multiple_of (`Mapping[str, int]`, *optional*): Pad each batch's text to a multiple of
+            `pad_to_multiple_of["text"]` tokens and its audio to a multiple of `pad_to_multiple_of["audio"]` samples
+            (instead of the longest example's length): a bounded set of shapes, so that a `torch.compile`d model
+            compiles a bounded number of graphs (see `processing_multimodal.bucket_multiples`).
 
     Example:
 
@@ -71,14 +79,25 @@ class MultimodalDataCollator:
     drop_modalities: Sequence[str] = ()
     return_loss: bool = False
     augmentation: DataAugmentation | None = None
+    encoder_features: dict[str, EncoderFeatureTable] = field(default_factory=dict)
+    pad_to_multiple_of: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {self.problem_type!r}.")
+        padding_kwargs(self.pad_to_multiple_of, ())  # validates it
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         used = [m for m in self.modalities if m not in self.drop_modalities]
-        values = {m: [self._decode(m, example, index) for index, example in enumerate(examples)] for m in used}
+        cached = [
+            m for m in used
+            if m in self.encoder_features and all(FEATURE_ROW_COLUMNS[m] in example for example in examples)
+        ]
+        feature_rows = {m: [example[FEATURE_ROW_COLUMNS[m]] for example in examples] for m in cached}
+        decoded = [m for m in used if m not in cached]
+        values = {m: [self._decode(m, example, index) for index, example in enumerate(examples)] for m in decoded}
+        for m in cached:  # the row of a cached example stands for its value; None where it lacks the modality
+            values[m] = [row if self.encoder_features[m].present[row] else None for row in feature_rows[m]]
         rows = [row for row in range(len(examples)) if any(values[m][row] is not None for m in used)]
         # Labels first: Trainer takes the batch size from the first tensor, and it must count every example.
         batch: dict[str, torch.Tensor] = {}
@@ -87,10 +106,13 @@ class MultimodalDataCollator:
         if len(rows) < len(examples):
             batch[UNAVAILABLE_KEY] = torch.ones(len(examples), dtype=torch.bool).index_fill_(0, torch.tensor(rows, dtype=torch.long), False)
         if rows:
-            arguments = {MODALITY_ARGUMENTS[m]: [values[m][row] for row in rows] for m in used}
-            if "audio" in used:
+            arguments = {MODALITY_ARGUMENTS[m]: [values[m][row] for row in rows] for m in decoded}
+            if "audio" in decoded:
                 arguments["sampling_rate"] = self.processor.feature_extractor.sampling_rate
-            batch.update(self.processor(**arguments))
+            if arguments:
+                batch.update(self.processor(**arguments, **padding_kwargs(self.pad_to_multiple_of, decoded)))
+            for m in cached:
+                batch.update(self.encoder_features[m].batch(m, [feature_rows[m][row] for row in rows]))
         if self.return_loss:
             batch["return_loss"] = True
         return batch

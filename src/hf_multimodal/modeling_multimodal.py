@@ -42,6 +42,14 @@ the Auto registry does not know)."""
 PRESENCE_NAMES: dict[str, str] = {"text": "has_text", "image": "has_image", "audio": "has_audio"}
 """Per-example presence masks, `(batch_size,)` bool: False where an example lacks that modality."""
 
+FEATURE_INPUT_NAMES: dict[str, tuple[str, str]] = {
+    "text": ("text_encoder_features", "text_encoder_mask"),
+    "image": ("image_encoder_features", "image_encoder_mask"),
+    "audio": ("audio_encoder_features", "audio_encoder_mask"),
+}
+"""Per modality, the inputs that stand for its encoder's output (from [`MultimodalModel.encoder_features`], e.g.
+cached for a frozen encoder): the features, then the mask of their real positions (sequences only)."""
+
 ENCODER_ATTRIBUTES: dict[str, str] = {"text": "text_model", "image": "vision_model", "audio": "audio_model"}
 
 REMOTE_CODE_AUTO_MAP: dict[str, str] = {
@@ -178,6 +186,25 @@ def encoder_output_size(config: PreTrainedConfig) -> int:
     """Width of the last hidden state of the encoder built from `config`."""
     hidden_sizes = getattr(config, "hidden_sizes", None)
     return hidden_sizes[-1] if hidden_sizes else config.hidden_size
+
+
+def allow_compiling_recurrent_layers(model: nn.Module) -> bool:
+    """Let `torch.compile` trace the `nn.LSTM` / `nn.GRU` / `nn.RNN` layers of `model` (the `bilstm` fusion head, the
+    recurrent encoders) into its graph: dynamo refuses them unless `torch._dynamo.config.allow_rnn` is set, which
+    this sets (process-wide) when `model` has one. Returns whether it did. `MultimodalTrainer` under `torch_compile`
+    and `pipeline(..., torch_compile=True)` call it.
+
+    Example:
+
+    ```python
+    >>> allow_compiling_recurrent_layers(model)  # doctest: +SKIP
+    True
+    ```
+    """
+    if not any(isinstance(module, nn.RNNBase) for module in model.modules()):
+        return False
+    torch._dynamo.config.allow_rnn = True
+    return True
 
 
 class ModalityProjection(nn.Module):
@@ -320,6 +347,43 @@ class MultimodalPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
             target.load_state_dict({k: v for k, v in encoder.state_dict().items() if k in needed}, strict=True)
         return model
 
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+        modalities: Sequence[str] | None = None,
+    ) -> None:
+        r"""
+        `PreTrainedModel.activation_checkpointing_enable` (gradient checkpointing), for every encoder or, with
+        `modalities`, only for those encoders: their layers' activations are recomputed in the backward pass instead
+        of kept, trading step time for memory where it pays (a long text or audio sequence), while the other encoders
+        keep theirs. `scripts/train.py --activation_checkpointing_modalities text audio` calls it.
+
+        Raises `ValueError` for a modality the model has no encoder for, and for an encoder whose class does not
+        support checkpointing (`supports_gradient_checkpointing` False).
+
+        Example:
+
+        ```python
+        >>> model.activation_checkpointing_enable(modalities=["text", "audio"])  # doctest: +SKIP
+        >>> model.get_encoder("text").is_activation_checkpointing, model.get_encoder("image").is_activation_checkpointing  # doctest: +SKIP
+        (True, False)
+        ```
+        """
+        if modalities is None:
+            super().activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+            return
+        encoders = {modality: self.get_encoder(modality) for modality in modalities}
+        unsupported = [f"{m} ({type(e).__name__})" for m, e in encoders.items() if not e.supports_gradient_checkpointing]
+        if unsupported:
+            raise ValueError(
+                f"activation checkpointing is not supported by the encoder of {', '.join(unsupported)}: leave it out "
+                "of the checkpointed modalities."
+            )
+        for encoder in encoders.values():
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+
     def get_encoder(self, modality: str) -> PreTrainedModel:
         """The encoder of `modality` ("text", "image" or "audio"); `ValueError` if the model has none."""
         if modality not in ENCODER_ATTRIBUTES:
@@ -382,6 +446,12 @@ def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
     config_dict, _ = PreTrainedConfig.get_config_dict(source)
     model_class = PACKAGE_ENCODERS.get(config_dict.get("model_type"), AutoModel)
     return load_safetensors_only(model_class.from_pretrained, source)
+
+
+def _main_input(inputs: dict[str, torch.Tensor | None], modality: str) -> torch.Tensor | None:
+    """The tensor that stands for `modality` in `inputs`: its main model input, else its precomputed features."""
+    main = inputs.get(INPUT_NAMES[modality][0])
+    return main if main is not None else inputs.get(FEATURE_INPUT_NAMES[modality][0])
 
 
 class MultimodalModel(MultimodalPreTrainedModel):
@@ -467,6 +537,12 @@ class MultimodalModel(MultimodalPreTrainedModel):
         return_loss: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        text_encoder_features: torch.FloatTensor | None = None,
+        text_encoder_mask: torch.BoolTensor | None = None,
+        image_encoder_features: torch.FloatTensor | None = None,
+        image_encoder_mask: torch.BoolTensor | None = None,
+        audio_encoder_features: torch.FloatTensor | None = None,
+        audio_encoder_mask: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MultimodalModelOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -488,6 +564,14 @@ class MultimodalModel(MultimodalPreTrainedModel):
         output_hidden_states (`bool`, *optional*):
             Also return every encoder's hidden states (`text_hidden_states`, ...). Defaults to
             `config.output_hidden_states`.
+        text_encoder_features, image_encoder_features, audio_encoder_features (`torch.FloatTensor`):
+            A modality's encoder output computed beforehand by [`encoder_features`] (e.g. cached once for a frozen
+            encoder, as `scripts/train.py` does through `hf_multimodal.feature_cache`), given instead of that
+            modality's inputs: its encoder does not run and the fusion head sees the same tensors. `(batch_size,
+            hidden_size)` pooled features, or `(batch_size, length, hidden_size)` sequences (needed by heads over
+            sequences). Rows of examples without the modality are placeholders. No hidden states are returned for it.
+        text_encoder_mask, image_encoder_mask, audio_encoder_mask (`torch.BoolTensor` of shape `(batch_size, length)`):
+            The real positions of sequence features (default: every position).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
@@ -499,6 +583,12 @@ class MultimodalModel(MultimodalPreTrainedModel):
             "pixel_values": pixel_values,
             "input_values": input_values,
             "audio_attention_mask": audio_attention_mask,
+            "text_encoder_features": text_encoder_features,
+            "text_encoder_mask": text_encoder_mask,
+            "image_encoder_features": image_encoder_features,
+            "image_encoder_mask": image_encoder_mask,
+            "audio_encoder_features": audio_encoder_features,
+            "audio_encoder_mask": audio_encoder_mask,
         }
         given = {"has_text": has_text, "has_image": has_image, "has_audio": has_audio}
         presence = self._presence(inputs, given)
@@ -545,17 +635,22 @@ class MultimodalModel(MultimodalPreTrainedModel):
             rows = presence[:, index]
             # A traced graph (torch.export / ONNX, torch.compile) cannot branch on data: it encodes every row of each
             # given modality and masks the absent ones; eager mode skips modalities no example has.
-            skipped = inputs[INPUT_NAMES[modality][0]] is None if tracing else not bool(rows.any())
+            main = _main_input(inputs, modality)
+            skipped = main is None if tracing else not bool(rows.any())
             if skipped:
-                given_zeros = inputs[INPUT_NAMES[modality][0]] is not None
+                given_zeros = main is not None
                 embeddings[modality] = self._zeros(batch_size, presence.device, sequence=False) if given_zeros else None
                 features[modality] = self._zeros(batch_size, presence.device, self.fusion.uses_sequences)
                 padding_masks[modality] = presence.new_zeros(batch_size, 1)
                 continue
-            sequence, sequence_mask, encoder_states = self._encode(modality, inputs, rows, output_hidden_states)
+            if inputs.get(FEATURE_INPUT_NAMES[modality][0]) is None:
+                sequence, sequence_mask, encoder_states = self._encode(modality, inputs, rows, output_hidden_states)
+            else:
+                sequence, sequence_mask, encoder_states = self._precomputed(modality, inputs, rows)
             if encoder_states is not None:
                 hidden_states[modality] = tuple(self._scatter(state, rows) for state in encoder_states)
-            pooled = self.projections[modality](masked_mean(sequence, sequence_mask))
+            mean = sequence if sequence.dim() == 2 else masked_mean(sequence, sequence_mask)  # 2-D: pooled features
+            pooled = self.projections[modality](mean)
             embeddings[modality] = self._scatter(pooled, rows)
             if self.fusion.uses_sequences:
                 projected = self.projections[modality](sequence)
@@ -570,14 +665,22 @@ class MultimodalModel(MultimodalPreTrainedModel):
         """(batch_size, num_modalities) bool mask of the modalities each example has; validates the inputs."""
         modalities = self.config.modalities
         for modality in MODALITIES:
-            supplied = [name for name in INPUT_NAMES[modality] if inputs[name] is not None]
+            names = (*INPUT_NAMES[modality], *FEATURE_INPUT_NAMES[modality])
+            supplied = [name for name in names if inputs.get(name) is not None]
+            if modality in modalities and inputs[INPUT_NAMES[modality][0]] is not None and (
+                inputs.get(FEATURE_INPUT_NAMES[modality][0]) is not None
+            ):
+                raise ValueError(
+                    f"got both {INPUT_NAMES[modality][0]} and {FEATURE_INPUT_NAMES[modality][0]} for {modality}: pass "
+                    "the inputs for the encoder to run, or its precomputed features, not both."
+                )
             if modality not in modalities and (supplied or given[PRESENCE_NAMES[modality]] is not None):
                 raise ValueError(
                     f"got {modality} inputs ({', '.join(supplied) or PRESENCE_NAMES[modality]}) but this model has no "
                     f"{modality} encoder (config.{SUB_CONFIG_KEYS[modality]} is None): drop them, or build the model with "
                     f"a {SUB_CONFIG_KEYS[modality]}."
                 )
-        main_inputs = {m: inputs[INPUT_NAMES[m][0]] for m in modalities}
+        main_inputs = {m: _main_input(inputs, m) for m in modalities}
         sizes = {m: tensor.shape[0] for m, tensor in main_inputs.items() if tensor is not None}
         if not sizes:
             expected = ", ".join(INPUT_NAMES[m][0] for m in modalities)
@@ -659,6 +762,45 @@ class MultimodalModel(MultimodalPreTrainedModel):
             return None
         return torch.stack(losses).mean()
 
+    @torch.no_grad()
+    def encoder_features(
+        self, modality: str, inputs: dict[str, torch.Tensor | None], sequences: bool = False
+    ) -> tuple[torch.FloatTensor, torch.BoolTensor | None]:
+        r"""
+        What `forward` takes from the encoder of `modality` before projecting and fusing it, for every example of
+        `inputs` (that modality's model inputs): its last hidden state averaged over the real positions, `(batch_size,
+        hidden_size)`, or with `sequences=True` (what heads over sequences read) the last hidden state `(batch_size,
+        length, hidden_size)` and the bool mask of its real positions (None when every position is real).
+
+        Passed back to `forward` as `{modality}_encoder_features` (and `{modality}_encoder_mask`), they stand for the
+        encoder: a frozen encoder's features can be computed once per dataset (`hf_multimodal.feature_cache`). Run it
+        with the encoder in eval mode, as the training of a frozen encoder keeps it.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from hf_multimodal import MultimodalConfig, MultimodalModel
+        >>> model = MultimodalModel(MultimodalConfig(text_config=None, fusion_hidden_size=32)).eval()
+        >>> pixel_values = torch.randn(2, 3, 64, 64)
+        >>> features, _ = model.encoder_features("image", {"pixel_values": pixel_values})
+        >>> cached = model(image_encoder_features=features).fused_embeds  # the encoder does not run
+        >>> torch.allclose(cached, model(pixel_values=pixel_values).fused_embeds, atol=1e-5)
+        True
+        ```
+        """
+        self.get_encoder(modality)
+        unknown = sorted(set(inputs) - set(INPUT_NAMES[modality]))
+        if unknown or inputs.get(INPUT_NAMES[modality][0]) is None:
+            raise ValueError(
+                f"encoder_features of {modality} takes {', '.join(INPUT_NAMES[modality])} (the first one required); "
+                f"got {sorted(inputs)}."
+            )
+        everything = {name: inputs.get(name) for names in INPUT_NAMES.values() for name in names}
+        rows = torch.ones(everything[INPUT_NAMES[modality][0]].shape[0], dtype=torch.bool)
+        sequence, mask, _ = self._encode(modality, everything, rows.to(self.device))
+        return (sequence, mask) if sequences else (masked_mean(sequence, mask), None)
+
     def encode_modality(
         self,
         modality: str,
@@ -721,6 +863,30 @@ class MultimodalModel(MultimodalPreTrainedModel):
             mask = encoder._get_feature_vector_attention_mask(hidden.shape[1], select(inputs["audio_attention_mask"]))
             mask = mask.bool()
         return hidden, mask, outputs.hidden_states if output_hidden_states else None
+
+    def _precomputed(
+        self, modality: str, inputs: dict, rows: torch.BoolTensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """`_encode`'s answer for the rows where `modality` is present, read from its precomputed features (the
+        second entry is None for pooled features, which are returned as they are, 2-D)."""
+        features_name, mask_name = FEATURE_INPUT_NAMES[modality]
+        features, mask = inputs[features_name], inputs.get(mask_name)
+        if features.dim() not in (2, 3) or (mask is not None and mask.shape != features.shape[:2]):
+            raise ValueError(
+                f"{features_name} must be (batch_size, hidden_size) or (batch_size, length, hidden_size) with "
+                f"{mask_name} (batch_size, length); got {tuple(features.shape)} and "
+                f"{None if mask is None else tuple(mask.shape)}."
+            )
+        if features.dim() == 2 and self.fusion.uses_sequences:
+            raise ValueError(
+                f"{features_name} holds pooled features, but the {self.config.fusion_type} fusion head reads "
+                f"sequences: compute them with encoder_features({modality!r}, ..., sequences=True)."
+            )
+        every_row = torch.compiler.is_compiling() or bool(rows.all())
+        features = (features if every_row else features[rows]).to(self.projections[modality].dense.weight.dtype)
+        if mask is not None:
+            mask = (mask if every_row else mask[rows]).bool()
+        return features, mask, None
 
     @staticmethod
     def _scatter(values: torch.Tensor, rows: torch.BoolTensor) -> torch.Tensor:
@@ -797,6 +963,12 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        text_encoder_features: torch.FloatTensor | None = None,
+        text_encoder_mask: torch.BoolTensor | None = None,
+        image_encoder_features: torch.FloatTensor | None = None,
+        image_encoder_mask: torch.BoolTensor | None = None,
+        audio_encoder_features: torch.FloatTensor | None = None,
+        audio_encoder_mask: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MultimodalSequenceClassifierOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -819,6 +991,12 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             has_audio=has_audio,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            text_encoder_features=text_encoder_features,
+            text_encoder_mask=text_encoder_mask,
+            image_encoder_features=image_encoder_features,
+            image_encoder_mask=image_encoder_mask,
+            audio_encoder_features=audio_encoder_features,
+            audio_encoder_mask=audio_encoder_mask,
         )
         logits = self.classifier(self.dropout(outputs.fused_embeds))
         loss = None
@@ -933,11 +1111,12 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
     ) -> tuple[torch.BoolTensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Validate the model inputs of `caller` and encode them: the presence mask, the fusion head's features and
         padding masks, ready to be fused under several presence masks."""
-        accepted = [*(name for names in INPUT_NAMES.values() for name in names), *PRESENCE_NAMES.values()]
+        input_names = [name for names in (*INPUT_NAMES.values(), *FEATURE_INPUT_NAMES.values()) for name in names]
+        accepted = [*input_names, *PRESENCE_NAMES.values()]
         unknown = sorted(set(inputs) - set(accepted))
         if unknown:
             raise TypeError(f"{caller} takes the model's inputs ({', '.join(accepted)}); got also {unknown}.")
-        tensors = {name: inputs.get(name) for names in INPUT_NAMES.values() for name in names}
+        tensors = {name: inputs.get(name) for name in input_names}
         presence = self.multimodal._presence(tensors, {name: inputs.get(name) for name in PRESENCE_NAMES.values()})
         _, features, padding_masks, _ = self.multimodal._encode_present(tensors, presence)
         return presence, features, padding_masks

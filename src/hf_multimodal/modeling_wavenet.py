@@ -13,6 +13,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from .configuration_wavenet import WaveNetConfig
 from .modeling_safe_io import SafeSerializationMixin
@@ -27,6 +28,14 @@ def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch
         return hidden_states.mean(dim=1)
     weights = mask.to(hidden_states.dtype).unsqueeze(-1)
     return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def masked_mean_std(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean and standard deviation of `hidden_states` (batch, length, dim) over the positions where `mask` (batch,
+    length) is true, concatenated: (batch, 2 * dim) (statistics pooling, as in x-vectors)."""
+    mean = masked_mean(hidden_states, mask)
+    variance = masked_mean((hidden_states - mean.unsqueeze(1)).square(), mask)
+    return torch.cat([mean, torch.sqrt(variance + 1e-5)], dim=-1)
 
 
 def mono_waveforms(input_values: torch.Tensor) -> torch.Tensor:
@@ -92,7 +101,9 @@ class WaveNetLogMelFrontend(nn.Module):
     Frame `t` is the Hann-windowed FFT of the window that ends where hop `t` ends (the input is padded on the left
     with `window - hop` zeros), so it never sees samples past its own hop, like the causal convolutions of the
     waveform front-end. The mel filters come from `transformers.audio_utils.mel_filter_bank` (HTK scale, Slaney
-    area normalisation) and are rebuilt from the config, not saved with the weights.
+    area normalisation) and are rebuilt from the config, not saved with the weights. `frame_features` is the hook
+    `WaveNetMfccFrontend` overrides. In training, SpecAugment masks (`config.mask_time_prob`,
+    `config.mask_feature_prob`) set spans of the normalised frames or mel bins to zero.
     """
 
     def __init__(self, config: WaveNetConfig):
@@ -101,10 +112,12 @@ class WaveNetLogMelFrontend(nn.Module):
         self.window_length = config.window_length
         self.n_fft = 2 ** math.ceil(math.log2(self.window_length))
         self.num_mel_bins, self.sampling_rate = config.num_mel_bins, config.sampling_rate
+        self.mask_time_prob, self.mask_time_length = config.mask_time_prob, config.mask_time_length
+        self.mask_feature_prob, self.mask_feature_length = config.mask_feature_prob, config.mask_feature_length
         self.register_buffer("mel_filters", self.compute_mel_filters(), persistent=False)
         self.register_buffer("window", self.compute_window(), persistent=False)
-        self.layer_norm = nn.LayerNorm(config.num_mel_bins, eps=config.layer_norm_eps)
-        self.projection = nn.Linear(config.num_mel_bins, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.num_frame_features, eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.num_frame_features, config.hidden_size)
 
     def compute_window(self) -> torch.Tensor:
         """The periodic Hann analysis window, `(window_length,)`."""
@@ -137,18 +150,77 @@ class WaveNetLogMelFrontend(nn.Module):
         # transformers' audio feature extractors compute theirs; the learned layers below run in the model's dtype.
         spectrum = torch.fft.rfft(frames.float() * self.window.float(), n=self.n_fft)
         power = spectrum.real.square() + spectrum.imag.square()
-        log_mel = torch.log(power @ self.mel_filters.to(power.dtype) + 1e-6)  # (batch, frames, mel bins)
+        features = self.frame_features(torch.log(power @ self.mel_filters.to(power.dtype) + 1e-6))
         weights = (
-            frame_mask.to(log_mel.dtype).unsqueeze(-1) if frame_mask is not None else torch.ones_like(log_mel[..., :1])
+            frame_mask.to(features.dtype).unsqueeze(-1)
+            if frame_mask is not None
+            else torch.ones_like(features[..., :1])
         )
         count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-        mean = (log_mel * weights).sum(dim=1, keepdim=True) / count
-        variance = ((log_mel - mean).square() * weights).sum(dim=1, keepdim=True) / count
-        normalised = (log_mel - mean) * torch.rsqrt(variance + 1e-5) * weights
+        mean = (features * weights).sum(dim=1, keepdim=True) / count
+        variance = ((features - mean).square() * weights).sum(dim=1, keepdim=True) / count
+        normalised = (features - mean) * torch.rsqrt(variance + 1e-5) * weights
+        if self.training:
+            normalised = self.spec_augment(normalised, frame_mask)
         return self.projection(self.layer_norm(normalised.to(self.projection.weight.dtype))).transpose(1, 2)
 
+    def frame_features(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Per-frame features, before normalisation, from `log_mel` (batch, frames, mel bins): here the log-mel
+        frames themselves."""
+        return log_mel
 
-FRONTEND_CLASSES: dict[str, type[nn.Module]] = {"waveform": WaveNetFrontend, "log_mel": WaveNetLogMelFrontend}
+    def spec_augment(self, features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """SpecAugment (Park et al., 2019) on normalised `features` (batch, frames, mel bins or coefficients): random
+        spans of real frames and of feature bins set to zero, each bin's mean over the clip. Spans are drawn as
+        `Wav2Vec2Model` draws them (`_compute_mask_indices`, numpy's global generator); a batch shorter than one time
+        span is left as is."""
+        batch_size, num_frames, num_bins = features.shape
+        if self.mask_time_prob > 0 and num_frames >= self.mask_time_length:
+            time_mask = _compute_mask_indices(
+                (batch_size, num_frames), self.mask_time_prob, self.mask_time_length, attention_mask=frame_mask
+            )
+            features = features.masked_fill(torch.from_numpy(time_mask).to(features.device).unsqueeze(-1), 0.0)
+        if self.mask_feature_prob > 0:
+            feature_mask = _compute_mask_indices(
+                (batch_size, num_bins), self.mask_feature_prob, self.mask_feature_length
+            )
+            features = features.masked_fill(torch.from_numpy(feature_mask).to(features.device).unsqueeze(1), 0.0)
+        return features
+
+
+class WaveNetMfccFrontend(WaveNetLogMelFrontend):
+    """The log-mel front-end with mel-frequency cepstral coefficients as frame features: the log-mel frames through an
+    orthonormal DCT-II, first `config.num_mfcc` coefficients kept (a smoothed spectral envelope, without the pitch
+    harmonics). The DCT matrix is rebuilt from the config, not saved with the weights.
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__(config)
+        self.num_mfcc = config.num_mfcc
+        self.register_buffer("dct", self.compute_dct(), persistent=False)
+
+    def compute_dct(self) -> torch.Tensor:
+        """`(num_mel_bins, num_mfcc)` orthonormal DCT-II matrix (as `scipy.fft.dct(..., norm="ortho")`)."""
+        bands = torch.arange(self.num_mel_bins, dtype=torch.float64) + 0.5
+        orders = torch.arange(self.num_mfcc, dtype=torch.float64)
+        dct = torch.cos(math.pi / self.num_mel_bins * bands.unsqueeze(1) * orders) * math.sqrt(2.0 / self.num_mel_bins)
+        dct[:, 0] /= math.sqrt(2.0)
+        return dct.float()
+
+    def reset_buffers(self) -> None:
+        super().reset_buffers()
+        init.copy_(self.dct, self.compute_dct())
+
+    def frame_features(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """The first `num_mfcc` cepstral coefficients of `log_mel` (batch, frames, mel bins)."""
+        return log_mel @ self.dct.to(log_mel.dtype)
+
+
+FRONTEND_CLASSES: dict[str, type[nn.Module]] = {
+    "waveform": WaveNetFrontend,
+    "log_mel": WaveNetLogMelFrontend,
+    "mfcc": WaveNetMfccFrontend,
+}
 """`WaveNetConfig.frontend` name -> front-end module."""
 
 
@@ -206,7 +278,8 @@ class WaveNetModel(WaveNetPreTrainedModel):
     Outputs a [`~transformers.modeling_outputs.BaseModelOutputWithPooling`]:
     - `last_hidden_state` (`torch.FloatTensor` of shape `(batch_size, frames, hidden_size)`), with
       `frames = ceil(samples / config.samples_per_frame)`;
-    - `pooler_output` (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): mean over the real frames;
+    - `pooler_output` (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): mean over the real frames (with
+      `config.pooling="mean_std"`, their mean and standard deviation projected to `hidden_size`);
     - `hidden_states` (tuple of `(batch_size, frames, hidden_size)`, with `output_hidden_states=True`): the front-end
       output and the residual stream after every dilated layer.
 
@@ -232,6 +305,11 @@ class WaveNetModel(WaveNetPreTrainedModel):
         )
         self.output_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Statistics pooling projects mean and standard deviation back to hidden_size; mean pooling has no weights,
+        # so configs saved before `pooling` existed load as they were.
+        self.pooling_projection = (
+            nn.Linear(2 * config.hidden_size, config.hidden_size) if config.pooling == "mean_std" else None
+        )
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -282,7 +360,10 @@ class WaveNetModel(WaveNetPreTrainedModel):
                 all_hidden_states += (hidden_states,)
 
         last_hidden_state = self.layer_norm(self.output_proj(F.gelu(skip_sum.transpose(1, 2))))
-        pooled_output = masked_mean(last_hidden_state, frame_mask)
+        if self.pooling_projection is None:
+            pooled_output = masked_mean(last_hidden_state, frame_mask)
+        else:
+            pooled_output = self.pooling_projection(masked_mean_std(last_hidden_state, frame_mask))
         if not return_dict:
             return tuple(v for v in (last_hidden_state, pooled_output, all_hidden_states) if v is not None)
         return BaseModelOutputWithPooling(

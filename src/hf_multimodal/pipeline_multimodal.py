@@ -21,8 +21,13 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from .configuration_multimodal import MODALITIES
 from .feature_extraction_wavenet import check_sampling_rate
 from .media_loading import load_audio, load_image
-from .modeling_multimodal import add_model_card_if_missing, default_score_function, scores_from_logits
-from .processing_multimodal import MODALITY_ARGUMENTS, check_text, prepare_image
+from .modeling_multimodal import (
+    add_model_card_if_missing,
+    allow_compiling_recurrent_layers,
+    default_score_function,
+    scores_from_logits,
+)
+from .processing_multimodal import MODALITY_ARGUMENTS, bucket_multiples, check_text, padding_kwargs, prepare_image
 
 
 PIPELINE_TASK = "multimodal-classification"
@@ -54,6 +59,11 @@ class MultimodalPipeline(Pipeline):
     Each example is decoded on its own (`preprocess`; audio mono at the feature extractor's rate), and the processor
     runs on whole batches (`_collate`), so the examples of a batch may lack different modalities.
 
+    `pipeline(..., torch_compile=True)` (or a dict of `torch.compile` keyword arguments, e.g. `{"mode":
+    "max-autotune"}`) compiles the model in place (`model.compile(...)`) and pads every batch's text and audio to
+    bucketed lengths (`processing_multimodal.bucket_multiples`), so that a bounded number of graphs is compiled; the
+    first call of each shape pays the compilation (README: Benchmarks says when it wins; off by default).
+
     Subclasses define `_forward` and `postprocess`, and may extend `_sanitize_parameters`.
     """
 
@@ -63,7 +73,7 @@ class MultimodalPipeline(Pipeline):
     _load_image_processor = False
     _load_video_processor = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, torch_compile: bool | collections.abc.Mapping[str, Any] = False, **kwargs):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(
@@ -74,6 +84,14 @@ class MultimodalPipeline(Pipeline):
         # Fast tokenizers may not be called from several threads while one of them changes the padding / truncation
         # settings; the processor runs under this lock so that concurrent calls are safe.
         self._processor_lock = threading.Lock()
+        self.pad_to_multiple_of: dict[str, int] = {}
+        if torch_compile:
+            allow_compiling_recurrent_layers(self.model)
+            self.model.compile(**(torch_compile if isinstance(torch_compile, collections.abc.Mapping) else {}))
+            extractor = self.processor.feature_extractor
+            seconds, rate = getattr(extractor, "max_length_seconds", None), getattr(extractor, "sampling_rate", None)
+            max_samples = int(seconds * rate) if seconds and rate else None
+            self.pad_to_multiple_of = bucket_multiples(getattr(self.processor, "max_text_length", 512), max_samples)
 
     def __call__(self, inputs: Any = None, **kwargs) -> list | Iterator:
         example = {key: kwargs.pop(key) for key in MODALITIES if key in kwargs}
@@ -159,8 +177,10 @@ class MultimodalPipeline(Pipeline):
                 arguments[argument] = column
         if "audio" in arguments:
             arguments["sampling_rate"] = getattr(self.processor.feature_extractor, "sampling_rate", None)
+        given = [modality for modality, name in MODALITY_ARGUMENTS.items() if name in arguments]
+        padding = padding_kwargs(self.pad_to_multiple_of, given)
         with self._processor_lock:
-            return self.processor(**arguments, return_tensors="pt")
+            return self.processor(**arguments, **padding, return_tensors="pt")
 
     def get_inference_context(self):
         # `Pipeline.forward` runs `_forward` under this; `inference_mode` also skips autograd's version counters and

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,61 @@ class MultimodalProcessor(ProcessorMixin):
         return result
 
 
+PADDED_KWARGS: dict[str, str] = {"text": "text_kwargs", "audio": "audio_kwargs"}
+"""The modalities of variable length, by the processor's keyword-argument group that pads them."""
+
+TEXT_BUCKET_TOKENS = 16
+"""[`bucket_multiples`] pads text to a multiple of this many tokens."""
+
+AUDIO_BUCKETS = 4
+"""[`bucket_multiples`] pads audio cut to a maximum length to a multiple of this fraction of it (a quarter)."""
+
+
+def bucket_multiples(max_text_tokens: int, max_audio_samples: int | None) -> dict[str, int]:
+    """A `pad_to_multiple_of` (see [`padding_kwargs`]) that bounds the shapes of batches: text to a multiple of 16
+    tokens (at most `max_text_tokens / 16` lengths), audio cut to `max_audio_samples` to a multiple of a quarter of
+    that (at most 4 lengths); audio without a cut (`None`) keeps the longest clip's length. A `torch.compile`d model
+    then compiles a bounded number of graphs: the collator of `scripts/train.py --torch_compile` and
+    `pipeline(..., torch_compile=True)` pad so.
+
+    Example:
+
+    ```python
+    >>> bucket_multiples(max_text_tokens=32, max_audio_samples=16000)
+    {'text': 16, 'audio': 4000}
+    ```
+    """
+    multiples = {"text": min(TEXT_BUCKET_TOKENS, max_text_tokens)}
+    if max_audio_samples is not None:
+        multiples["audio"] = max(1, -(-max_audio_samples // AUDIO_BUCKETS))
+    return multiples
+
+
+def padding_kwargs(pad_to_multiple_of: Mapping[str, int], modalities: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The processor keyword arguments that pad the `modalities` of a call to `pad_to_multiple_of[modality]` tokens
+    (text) or samples (audio); `ValueError` for other keys or non-positive multiples.
+
+    Example:
+
+    ```python
+    >>> padding_kwargs({"text": 16, "audio": 4000}, ["text", "image"])
+    {'text_kwargs': {'pad_to_multiple_of': 16}}
+    ```
+    """
+    for modality, multiple in pad_to_multiple_of.items():
+        positive_int = isinstance(multiple, int) and not isinstance(multiple, bool) and multiple >= 1
+        if modality not in PADDED_KWARGS or not positive_int:
+            raise ValueError(
+                f"pad_to_multiple_of takes positive integers for {' and '.join(PADDED_KWARGS)}; got {modality!r}: "
+                f"{multiple!r}."
+            )
+    return {
+        PADDED_KWARGS[m]: {"pad_to_multiple_of": multiple}
+        for m, multiple in pad_to_multiple_of.items()
+        if m in modalities
+    }
+
+
 def _is_single_text(value: Any) -> bool:
     return isinstance(value, str)
 
@@ -391,4 +446,11 @@ def _scatter_rows(values: torch.Tensor, rows: list[int], batch_size: int) -> tor
     return full
 
 
-__all__ = ["MODALITY_ARGUMENTS", "MultimodalProcessor", "check_text", "is_missing"]
+__all__ = [
+    "MODALITY_ARGUMENTS",
+    "MultimodalProcessor",
+    "bucket_multiples",
+    "check_text",
+    "is_missing",
+    "padding_kwargs",
+]

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .data_collator import UNAVAILABLE_KEY
+from .modeling_multimodal import allow_compiling_recurrent_layers
 
 
 logger = logging.get_logger(__name__)
@@ -153,6 +154,8 @@ class MultimodalTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if self.args.torch_compile and self.model is not None:
+            allow_compiling_recurrent_layers(self.model)
         self.learning_rates = dict(learning_rates or {})
         self.frozen_modalities = tuple(m for m in frozen_modalities if m in self.model.config.modalities)
         config = self.model.config

@@ -60,6 +60,12 @@ class MultimodalTrainingArguments(TrainingArguments):
     accuracy, and `--early_stopping_threshold` for the least improvement that counts. Error metrics (`mse`, `mae`: see
     `metrics.LOWER_IS_BETTER`) are selected with `greater_is_better=False` unless it is given.
 
+    `dataloader_num_workers` keeps `Trainer`'s default, 0. With `--dataloader_num_workers N` the collator (decoding,
+    resampling, the processor) runs in N worker processes with one torch thread each, and batches, their order and
+    the trained weights stay the same; but on 2 CPU cores workers did not make the demo faster (loading is 13% of a
+    step's CPU time there, and every epoch and evaluation pays the workers' start-up): see the README ("Decoding in
+    workers"). Use them where cores are spare (more cores than torch threads, or a GPU to feed).
+
     Example:
 
     ```python

@@ -1,0 +1,115 @@
+"""Decoding in DataLoader workers: the Trainer's training loader gives the same batches, in the same order, with 0
+and with 2 worker processes (images and 8 kHz audio decoded and resampled in the workers, augmentation of the
+current epoch included), the workers run one torch thread each, and the collator survives pickling (spawned
+workers)."""
+
+from __future__ import annotations
+
+import pickle
+
+import datasets
+import pytest
+import torch
+from conftest import random_audio, random_image, tiny_model
+from fuzz_strategies import _png_bytes, _wav_bytes
+from transformers import set_seed
+
+from hf_multimodal import MODALITIES
+from hf_multimodal.data_augmentation import INDEX_COLUMN, DataAugmentation
+from hf_multimodal.data_collator import MultimodalDataCollator
+from hf_multimodal.trainer import MultimodalTrainer
+from hf_multimodal.training_args import MultimodalTrainingArguments
+
+NUM_ROWS, BATCH_SIZE = 24, 8
+
+
+@pytest.fixture(scope="module")
+def raw_rows() -> datasets.Dataset:
+    """Rows as `scripts/make_demo_dataset.py` stores them: text, PNG and 8 kHz WAV bytes (undecoded), some missing."""
+    rows = [
+        {
+            "text": None if index % 5 == 1 else f"the digit {index % 3} spoken",
+            "image": None if index % 4 == 2 else {"bytes": _png_bytes(random_image(index)), "path": None},
+            "audio": {"bytes": _wav_bytes(random_audio(index, 0.3, 8000), 8000), "path": None},
+            "label": index % 3,
+            INDEX_COLUMN: index,
+        }
+        for index in range(NUM_ROWS)
+    ]
+    return datasets.Dataset.from_list(rows)
+
+
+def loader_batches(
+    collator: MultimodalDataCollator, train: datasets.Dataset, workers: int, tmp_path
+) -> list[dict[str, torch.Tensor]]:
+    """Every batch of one pass over `MultimodalTrainer.get_train_dataloader()` (shuffled, seed 0)."""
+    args = MultimodalTrainingArguments(
+        str(tmp_path / f"workers_{workers}"),
+        per_device_train_batch_size=BATCH_SIZE,
+        dataloader_num_workers=workers,
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        early_stopping_patience=0,
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer = MultimodalTrainer(model=tiny_model(), args=args, train_dataset=train, data_collator=collator)
+    set_seed(0)
+    return list(trainer.get_train_dataloader())
+
+
+def assert_same_batches(
+    left: list[dict[str, torch.Tensor]], right: list[dict[str, torch.Tensor]], count: int = NUM_ROWS // BATCH_SIZE
+) -> None:
+    assert len(left) == len(right) == count
+    for one, other in zip(left, right):
+        assert one.keys() == other.keys()
+        for name in one:
+            assert torch.equal(one[name], other[name]), name
+
+
+def test_workers_give_the_batches_of_the_main_process_in_the_same_order(processor, raw_rows, tmp_path):
+    collator = MultimodalDataCollator(processor, MODALITIES, max_audio_seconds=0.25)
+    in_process = loader_batches(collator, raw_rows, 0, tmp_path)
+    in_workers = loader_batches(collator, raw_rows, 2, tmp_path)
+    assert_same_batches(in_process, in_workers)
+    assert in_process[0]["input_values"].shape[-1] == 4000  # 0.25 s decoded at 8 kHz, resampled to 16 kHz
+    labels = torch.cat([batch["labels"] for batch in in_process])
+    assert sorted(labels.tolist()) == sorted(raw_rows["label"]) and labels.tolist() != raw_rows["label"]  # shuffled
+
+
+def test_workers_augment_with_the_epoch_set_before_the_loader_starts(processor, raw_rows, tmp_path):
+    """Workers (not persistent) copy the collator when each epoch's iterator starts, so they draw that epoch's
+    augmentation, as the main process does; `AugmentationEpochCallback` sets the epoch before that point."""
+    augmentation = DataAugmentation(MODALITIES, seed=3)
+    collator = MultimodalDataCollator(processor, MODALITIES, augmentation=augmentation)
+    epoch_0 = loader_batches(collator, raw_rows, 0, tmp_path)
+    augmentation.epoch = 1
+    in_workers = loader_batches(collator, raw_rows, 2, tmp_path)
+    assert_same_batches(loader_batches(collator, raw_rows, 0, tmp_path), in_workers)
+    assert not torch.equal(epoch_0[0]["pixel_values"], in_workers[0]["pixel_values"])  # epoch 1's draws, not 0's
+
+
+class ThreadsCollator(MultimodalDataCollator):
+    """A collator that records the torch threads of the process that runs it."""
+
+    def __call__(self, examples):
+        return {**super().__call__(examples), "threads": torch.tensor([torch.get_num_threads()] * len(examples))}
+
+
+def test_workers_run_one_torch_thread_each(processor, raw_rows, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a main process using both cores of a 2-core machine
+    try:
+        batches = loader_batches(ThreadsCollator(processor, MODALITIES), raw_rows, 2, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert {int(value) for batch in batches for value in batch["threads"]} == {1}
+
+
+def test_collator_survives_pickling_as_spawned_workers_receive_it(processor, raw_rows):
+    """Workers started by "spawn" or "forkserver" (macOS, Python >= 3.14 on Linux) get the collator pickled."""
+    collator = MultimodalDataCollator(processor, MODALITIES, augmentation=DataAugmentation(MODALITIES, seed=3, epoch=2))
+    copy = pickle.loads(pickle.dumps(collator))
+    rows = [raw_rows[index] for index in range(BATCH_SIZE)]
+    assert_same_batches([collator(rows)], [copy(rows)], count=1)

@@ -345,12 +345,6 @@ class MultimodalModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCa
     def test_retain_grad_hidden_states_attentions(self):
         pass
 
-
-
-
-
-
-
     @unittest.skip(
         reason="the outputs' `presence` is a bool mask (which modalities the fusion head used), and the tuple / "
         "dict equivalence check subtracts outputs, which torch refuses for bool tensors"

@@ -1367,31 +1367,23 @@ def bench_compile(ctx: BenchmarkContext) -> list[BenchmarkRow]:
     time after the steps that compiled, with the graphs compiled."""
     import datasets
     from make_demo_dataset import VENDORED_AUDIO_DIR, build_demo_dataset  # scripts/
-    from train import resnet_image_processor  # scripts/
 
     from hf_multimodal import MODALITIES
     from hf_multimodal.data_collator import MultimodalDataCollator
     from hf_multimodal.processing_multimodal import bucket_multiples, is_missing
 
     workload = ctx.workload
-    tiny = workload.name == "tiny"
-    described = "tiny model" if tiny else "demo model"
+    described = "tiny model" if workload.name == "tiny" else "demo model"
     num_examples = workload.compile_batches * workload.batch_size
     bars_enabled = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     data = build_demo_dataset(VENDORED_AUDIO_DIR, num_train=num_examples, num_validation=2, num_test=2, seed=0)
     if bars_enabled:
         datasets.enable_progress_bars()
-    # problem_type set as scripts/train.py sets it: transformers' loss would set it on the first call, a recompilation
-    config = MultimodalConfig(
-        **(TINY_CONFIG if tiny else DEMO_MODEL_CONFIG), num_labels=10, problem_type="single_label_classification"
-    )
-    torch.manual_seed(ctx.settings.seed)
-    model = MultimodalForSequenceClassification(config).to(ctx.device)
-    model.get_encoder("text").requires_grad_(False)
-    processor = MultimodalProcessor(max_text_length=DEMO_MAX_TEXT_TOKENS)
-    processor.image_processor = resnet_image_processor(DEMO_IMAGE_SIZE)
-    rate = processor.feature_extractor.sampling_rate = config.audio_config.sampling_rate
+    # problem_type is set (as scripts/train.py sets it): transformers' loss would set it on the first call, which
+    # would recompile
+    model, processor = demo_model_and_processor(ctx)
+    rate = processor.feature_extractor.sampling_rate
     multiples = bucket_multiples(DEMO_MAX_TEXT_TOKENS, int(DEMO_MAX_AUDIO_SECONDS * rate))
     # as scripts/train.py, examples without any modality are left out of training
     rows = [row for row in data["train"] if not all(is_missing(row[m]) for m in MODALITIES)]

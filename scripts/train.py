@@ -996,7 +996,10 @@ def build_trainer(
         if isinstance(splits.train, datasets.IterableDataset):  # a stream's examples are numbered as they come
             train_dataset = splits.train.map(lambda _, index: {INDEX_COLUMN: index}, with_indices=True)
         else:
-            train_dataset = splits.train.add_column(INDEX_COLUMN, list(range(len(splits.train))))
+            train = splits.train
+            if train._indices is not None:  # filtered: add_column would write a flattened copy beside the user's data
+                train = train.flatten_indices(keep_in_memory=True)
+            train_dataset = train.add_column(INDEX_COLUMN, list(range(len(train))))
         all_callbacks.append(AugmentationEpochCallback(augmentation))
     if training_args.disable_tqdm:  # logs without progress bars (CI, files): one line per evaluation instead
         all_callbacks.append(ProgressLineCallback())

@@ -180,3 +180,4 @@ def test_augmented_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(dat
     # the augmentation was on (test_augment_options_build_the_augmentation and test_collator_augments_training_rows_only
     # show that the options reach the collator and change the training rows)
     assert json.loads((reference / "metrics.json").read_text())["hyperparameters"]["augment"] == arguments["augment"]
+    assert not list(data.glob("*/cache-*.arrow")), "the runs wrote files beside the dataset"

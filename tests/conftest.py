@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
-import textwrap
 import os
+import shutil
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +19,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The runs' dataset caches and cached encoder features (`datasets`' cache) go to a folder of this session, removed at
+# exit, never into the user's ~/.cache (set before `datasets` is imported; subprocesses inherit it).
+if "HF_DATASETS_CACHE" not in os.environ:
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf_multimodal-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 import numpy as np
 import pytest

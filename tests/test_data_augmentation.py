@@ -1,17 +1,14 @@
 """Training-time augmentation: each transform changes its input as specified, draws are seeded by (seed, epoch,
-example index) without touching the global random state, evaluation batches are never augmented, and an augmented
-run killed and resumed ends bitwise where an uninterrupted one does."""
+example index) without touching the global random state, evaluation batches are never augmented (an augmented run
+killed and resumed ends bitwise where an uninterrupted one does: tests/test_training.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hf_multimodal.data_augmentation import (
     INDEX_COLUMN,
@@ -27,7 +24,6 @@ from hf_multimodal.data_augmentation import (
 from hf_multimodal.data_collator import MultimodalDataCollator
 
 from conftest import random_audio, random_image
-from test_training import KILL_SCRIPT, TRAIN_SCRIPT, run, tiny_arguments
 from train import build_trainer, parse_arguments
 
 
@@ -162,22 +158,3 @@ def test_augment_options_build_the_augmentation(tmp_path):
     persistent = ["--augment", "audio", "--dataloader_num_workers", "2", "--dataloader_persistent_workers", "True"]
     with pytest.raises(ValueError, match="--augment with --dataloader_persistent_workers"):
         build_trainer(*parse_arguments([*options, *persistent]))
-
-
-@pytest.mark.slow
-def test_augmented_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(data, tmp_path):
-    """2 epochs of 15 steps with audio, image and text augmentation; killed at step 23 (in epoch 1, after
-    checkpoint-20), resumed: the weights equal an uninterrupted run's bitwise."""
-    arguments = {"num_train_epochs": 2, "augment": ["audio", "image", "text"]}
-    reference, killed_output = tmp_path / "reference", tmp_path / "killed"
-    run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(data, reference, **arguments)])
-    resumable = tiny_arguments(data, killed_output, **arguments)
-    killed = run([sys.executable, "-c", KILL_SCRIPT, *resumable], {"KILL_AT_STEP": "23"}, check=False)
-    assert killed.returncode == -9 and (killed_output / "checkpoint-20").is_dir()
-    run([sys.executable, str(TRAIN_SCRIPT), *resumable, "--resume_from_checkpoint", "last"])
-    resumed, expected = load_file(killed_output / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert [name for name in expected if not torch.equal(resumed[name], expected[name])] == []
-    # the augmentation was on (test_augment_options_build_the_augmentation and test_collator_augments_training_rows_only
-    # show that the options reach the collator and change the training rows)
-    assert json.loads((reference / "metrics.json").read_text())["hyperparameters"]["augment"] == arguments["augment"]
-    assert not list(data.glob("*/cache-*.arrow")), "the runs wrote files beside the dataset"

@@ -103,11 +103,11 @@ def test_the_classifier_names_bad_inputs(exported, processor):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion_type", FUSION_TYPES)
+@pytest.mark.parametrize("fusion_type", [name for name in FUSION_TYPES if name != "gated"])  # gated: `exported`
 def test_every_fusion_head_exports_with_parity(fusion_type, processor, tmp_path):
     """Each head, traced without data-dependent branches (the BiLSTM without packing), on two batch sizes; over image
-    and audio with one-layer encoders, to keep the export short (the three-modality graph is tested above): a model
-    of two modalities exports them only."""
+    and audio with one-layer encoders, to keep the export short (the three-modality graph of the gated head is tested
+    above): a model of two modalities exports them only."""
     model = tiny_model(HEAD_MODALITIES, fusion_type=fusion_type, **ONE_LAYER_ENCODERS)
     example = processor(**raw_batch(3, seed=11, modalities=HEAD_MODALITIES))
     classifier = OnnxMultimodalClassifier(export_onnx(model, example, tmp_path / "m.onnx"))

@@ -196,15 +196,21 @@ def test_sigkill_during_saves_never_leaves_mixed_or_partial_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_saved_files_get_the_permissions_of_the_umask(tmp_path, umask):
+def test_saved_files_get_the_permissions_of_the_umask(tmp_path):
     """Weights are written through a private temporary file (mode 0600) by the serializer: the staged save gives
-    every file the mode a new file gets under the process's umask, as the config and processor files have."""
+    every file the mode a new file gets under the process's umask, as the config and processor files have (two
+    umasks, one process)."""
+    umasks = (0o022, 0o027)
     script = (
-        "import os, sys; sys.path.insert(0, 'tests'); os.umask(%d)\n"
+        "import os, sys; sys.path.insert(0, 'tests')\n"
         "from conftest import tiny_model\n"
-        "tiny_model().save_pretrained(sys.argv[1])\n" % umask
+        "model = tiny_model()\n"
+        "for umask, folder in zip((%d, %d), sys.argv[1:]):\n"
+        "    os.umask(umask)\n"
+        "    model.save_pretrained(folder)\n" % umasks
     )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=ROOT, check=True, capture_output=True)
-    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "model").iterdir()}
-    assert set(modes.values()) == {0o666 & ~umask}, modes
+    folders = [tmp_path / f"model-{umask:o}" for umask in umasks]
+    subprocess.run([sys.executable, "-c", script, *map(str, folders)], cwd=ROOT, check=True, capture_output=True)
+    for umask, folder in zip(umasks, folders):
+        modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
+        assert set(modes.values()) == {0o666 & ~umask}, (oct(umask), modes)

@@ -1,13 +1,18 @@
 """`scripts/train.py --streaming` (README: Streaming): a run trained from an `IterableDataset` read as it goes, the
 options it refuses, label names without a pass over the data, local files with relative media paths, bounded
-in-memory evaluation splits, and the disjoint parts of the stream that accelerate gives each process."""
+in-memory evaluation splits, a Parquet file held a few row groups at a time, and the disjoint parts of the stream that
+accelerate gives each process."""
 
 from __future__ import annotations
 
 import json
+import os
+import tracemalloc
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from accelerate.data_loader import prepare_data_loader
 from safetensors.torch import load_file
@@ -84,6 +89,33 @@ def test_streamed_splits_shuffle_the_training_stream_and_bound_the_evaluation_sp
     for one_pass in (first_pass, second_pass):  # every example once per pass, shuffled
         assert sorted(one_pass) == sorted(in_file_order) and one_pass != in_file_order
     assert first_pass != second_pass
+
+
+def test_a_streamed_parquet_file_is_held_a_few_row_groups_at_a_time_however_large(tmp_path, monkeypatch):
+    """A Parquet file of 100 row groups (5 examples of 20 kB each) streamed by row group: the 10 readers that feed the
+    shuffle buffer at once hold a row group or two each, not every row group they read (the whole file, when the
+    filter of examples without modalities gathered 1,000-example batches)."""
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # no 5 s wait at the end of the pass
+    rows, group = 500, 5
+    data = parquet_folder(tmp_path / "data", text_splits({"validation": 3, "test": 3}))
+    table = pa.table({
+        "text": [f"train {index}" for index in range(rows)], "label": [index % 3 for index in range(rows)],
+        "blob": [os.urandom(20_000) for _ in range(rows)],
+    })
+    pq.write_table(table, data / "train.parquet", row_group_size=group)
+    row_group_bytes = table.nbytes * group / rows
+    arguments = streamed_arguments(data, tmp_path / "run", class_names=["zero", "one", "two"], shuffle_buffer_size=8)
+    train = load_splits(parse_arguments(arguments)[1], ["text"], 0).train
+    arrow_baseline, arrow_peak, seen = pa.total_allocated_bytes(), 0, 0
+    tracemalloc.start()
+    try:
+        for _ in train:  # the rows read ahead live in Python (formatted batches) and Arrow (tables being read)
+            arrow_peak, seen = max(arrow_peak, pa.total_allocated_bytes() - arrow_baseline), seen + 1
+        python_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == rows
+    assert python_peak + arrow_peak < 50 * row_group_bytes  # half the file's 100 row groups (about 35 now)
 
 
 def test_string_labels_need_class_names_and_relative_media_paths_resolve_in_the_stream(tmp_path):

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow  # training runs in subprocesses (DDP, kill and re
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-STEPS = 150  # 15 steps per epoch, 10 epochs; checkpoints every 10 steps
+STEPS = 150  # 15 steps per epoch, 10 epochs; checkpoints every 10 steps (the reference run)
 KILL_SCRIPT = """
 import os, signal, sys
 from transformers import TrainerCallback
@@ -176,9 +176,16 @@ def test_two_processes_finish_with_metrics_close_to_one_process(single_run, data
     assert all(curve[-1] < 0.8 * curve[0] for curve in losses)
 
 
-def test_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_weights(single_run, data, tmp_path):
-    output = tmp_path / "killed"
-    arguments = tiny_arguments(data, output)
+def test_augmented_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_weights(data, tmp_path):
+    """4 epochs of 15 steps with text, image and audio augmentation (drawn per example and epoch) beside modality
+    dropout and batch order (the global random state): killed while checkpoint-30 is half written, then at a random
+    later step, resumed each time, the run ends with the weights and test metrics of an uninterrupted run, bit for
+    bit."""
+    options = {"num_train_epochs": 4, "augment": ["audio", "image", "text"]}
+    steps = 4 * 15
+    reference, output = tmp_path / "reference", tmp_path / "killed"
+    run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(data, reference, **options)])
+    arguments = tiny_arguments(data, output, **options)
     kill = [sys.executable, "-c", KILL_SCRIPT, *arguments]
 
     # 1. SIGKILL while checkpoint-30 is half written (model and optimizer saved, RNG states and trainer state not yet)
@@ -194,8 +201,8 @@ def test_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_w
     refused = run([sys.executable, str(TRAIN_SCRIPT), *arguments], check=False)
     assert refused.returncode != 0 and "--resume_from_checkpoint last" in refused.stderr
 
-    # 2. resumed from checkpoint-20, SIGKILL again at a random step
-    step = random.Random().randint(21, STEPS - 1)
+    # 2. resumed from checkpoint-20, SIGKILL again at a random step (mid-epoch or at an epoch's end)
+    step = random.Random().randint(21, steps - 1)
     killed = run([*kill, "--resume_from_checkpoint", "last"], {"KILL_AT_STEP": str(step)}, check=False)
     assert killed.returncode == -9, f"not killed at step {step}"
     assert all((p / "trainer_state.json").is_file() for p in output.glob("checkpoint-*")), f"killed at step {step}"
@@ -204,11 +211,15 @@ def test_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_w
 
     # 3. resumed again, it finishes exactly where the uninterrupted run did
     run([sys.executable, str(TRAIN_SCRIPT), *arguments, "--resume_from_checkpoint", "last"])
-    resumed, reference = load_file(output / "model.safetensors"), load_file(single_run / "model.safetensors")
-    assert resumed.keys() == reference.keys()
-    differing = [name for name in reference if not torch.equal(resumed[name], reference[name])]
+    resumed, expected = load_file(output / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert resumed.keys() == expected.keys()
+    differing = [name for name in expected if not torch.equal(resumed[name], expected[name])]
     assert not differing, f"killed at step {step}: {len(differing)} tensors differ, e.g. {differing[:3]}"
-    assert read_metrics(output)["test"] == read_metrics(single_run)["test"]
+    assert read_metrics(output)["test"] == read_metrics(reference)["test"]
+    # the augmentation was on (tests/test_data_augmentation.py shows that the options reach the collator and change
+    # the training rows), and the filtered training split was augmented without a copy written beside the dataset
+    assert read_metrics(reference)["hyperparameters"]["augment"] == options["augment"]
+    assert not list(data.glob("*/cache-*.arrow")), "the runs wrote files beside the dataset"
 
 
 def test_arguments_keep_raw_columns_and_refuse_dropping_them(data, tmp_path):
@@ -358,30 +369,6 @@ def test_early_stopping_keeps_the_best_checkpoint(data, tmp_path):
     assert any(not torch.equal(saved[name], other[name]) for name in other)  # batch-norm statistics moved
 
 
-def test_hub_token_is_never_written_printed_or_pushed(data, tmp_path, hub_server):
-    token, user = next(iter(HUB_TOKENS.items()))
-    output, hf_home = tmp_path / "pushed", tmp_path / "hf_home"
-    arguments = tiny_arguments(data, output, max_steps=20, push_to_hub=True, hub_model_id=f"{user}/trained",
-                               hub_token=token, hub_strategy="checkpoint", log_level="debug")
-    env = {"HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(hf_home)}
-    result = run([sys.executable, str(TRAIN_SCRIPT), *arguments], env)
-
-    listing = run([sys.executable, "-c", f"import huggingface_hub as h; print(*h.list_repo_files('{user}/trained'))"],
-                  {**env, "HF_TOKEN": token})
-    files = listing.stdout.split()
-    assert {"model.safetensors", "config.json", "README.md", "metrics.json", "training_args.bin"} <= set(files)
-    assert "last-checkpoint/optimizer.pt" in files  # the token was used: the writes went through
-    card = (output / "README.md").read_text()
-    assert "- hf_multimodal" in card and "| without image |" in card and "alice/trained" in card  # our card, with results
-    written = [p for root in (output, hf_home, hub_server.storage.root) for p in Path(root).rglob("*") if p.is_file()]
-    assert len(written) > 30
-    leaks = [str(p) for p in written if token.encode() in p.read_bytes()]
-    assert not leaks, f"the Hub token was written to {leaks}"
-    assert token not in result.stdout + result.stderr
-    saved_args = torch.load(output / "training_args.bin", weights_only=False)
-    assert saved_args.hub_model_id == f"{user}/trained" and saved_args.hub_token is None
-
-
 def test_early_stopping_and_model_selection_follow_the_validation_loss(single_run):
     """The default rule (README: Early stopping): the best checkpoint is the one with the lowest validation loss, so
     epochs whose accuracy ties an earlier one are still kept when their loss is lower."""
@@ -479,18 +466,26 @@ def test_data_files_with_relative_media_paths_are_read_from_their_own_folder(tmp
         parse_arguments([*tiny_arguments(folder, tmp_path / "run"), "--train_file", str(folder / "train.csv")])
 
 
-def test_no_file_of_an_output_folder_holds_this_machines_paths(data, tmp_path):
-    """Run as a user would (relative paths, a pretrained encoder from a folder of the machine): no file of the output
-    folder, checkpoints included, names the machine's folders (here everything lives under `tmp_path`)."""
-    workdir = tmp_path / "home" / "someone"
+def test_a_pushed_run_from_relative_paths_leaks_neither_local_paths_nor_the_hub_token(data, tmp_path, hub_server):
+    """Run as a user would (relative paths, a pretrained encoder from a folder of the machine, pushing every save with
+    a token): no file of the output folder (checkpoints included) names the machine's folders (everything lives under
+    `tmp_path`), and the token is used but never written, printed or pushed."""
+    token, user = next(iter(HUB_TOKENS.items()))
+    workdir, hf_home = tmp_path / "home" / "someone", tmp_path / "hf_home"
     text_model = workdir / ".venv" / "site-packages" / "tiny_bert"
     BertModel(BertConfig(**TINY_TEXT, vocab_size=30522)).save_pretrained(text_model)
     default_tokenizer().save_pretrained(text_model)
-    arguments = tiny_arguments(Path(os.path.relpath(data, workdir)), Path("outputs/run"), max_steps=20, text_model=text_model)
+    arguments = tiny_arguments(
+        Path(os.path.relpath(data, workdir)), Path("outputs/run"), max_steps=20, text_model=text_model,
+        push_to_hub=True, hub_model_id=f"{user}/trained", hub_token=token, hub_strategy="checkpoint", log_level="debug",
+    )
     arguments = _without_encoder_options(arguments) + ["--image_config", json.dumps(TINY_VISION),
                                                        "--audio_config", json.dumps(TINY_AUDIO)]
-    subprocess.run([sys.executable, str(TRAIN_SCRIPT), *arguments], cwd=workdir, check=True, capture_output=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")})
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+           "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(hf_home)}
+    result = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *arguments], cwd=workdir, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
     output = workdir / "outputs" / "run"
     files = [path for path in output.rglob("*") if path.is_file()]
     assert len(files) > 20
@@ -500,6 +495,19 @@ def test_no_file_of_an_output_folder_holds_this_machines_paths(data, tmp_path):
     assert metrics["hyperparameters"]["text_model"] == "tiny_bert" and metrics["dataset"] == "hf_multimodal-digits"
     modes = {path.name: path.stat().st_mode & 0o777 for path in (output / "model.safetensors", output / "config.json")}
     assert set(modes.values()) == {0o666 & ~_umask()}
+
+    listing = run([sys.executable, "-c", f"import huggingface_hub as h; print(*h.list_repo_files('{user}/trained'))"],
+                  {**env, "HF_TOKEN": token})
+    pushed = listing.stdout.split()
+    assert {"model.safetensors", "config.json", "README.md", "metrics.json", "training_args.bin"} <= set(pushed)
+    assert "last-checkpoint/optimizer.pt" in pushed  # the token was used: the writes went through
+    card = (output / "README.md").read_text()
+    assert "- hf_multimodal" in card and "| without image |" in card and "alice/trained" in card  # our card, with results
+    written = [p for root in (output, hf_home, hub_server.storage.root) for p in Path(root).rglob("*") if p.is_file()]
+    assert not [str(p) for p in written if token.encode() in p.read_bytes()], "the Hub token was written to a file"
+    assert token not in result.stdout + result.stderr
+    saved_args = torch.load(output / "training_args.bin", weights_only=False)
+    assert saved_args.hub_model_id == f"{user}/trained" and saved_args.hub_token is None
 
 
 def _umask() -> int:

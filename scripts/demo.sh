@@ -42,7 +42,7 @@ else
         --image_config '{"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"}' \
         --audio_config '{"frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' \
         --image_size 32 --max_text_tokens 32 --max_audio_seconds 2 \
-        --fusion_type gated --fusion_hidden_size 128 --modality_dropout 0.5 \
+        --fusion_type gated --fusion_hidden_size 128 --modality_dropout 0.5 --modality_loss_weight 1.0 \
         --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3 \
         --weight_decay 0.01 --warmup_steps 0.05 --num_train_epochs 12 \
         --per_device_train_batch_size 32 --per_device_eval_batch_size 64 \

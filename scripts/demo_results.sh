@@ -40,7 +40,7 @@ COMMON=(--extra_test_splits test_unseen_speaker --image_size 32 --max_text_token
         --weight_decay 0.01 --warmup_steps 0.05 --per_device_eval_batch_size 64)
 TEXT=(--text_model "$TEXT_MODEL" --backbones text=sentence-transformers/all-MiniLM-L6-v2 --freeze_modalities text)
 NEW=(--image_config "$IMAGE" --audio_config "$AUDIO" --fusion_hidden_size 128)
-# the classification demo: the settings of scripts/demo.sh
+# the classification demo: the settings of scripts/demo.sh before it added --modality_loss_weight 1.0 (README: Results)
 DEMO=(--dataset outputs/demo/data "${TEXT[@]}" "${NEW[@]}" "${COMMON[@]}" --modality_dropout 0.5
       --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3 --num_train_epochs 12
       --per_device_train_batch_size 32)

@@ -13,8 +13,12 @@ this page needs built in: microphone recording and audio / image upload, `gr.Lab
 (`gradio_client`, endpoint `/classify`) for free.
 
 Every prediction comes from `pipeline("multimodal-classification", model=..., return_modality_importance=True)`:
-the page hands the pipeline the uploaded files' paths undecoded, so a file that is not an image or a corrupt WAV is
-refused with the package's own message (shown on the page, with the server's temporary folder left out).
+the page hands the pipeline the uploaded files' paths undecoded (`preprocess=False`: Gradio still checks that each
+path is one of its own uploads, but neither opens the files nor hops to a thread per input), so a file that is not an
+image or a corrupt WAV is refused with the package's own message (shown on the page, with the server's temporary
+folder left out). The importance chart is HTML drawn on the server, the event shows no progress animation and the
+page keeps no run history: Gradio's spinner over the outputs, its Vega `gr.BarPlot` and its run history cost 80-100 ms
+per answer in Chromium, twice the demo model's call (measured; see README.md, "Demo web page").
 `--measure` starts the page on a free local port, opens it in headless Chromium (Playwright; the `test` extra and
 Debian's `chromium`), uploads the image and audio, clicks Classify `--repeats` times and prints the median time
 until the page shows the answer against the pipeline's own time on the same files.
@@ -28,6 +32,7 @@ own code (`trust_remote_code=True`). Upload it with `hf upload <user>/<space> sp
 from __future__ import annotations
 
 import argparse
+import html
 import importlib.metadata
 import os
 import socket
@@ -55,17 +60,6 @@ SPACE_REQUIREMENTS = ("torch", "transformers", "soundfile", "pillow", "scipy")
 """What a Space needs beside Gradio (which the Space SDK installs) to run the model's remote code, pinned to the
 versions installed here."""
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (apt-get install chromium), driven by Playwright in --measure
-
-
-class UndecodedImage(gr.Image):
-    """`gr.Image` that hands the function the uploaded file's path without opening it (Gradio's own `gr.Image`
-    decodes uploads with PIL first, so a bad file would fail before the pipeline could name the problem). The path is
-    the copy in Gradio's upload cache, which Gradio checks before preprocessing; the browser side is `gr.Image`'s."""
-
-    is_template = True  # Gradio's marker for subclasses rendered by the parent's front-end component
-
-    def preprocess(self, payload: gr.data_classes.ImageData | None) -> str | None:
-        return None if payload is None else payload.path
 
 
 def load_classifier(model: str) -> Pipeline:
@@ -115,6 +109,32 @@ def classify(
     return scores, pd.DataFrame(rows, columns=["modality", "importance"])
 
 
+def importance_chart(importance: pd.DataFrame) -> str:
+    """The page's bar chart of `classify`'s importance rows, as HTML: one bar per modality, its length the drop of the
+    top label's score without that modality (orange; blue for a negative drop, i.e. the score rises without it), its
+    value written beside it. Drawn on the server, so that the browser only inserts it (Gradio's Vega `gr.BarPlot`
+    embeds a whole new chart per answer).
+
+    Example:
+
+    ```python
+    >>> importance_chart(pd.DataFrame({"modality": ["text", "audio"], "importance": [0.02, 0.3]}))[:36]
+    '<div class="importance-chart" role="'
+    ```
+    """
+    bars = []
+    for modality, value in zip(importance["modality"], importance["importance"]):
+        name = html.escape(str(modality))
+        color = "#f97316" if value >= 0 else "#3b82f6"
+        bars.append(
+            f'<div class="importance-bar" data-modality="{name}" style="display:flex;align-items:center;gap:8px;'
+            f'margin:4px 0"><span style="width:9em">{name}</span><span style="flex:1;background:#e5e7eb;height:14px">'
+            f'<span style="display:block;height:100%;width:{min(abs(value), 1.0) * 100:.1f}%;background:{color}">'
+            f'</span></span><span style="width:4em;text-align:right">{value:+.2f}</span></div>'
+        )
+    return f'<div class="importance-chart" role="figure" aria-label="modality importance">{"".join(bars)}</div>'
+
+
 def _without_folders(message: str, paths: list[str | None]) -> str:
     """The message with each uploaded file's path reduced to its name: the server's folders are not the user's."""
     for path in paths:
@@ -125,7 +145,8 @@ def _without_folders(message: str, paths: list[str | None]) -> str:
 
 def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
     """The page: text, image and audio inputs of the modalities the model reads, a Classify button, the top labels
-    (`gr.Label`) and the per-modality importance (`gr.BarPlot`). Its API endpoint is `/classify`.
+    (`gr.Label`) and the per-modality importance (`importance_chart`, in `gr.HTML`). Its API endpoint is `/classify`:
+    the text and the uploaded files (`gradio_client.handle_file`) in, the labels and the chart's HTML out.
 
     Example:
 
@@ -145,7 +166,7 @@ def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
         with gr.Row():
             with gr.Column():
                 text = gr.Textbox(label="Text", lines=2, visible="text" in modalities, elem_id="text-input")
-                image = UndecodedImage(
+                image = gr.Image(
                     label="Image", type="filepath", sources=["upload", "clipboard"], visible="image" in modalities,
                     elem_id="image-input",
                 )
@@ -156,13 +177,18 @@ def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
                 button = gr.Button("Classify", variant="primary", elem_id="classify-button")
             with gr.Column():
                 scores = gr.Label(label="Top labels", num_top_classes=top_k, elem_id="scores")
-                importance = gr.BarPlot(
-                    x="modality", y="importance", label="Modality importance (drop of the top score without it)",
-                    y_title="importance", elem_id="importance",
-                )
+                gr.Markdown("**Modality importance** (drop of the top score without it)")
+                importance = gr.HTML(elem_id="importance")
+
+        def on_classify(text: str | None, image: dict | None, audio: dict | None) -> tuple[dict[str, float], str]:
+            # preprocess=False: the files arrive as Gradio's upload records, already checked to be its own uploads
+            paths = [None if upload is None else upload["path"] for upload in (image, audio)]
+            scores, rows = classify(classifier, text, *paths, top_k=top_k)
+            return scores, importance_chart(rows)
+
         button.click(
-            lambda *inputs: classify(classifier, *inputs, top_k=top_k),
-            inputs=[text, image, audio], outputs=[scores, importance], api_name=API_NAME,
+            on_classify, inputs=[text, image, audio], outputs=[scores, importance], api_name=API_NAME,
+            preprocess=False, show_progress="hidden",
         )  # queued (Gradio's default): without the queue, Gradio 6's page shows "Error" but not gr.Error's message
     return app
 
@@ -213,10 +239,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            block: bool = True) -> str:
-    """Serve the page (without server-side rendering, which needs Node) and return its local URL; `block=False`
-    returns at once, leaving the server in a background thread (`app.close()` stops it)."""
+    """Serve the page (without server-side rendering, which needs Node, and without Gradio's run history, which stores
+    every request's inputs and outputs in the browser: 20-40 ms per answer here) and return its local URL;
+    `block=False` returns at once, leaving the server in a background thread (`app.close()` stops it)."""
     app.launch(
-        server_name=host, server_port=port, share=share, prevent_thread_lock=not block, ssr_mode=False, quiet=not block
+        server_name=host, server_port=port, share=share, prevent_thread_lock=not block, ssr_mode=False, quiet=not block,
+        run_history=False,
     )
     return app.local_url
 

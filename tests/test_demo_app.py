@@ -104,10 +104,10 @@ def reference(model_folder):
 
 
 def chart_labels(page) -> list[str]:
-    """The x-axis labels of the importance bar chart (Vega's SVG), once drawn."""
-    selector = "#importance svg [aria-label^='X-axis'] .role-axis-label text"
+    """The modalities of the importance bar chart's bars, once drawn."""
+    selector = "#importance .importance-bar"
     page.page.wait_for_selector(selector)
-    return page.page.eval_on_selector_all(selector, "labels => labels.map(label => label.textContent)")
+    return page.page.eval_on_selector_all(selector, "bars => bars.map(bar => bar.dataset.modality)")
 
 
 def test_page_loads(page, model_folder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -162,6 +163,18 @@ class TestMfccFrontend:
         loaded = AutoModel.from_pretrained(tmp_path).eval()
         audio = torch.randn(1, 4000)
         torch.testing.assert_close(loaded(audio).pooler_output, model(audio).pooler_output)
+
+    def test_projection_starts_at_pytorch_default_initialisation(self):
+        mfcc, log_mel = (
+            tiny_wavenet(frontend=name, sampling_rate=8000).frontend.projection for name in ("mfcc", "log_mel")
+        )
+        bound = 1 / math.sqrt(mfcc.in_features)  # U(-bound, bound), standard deviation bound / sqrt(3), bias too
+        assert mfcc.weight.abs().max() <= bound and mfcc.bias.abs().max() <= bound
+        torch.testing.assert_close(mfcc.weight.std().item(), bound / math.sqrt(3), rtol=0.1, atol=0)
+        assert mfcc.bias.std() > 0.3 * bound
+        # the log-mel front-end keeps N(0, initializer_range) and a zero bias
+        torch.testing.assert_close(log_mel.weight.std().item(), 0.02, rtol=0.1, atol=0)
+        assert not log_mel.bias.any()
 
 
 SPEC_AUGMENT = {"mask_time_prob": 0.3, "mask_time_length": 5, "mask_feature_prob": 0.3, "mask_feature_length": 4}

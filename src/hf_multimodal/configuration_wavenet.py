@@ -88,7 +88,8 @@ class WaveNetConfig(PreTrainedConfig):
         layer_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon of the layer norms.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the normal initialiser of linear layers.
+            Standard deviation of the normal initialiser of linear layers (but for the projection of the `"mfcc"`
+            front-end, which starts at PyTorch's default initialisation).
 
     Example:
 

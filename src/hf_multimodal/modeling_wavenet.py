@@ -255,6 +255,14 @@ class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, WaveNetLogMelFrontend):
             module.reset_buffers()
+        if isinstance(module, WaveNetMfccFrontend):
+            # PyTorch's default initialisation of the projection (uniform, +/- 1 / sqrt(num_mfcc), bias too), larger
+            # than N(0, initializer_range): it reads voices never heard better (README: Audio encoder options for
+            # unseen voices). Children are initialised before their parent, so this replaces the projection's normal
+            # draw; weights loaded by `from_pretrained` are marked initialised and kept.
+            init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.projection.in_features)
+            init.uniform_(module.projection.bias, -bound, bound)
         if isinstance(module, nn.Conv1d):
             # Variance-preserving convolutions train the deep gated stacks from scratch far better than N(0, 0.02).
             init.kaiming_normal_(module.weight, nonlinearity="linear")

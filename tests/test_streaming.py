@@ -1,12 +1,14 @@
 """`scripts/train.py --streaming` (README: Streaming): a run trained from an `IterableDataset` read as it goes, the
 options it refuses, label names without a pass over the data, local files with relative media paths, bounded
-in-memory evaluation splits, a Parquet file held a few row groups at a time, and the disjoint parts of the stream that
-accelerate gives each process."""
+in-memory evaluation splits, a Parquet file held a few row groups at a time, a dataset streamed from the (local) Hub,
+and the disjoint parts of the stream that accelerate gives each process."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from accelerate.data_loader import prepare_data_loader
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from test_training import tiny_arguments
+from conftest import HUB_TOKENS, client_env
+from test_training import ROOT, tiny_arguments
 from train import build_trainer, load_splits, main, parse_arguments
 
 
@@ -170,6 +173,42 @@ def test_accelerate_gives_two_processes_disjoint_parts_of_the_stream(tmp_path, s
         seen.append([text for batch in loader for text in batch])
     assert len(seen[0]) == len(seen[1]) == 20 and not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(f"train {index}" for index in range(40))
+
+
+HUB_STREAM_SCRIPT = """
+import sys
+sys.path[:0] = ["tests", "scripts"]
+from pathlib import Path
+import huggingface_hub
+from test_streaming import parquet_folder, streamed_arguments, text_splits
+from train import load_splits, parse_arguments
+
+work = Path(sys.argv[1])
+folder = parquet_folder(work / "data", text_splits({"train": 40, "validation": 10, "test": 10}))
+api = huggingface_hub.HfApi()
+api.create_repo("alice/streamed", repo_type="dataset")
+api.upload_folder(folder_path=str(folder), repo_id="alice/streamed", repo_type="dataset")
+options = {"class_names": ["zero", "one", "two"], "shuffle_buffer_size": 8}
+model_args, data_args, training_args = parse_arguments(streamed_arguments("alice/streamed", work / "run", **options))
+splits = load_splits(data_args, model_args.modalities, training_args.seed)
+print(type(splits.train).__name__, len(splits.validation), len(splits.test))
+print(*sorted(row["text"] for row in splits.train), sep=",")
+"""
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_is_streamed_without_downloading_it_first(hub_server, tmp_path):
+    """`--dataset <user>/<repo> --streaming` on the local Hub (tests/hub_server.py), in a fresh user's process: the
+    training split is an `IterableDataset` read from the repo's Parquet files, the evaluation splits come in memory."""
+    env = client_env(hub_server, tmp_path / "home", next(iter(HUB_TOKENS)), HF_HUB_OFFLINE="0",
+                     PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run([sys.executable, "-c", HUB_STREAM_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kind, texts = result.stdout.strip().splitlines()[-2:]
+    assert kind == "IterableDataset 10 10"
+    assert texts.split(",") == sorted(f"train {index}" for index in range(40))
+    assert not list((tmp_path / "home").rglob("*.parquet")), "the training split was downloaded, not streamed"
 
 
 @pytest.mark.slow

@@ -371,16 +371,16 @@ HEAD_INDEPENDENT_TESTS = re.compile(
     r"|test_tied_weights_are_sharded_together|test_keep_in_fp32_modules"
 )
 _DEFAULT_HEAD_ONLY = unittest.skip(reason="does not depend on the fusion head: runs on the default head only")
+_SKIPPED_ON_OTHER_HEADS = {
+    test: _DEFAULT_HEAD_ONLY(getattr(MultimodalModelTest, test))
+    for test in dir(MultimodalModelTest)
+    if HEAD_INDEPENDENT_TESTS.match(test)
+}
 for _fusion_type in FUSION_TYPES:
     if _fusion_type != MultimodalModelTest.fusion_type:
         _name = f"Multimodal{_fusion_type.title().replace('_', '')}FusionModelTest"
-        _skipped = {
-            test: _DEFAULT_HEAD_ONLY(getattr(MultimodalModelTest, test))
-            for test in dir(MultimodalModelTest)
-            if HEAD_INDEPENDENT_TESTS.match(test)
-        }
         globals()[_name] = type(
-            _name, (MultimodalModelTest,), {"fusion_type": _fusion_type, "__module__": __name__, **_skipped}
+            _name, (MultimodalModelTest,), {"fusion_type": _fusion_type, "__module__": __name__, **_SKIPPED_ON_OTHER_HEADS}
         )
 
 

@@ -8,6 +8,7 @@
     python scripts/benchmark.py --only alternatives   # item 8 alone: the stock classifiers and scikit-learn
     python scripts/benchmark.py --only compile checkpointing   # items 9 and 10 (opt-in): torch.compile, checkpointing
     python scripts/benchmark.py --only data_loading   # item 11 alone: collator CPU share, 0 vs 2 DataLoader workers
+    python scripts/benchmark.py --only importance     # item 12 alone: pipeline with / without modality importance
 
 
 Absolute times on shared machines mean little; ratios of two code paths timed in the same process, with warm-up,
@@ -55,6 +56,7 @@ from transformers import BatchFeature
 
 from hf_multimodal import (
     FUSION_TYPES,
+    MultimodalClassificationPipeline,
     MultimodalConfig,
     MultimodalForSequenceClassification,
     MultimodalProcessor,
@@ -77,8 +79,9 @@ BENCHMARK_NAMES: tuple[str, ...] = (
     "compile",
     "checkpointing",
     "data_loading",
+    "importance",
 )
-"""The measurements, in item order (1-11); `--only` takes a subset of these names."""
+"""The measurements, in item order (1-12); `--only` takes a subset of these names."""
 
 OPT_IN_BENCHMARKS: tuple[str, ...] = ("compile", "checkpointing")
 """Measurements run only when `--only` names them: each trains or compiles for minutes at the default size."""
@@ -1722,6 +1725,49 @@ def bench_data_loading(ctx: BenchmarkContext) -> list[BenchmarkRow]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 12. Per-example modality importance in a pipeline call (issue 13)
+# --------------------------------------------------------------------------------------------------------------------
+
+IMPORTANCE_TARGET = 1.3
+"""A pipeline call with `return_modality_importance=True` costs at most this many times the call without it."""
+
+
+def bench_importance(ctx: BenchmarkContext) -> list[BenchmarkRow]:
+    """Item 12: `pipeline("multimodal-classification")` on the `batch_size` raw examples with
+    `return_modality_importance=True` vs the same call without it, for every fusion type (the encoders of the run's
+    model shared, each head freshly initialised; the two calls alternate, medians over rounds of the ratio within a
+    round). The importance runs the encoders once and the fusion head and classifier again per left-out modality."""
+    inputs = _pipeline_inputs(ctx.raw_examples)
+    call = {"batch_size": ctx.workload.batch_size, "top_k": 1}
+    rows = []
+    for fusion in FUSION_TYPES:
+        pipe = MultimodalClassificationPipeline(
+            model=model_sharing_encoders(ctx.model, fusion), processor=ctx.processor, device=ctx.device
+        )
+        functions = {
+            "plain": lambda pipe=pipe: pipe(inputs, **call),
+            "importance": lambda pipe=pipe: pipe(inputs, return_modality_importance=True, **call),
+        }
+        with ctx.autocast():
+            times = time_interleaved(functions, ctx.workload.repeat, ctx.workload.warmup, ctx.device)
+        rows.append(
+            make_row(
+                12,
+                f"modality importance {fusion}: pipeline call with / without",
+                times.ratio("importance", "plain"),
+                "ratio",
+                f"<= {IMPORTANCE_TARGET}",
+                f"batch {ctx.workload.batch_size}; median s: with {median(times['importance']):.3f}, without "
+                f"{median(times['plain']):.3f}; CPU-time ratio {times.ratio('importance', 'plain', cpu=True):.3f}",
+                importance_seconds=times["importance"],
+                plain_seconds=times["plain"],
+                cpu_ratio=times.ratio("importance", "plain", cpu=True),
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Running and reporting
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -1738,11 +1784,13 @@ BENCHMARKS: dict[str, Callable[[BenchmarkContext], list[BenchmarkRow]]] = {
     "compile": bench_compile,
     "checkpointing": bench_checkpointing,
     "data_loading": bench_data_loading,
+    "importance": bench_importance,
 }
 RUN_ORDER: tuple[str, ...] = (
     "audio",
     "preprocessing",
     "fusion",
+    "importance",
     "inference",
     "training",
     "compute",

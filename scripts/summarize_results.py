@@ -135,12 +135,14 @@ def modality_importance(root: Path) -> list[str]:
             by_weight = ", ".join(f"{m} {cell(w)}" for m, w in weighted.items()) + (
                 " (same first)" if first == by_ablation else f" (**{first}** first)")
         run = path.name.removesuffix("_modality_importance.json")
-        lines.append(f"| {run} | {values} | {agree} | {by_weight} | {report['cost_ratio']:.2f} |")
+        pipeline_cost = report.get("pipeline_cost_ratio")  # reports written before it was measured lack it
+        cost = f"{report['cost_ratio']:.2f}" + (f" ({pipeline_cost:.2f})" if pipeline_cost is not None else "")
+        lines.append(f"| {run} | {values} | {agree} | {by_weight} | {cost} |")
     if not lines:
         return []
     header = [
         "| run | per modality: mean importance / accuracy drop without it | same modality first | mean fusion weight "
-        "| CPU cost vs forward |",
+        "| CPU cost vs forward (pipeline call) |",
         "|---|---|---|---|---|",
     ]
     return header + lines

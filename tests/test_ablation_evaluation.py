@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import AUDIO_DIR, TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_model
 from make_demo_dataset import build_demo_dataset, save_demo_dataset
+from modality_importance import bootstrap_first_modality
 from test_modeling_multimodal import missing_pattern, tensor_inputs
 from train import build_trainer, evaluate_split, parse_arguments
 
@@ -134,3 +135,21 @@ def test_one_encoding_pass_gives_the_results_of_one_predict_per_variant(
             name: output.metrics[f"test_{name}"] for name in metrics if name != "num_examples"
         }, rel=1e-6, abs=1e-6, nan_ok=True)
     trainer.data_collator = collator
+
+
+def test_the_bootstrap_says_how_often_importance_and_ablation_put_the_same_modality_first():
+    """scripts/modality_importance.py: a clear first modality is first in every resample; two tied ones share it."""
+    rng = np.random.default_rng(0)
+    importance = rng.uniform(0.0, 0.1, (400, 3))
+    importance[:, 0] += 0.5  # text clearly first
+    importance[::4, 2] = np.nan  # audio absent from a quarter of the examples: left out of its mean
+    drops = (rng.uniform(size=(400, 3)) < [0.3, 0.1, 0.1]).astype(int)
+    clear = bootstrap_first_modality(importance, drops, ("text", "image", "audio"), resamples=200)
+    assert clear == {
+        "agreement": 1.0,
+        "first_by_importance": {"text": 1.0, "image": 0.0, "audio": 0.0},
+        "first_by_ablation": {"text": 1.0, "image": 0.0, "audio": 0.0},
+    }
+    tied = bootstrap_first_modality(rng.uniform(size=(400, 2)), drops[:, :2], ("text", "audio"), resamples=200)
+    assert 0.1 < tied["first_by_importance"]["text"] < 0.9  # equal distributions: either may come first
+    assert sum(tied["first_by_importance"].values()) == pytest.approx(1.0)

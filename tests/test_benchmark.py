@@ -61,7 +61,7 @@ def test_smoke_run_writes_json_with_every_measurement(smoke_run):
     )
     assert report["meta"]["settings"]["size"] == "tiny"
     rows = report["rows"]
-    assert {row["item"] for row in rows} == set(range(1, 9)) | {11}  # 9 and 10 are opt-in
+    assert {row["item"] for row in rows} == set(range(1, 9)) | {11, 12}  # 9 and 10 are opt-in
     for row in rows:
         assert {"item", "name", "value", "unit", "target", "met", "note", "extra"} <= set(row)
         if row["value"] is None:
@@ -85,6 +85,10 @@ def test_smoke_run_writes_json_with_every_measurement(smoke_run):
     assert compute["extra"]["flops_per_step"] > 0
     assert ("no AMX (amx_bf16)" in compute["note"]) == (not cpu_has_amx_bf16())  # the bf16 peak is not reachable
     assert {row["unit"] for row in rows if row["item"] == 7} == {"MiB"}
+    importance = [row for row in rows if row["item"] == 12]  # a pipeline call with / without importance, per head
+    assert [row["name"].split()[2].rstrip(":") for row in importance] == list(FUSION_TYPES)
+    for row in importance:
+        assert row["target"] == "<= 1.3" and len(row["extra"]["importance_seconds"]) == workload["repeat"]
 
 
 def test_smoke_run_compares_the_alternatives_on_the_demo_task(smoke_run):
@@ -173,6 +177,7 @@ def test_settings_refuse_bad_values_with_the_fix():
         "compile",
         "checkpointing",
         "data_loading",
+        "importance",
     }
     assert BenchmarkSettings(only=("alternatives",)).only == ("alternatives",)
     assert set(OPT_IN_BENCHMARKS) == {"compile", "checkpointing"}  # run only when named (the smoke run leaves them)

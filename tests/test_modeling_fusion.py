@@ -3,6 +3,8 @@ free embeddings as perfect encoders), and the comparator head's masking of absen
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +101,31 @@ def test_comparator_reads_only_present_pairs():
     torch.testing.assert_close(refused[0], fused[0])  # audio absent in example 0: its values are never read
     assert not torch.allclose(refused[1], fused[1]) and not torch.allclose(refused[2], fused[2])
     assert torch.isfinite(fused).all()  # example 1 has one modality and no pair: the placeholder stands in
+
+
+def test_transformer_leaves_out_the_positions_no_example_reads_as_a_traced_graph_masks_them():
+    torch.manual_seed(0)
+    head = MultimodalModel(pair_config("transformer")).fusion.eval()
+    features = {"image": torch.randn(3, 4, HIDDEN), "audio": torch.randn(3, 6, HIDDEN)}
+    masks = {
+        "image": torch.tensor([[True, True, False, False], [True, False, False, False], [True, True, True, False]]),
+        "audio": torch.ones(3, 6, dtype=torch.bool),
+    }
+    presence = torch.tensor([[True, False], [True, False], [True, False]])  # audio absent from the whole batch
+    with torch.no_grad():
+        shortened = head(features, presence, masks)
+        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+            masked = head(features, presence, masks)
+    torch.testing.assert_close(shortened, masked, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_transformer_reads_its_last_layer_at_cls_only_as_the_whole_layer_would(mode):
+    torch.manual_seed(0)
+    head = MultimodalModel(pair_config("transformer")).fusion.train(mode == "train")  # dropout 0: deterministic
+    hidden_states = torch.randn(3, 5, HIDDEN)
+    padding = torch.tensor([[False] * 5, [False, False, True, True, True], [False, True, False, True, False]])
+    assert len(head.encoder.layers) == 2
+    for layer in head.encoder.layers:
+        expected = layer(hidden_states, src_key_padding_mask=padding)[:, 0]
+        torch.testing.assert_close(head.cls_readout(layer, hidden_states, padding), expected, atol=1e-5, rtol=1e-4)

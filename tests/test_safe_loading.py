@@ -180,7 +180,7 @@ def test_sigkill_during_saves_never_leaves_mixed_or_partial_weights(tmp_path):
     script.write_text(KILL_WHILE_SAVING)
     folder = tmp_path / "model"
     rng = random.Random(0)
-    for _ in range(4):
+    for _ in range(3):
         process = subprocess.Popen(
             [sys.executable, str(script), str(folder), str(Path(__file__).parent)],
             stdout=subprocess.PIPE,

@@ -177,12 +177,12 @@ def test_two_processes_finish_with_metrics_close_to_one_process(single_run, data
 
 
 def test_augmented_runs_killed_mid_save_and_at_a_random_step_resume_to_bitwise_identical_weights(data, tmp_path):
-    """4 epochs of 15 steps with text, image and audio augmentation (drawn per example and epoch) beside modality
+    """3 epochs of 15 steps with text, image and audio augmentation (drawn per example and epoch) beside modality
     dropout and batch order (the global random state): killed while checkpoint-30 is half written, then at a random
     later step, resumed each time, the run ends with the weights and test metrics of an uninterrupted run, bit for
     bit."""
-    options = {"num_train_epochs": 4, "augment": ["audio", "image", "text"]}
-    steps = 4 * 15
+    options = {"num_train_epochs": 3, "augment": ["audio", "image", "text"]}
+    steps = 3 * 15
     reference, output = tmp_path / "reference", tmp_path / "killed"
     run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(data, reference, **options)])
     arguments = tiny_arguments(data, output, **options)
@@ -476,7 +476,7 @@ def test_a_pushed_run_from_relative_paths_leaks_neither_local_paths_nor_the_hub_
     BertModel(BertConfig(**TINY_TEXT, vocab_size=30522)).save_pretrained(text_model)
     default_tokenizer().save_pretrained(text_model)
     arguments = tiny_arguments(
-        Path(os.path.relpath(data, workdir)), Path("outputs/run"), max_steps=20, text_model=text_model,
+        Path(os.path.relpath(data, workdir)), Path("outputs/run"), max_steps=10, text_model=text_model,
         push_to_hub=True, hub_model_id=f"{user}/trained", hub_token=token, hub_strategy="checkpoint", log_level="debug",
     )
     arguments = _without_encoder_options(arguments) + ["--image_config", json.dumps(TINY_VISION),

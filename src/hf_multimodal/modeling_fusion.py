@@ -190,11 +190,35 @@ class TransformerFusion(MultimodalFusion):
         batch_size = presence.shape[0]
         tokens = [self.cls_token.expand(batch_size, -1, -1)]
         keep = [presence.new_ones(batch_size, 1)]
+        eager = not torch.compiler.is_compiling()
         for index, modality in enumerate(self.modalities):
-            tokens.append(features[modality] + self.type_embeddings[index])
-            keep.append(padding_masks[modality] & presence[:, index : index + 1])
-        hidden_states = self.encoder(torch.cat(tokens, dim=1), src_key_padding_mask=~torch.cat(keep, dim=1))
-        return self.layer_norm(hidden_states[:, 0])
+            sequence, mask = features[modality], padding_masks[modality] & presence[:, index : index + 1]
+            if eager:
+                # Masked tokens never reach the [CLS] readout: leave out the positions no example reads (a modality
+                # absent from the whole batch, padding past the longest sequence), which only shortens the attention
+                # (leave-one-modality-out importance fuses batches without a modality). Traced graphs keep the shapes.
+                length = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else 0
+                sequence, mask = sequence[:, :length], mask[:, :length]
+            tokens.append(sequence + self.type_embeddings[index])
+            keep.append(mask)
+        hidden_states, padding = torch.cat(tokens, dim=1), ~torch.cat(keep, dim=1)
+        *layers, last = self.encoder.layers
+        for layer in layers:
+            hidden_states = layer(hidden_states, src_key_padding_mask=padding)
+        return self.layer_norm(self.cls_readout(last, hidden_states, padding))
+
+    @staticmethod
+    def cls_readout(
+        layer: nn.TransformerEncoderLayer, hidden_states: torch.Tensor, padding: torch.BoolTensor
+    ) -> torch.Tensor:
+        """The last encoder layer at the [CLS] position only, `(batch_size, hidden_size)`: the readout never uses the
+        other positions' outputs, so their queries and feed-forward are skipped (the same pre-norm layer, weights and
+        dropouts as `layer(hidden_states)[:, 0]`)."""
+        normed = layer.norm1(hidden_states)
+        attended, _ = layer.self_attn(normed[:, :1], normed, normed, key_padding_mask=padding, need_weights=False)
+        cls = hidden_states[:, 0] + layer.dropout1(attended[:, 0])
+        feed_forward = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(cls)))))
+        return cls + layer.dropout2(feed_forward)
 
 
 class BiLSTMFusion(MultimodalFusion):

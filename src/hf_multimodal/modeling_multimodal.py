@@ -1022,8 +1022,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
     def modality_importance(self, **inputs: torch.Tensor | None) -> ModalityImportanceOutput:
         r"""
         How much each present modality contributed to each example's prediction, by leaving it out: the encoders run
-        once, then only the fusion head and the classifier run again, once per modality, with that modality masked
-        in the presence mask (as if the example lacked it). The importance is the drop of the predicted label's score
+        once, then only the fusion head and the classifier run again, once per modality and on the examples that
+        have it, with that modality masked in the presence mask (as if the example lacked it). The importance is the drop of the predicted label's score
         (softmax probability; sigmoid for multi-label models; the value itself for regression): positive when the
         modality supported the prediction, negative when it argued against it, near 0 when the others decide alone.
 
@@ -1053,8 +1053,9 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             without, rows = self._leave_out(presence, index)
             if not bool(rows.any()):
                 continue
-            left_out = scores_from_logits(self._classify(features, without, padding_masks), function)
-            importance[rows, index] = (scores.gather(1, predicted) - left_out.gather(1, predicted))[rows, 0]
+            left_out = scores_from_logits(self._classify_rows(features, without, padding_masks, rows), function)
+            top = predicted[rows]
+            importance[rows, index] = (scores[rows].gather(1, top) - left_out.gather(1, top))[:, 0]
         fusion_weights = self.multimodal.fusion.modality_weights(features, presence, padding_masks)
         return ModalityImportanceOutput(
             logits=logits, predicted=predicted[:, 0], importance=importance, fusion_weights=fusion_weights
@@ -1099,11 +1100,12 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         logits = {"all": self._classify(features, presence, padding_masks)}
         for modality in drop:
             index = modalities.index(modality)
-            without, _ = self._leave_out(presence, index)
+            without, rows = self._leave_out(presence, index)
             left_alone = without[:, index, None]  # the example's only modality: nothing left to classify
-            logits[f"without_{modality}"] = self._classify(features, without, padding_masks).masked_fill(
-                left_alone, float("nan")
-            )
+            variant = logits["all"].masked_fill(left_alone, float("nan"))
+            if bool(rows.any()):
+                variant[rows] = self._classify_rows(features, without, padding_masks, rows)
+            logits[f"without_{modality}"] = variant
         return logits
 
     def _encode_once(
@@ -1126,6 +1128,21 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
     ) -> torch.FloatTensor:
         """The logits of encoded modalities fused under `presence` (the eval-mode classifier of `forward`)."""
         return self.classifier(self.multimodal.fuse(features, presence, padding_masks))
+
+    def _classify_rows(
+        self,
+        features: dict[str, torch.Tensor],
+        presence: torch.BoolTensor,
+        padding_masks: dict[str, torch.Tensor],
+        rows: torch.BoolTensor,
+    ) -> torch.FloatTensor:
+        """`_classify` on the examples of `rows` only, `(rows.sum(), num_labels)`: a variant's presence mask changes
+        some examples, the others keep the logits of the first pass (the fusion head reads each row alone)."""
+        return self._classify(
+            {modality: feature[rows] for modality, feature in features.items()},
+            presence[rows],
+            {modality: mask[rows] for modality, mask in padding_masks.items()},
+        )
 
     @staticmethod
     def _leave_out(presence: torch.BoolTensor, index: int) -> tuple[torch.BoolTensor, torch.BoolTensor]:

@@ -8,17 +8,19 @@ of them may be left empty) and see the top labels with their scores and how much
     python scripts/demo_app.py user/av-digits --write_space space/   # a Hugging Face Space serving a pushed model
 
 Why Gradio: it is what Hub users already know (a Hugging Face Space runs a Gradio app as it is), and it has the parts
-this page needs built in: microphone recording and audio / image upload, `gr.Label` for scores, bar charts, and
-`gr.Error`, which shows a message on the page while the server keeps serving; and every app has an HTTP API
-(`gradio_client`, endpoint `/classify`) for free.
+this page needs built in: microphone recording and audio / image upload, `gr.Label` for scores, HTML outputs for
+the importance chart and error messages; and every app has an HTTP API (`gradio_client`, endpoint `/classify`) for
+free.
 
 Every prediction comes from `pipeline("multimodal-classification", model=..., return_modality_importance=True)`:
 the page hands the pipeline the uploaded files' paths undecoded (`preprocess=False`: Gradio still checks that each
 path is one of its own uploads, but neither opens the files nor hops to a thread per input), so a file that is not an
-image or a corrupt WAV is refused with the package's own message (shown on the page, with the server's temporary
-folder left out). The importance chart is HTML drawn on the server, the event shows no progress animation and the
-page keeps no run history: Gradio's spinner over the outputs, its Vega `gr.BarPlot` and its run history cost 80-100 ms
-per answer in Chromium, twice the demo model's call (measured; see README.md, "Demo web page").
+image or a corrupt WAV is refused with the package's own message, shown on the page in an error box under the scores
+(with the server's temporary folder left out) while the server keeps serving. The importance chart is HTML drawn on
+the server, the event skips Gradio's queue and shows no progress animation, and the page keeps no run history:
+Gradio's spinner over the outputs, its Vega `gr.BarPlot`, its run history and the queue's event stream cost about
+100 ms per answer in Chromium, twice the demo model's call (measured; see README.md, "Demo web page"). Without the
+queue, Gradio 6's page shows a raised `gr.Error` as a bare "Error", hence the error box.
 `--measure` starts the page on a free local port, opens it in headless Chromium (Playwright; the `test` extra and
 Debian's `chromium`), uploads the image and audio, clicks Classify `--repeats` times and prints the median time
 until the page shows the answer against the pipeline's own time on the same files.
@@ -59,6 +61,8 @@ SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 SPACE_REQUIREMENTS = ("torch", "transformers", "soundfile", "pillow", "scipy")
 """What a Space needs beside Gradio (which the Space SDK installs) to run the model's remote code, pinned to the
 versions installed here."""
+PAGE_CSS = "#error:not(:has(.error-message)) { display: none; }"
+"""The page's style: the error box takes no room while it is empty."""
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (apt-get install chromium), driven by Playwright in --measure
 
 
@@ -83,7 +87,8 @@ def classify(
 
     Returns the `gr.Label` value (`{label: score}`, the `top_k` best) and the bar chart's rows (`modality`,
     `importance`: the drop of the top label's score without that modality; 0 for a modality that is absent or the
-    example's only one, which the row's name says). A malformed input raises `gr.Error` with the pipeline's message.
+    example's only one, which the row's name says). An empty or malformed input raises `gr.Error` with a message for
+    the user (the pipeline's, for a file it cannot decode), which the page shows in its error box.
 
     Example:
 
@@ -135,6 +140,22 @@ def importance_chart(importance: pd.DataFrame) -> str:
     return f'<div class="importance-chart" role="figure" aria-label="modality importance">{"".join(bars)}</div>'
 
 
+def error_box(message: str) -> str:
+    """The page's error box showing `message` (escaped), as HTML.
+
+    Example:
+
+    ```python
+    >>> error_box("could not decode image 'notes.png'")[:46]
+    '<div class="error-message" role="alert" style='
+    ```
+    """
+    return (
+        '<div class="error-message" role="alert" style="padding:8px 12px;border:1px solid #fca5a5;border-radius:6px;'
+        f'background:#fef2f2;color:#991b1b">{html.escape(message)}</div>'
+    )
+
+
 def _without_folders(message: str, paths: list[str | None]) -> str:
     """The message with each uploaded file's path reduced to its name: the server's folders are not the user's."""
     for path in paths:
@@ -145,8 +166,11 @@ def _without_folders(message: str, paths: list[str | None]) -> str:
 
 def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
     """The page: text, image and audio inputs of the modalities the model reads, a Classify button, the top labels
-    (`gr.Label`) and the per-modality importance (`importance_chart`, in `gr.HTML`). Its API endpoint is `/classify`:
-    the text and the uploaded files (`gradio_client.handle_file`) in, the labels and the chart's HTML out.
+    (`gr.Label`), an error box (`error_box`, in `gr.HTML`; empty after a prediction) and the per-modality importance
+    (`importance_chart`, in `gr.HTML`). The Classify event skips Gradio's queue (a plain HTTP request from the page).
+    Its API endpoint is `/classify`: the text and the uploaded files (`gradio_client.handle_file`) in; the labels, the
+    chart's HTML and the error box's HTML (empty unless the input was refused; then the labels and chart are empty)
+    out.
 
     Example:
 
@@ -177,19 +201,26 @@ def build_app(classifier: Pipeline, top_k: int = 5) -> gr.Blocks:
                 button = gr.Button("Classify", variant="primary", elem_id="classify-button")
             with gr.Column():
                 scores = gr.Label(label="Top labels", num_top_classes=top_k, elem_id="scores")
+                error = gr.HTML(elem_id="error")
                 gr.Markdown("**Modality importance** (drop of the top score without it)")
                 importance = gr.HTML(elem_id="importance")
 
-        def on_classify(text: str | None, image: dict | None, audio: dict | None) -> tuple[dict[str, float], str]:
+        def on_classify(
+            text: str | None, image: dict | None, audio: dict | None
+        ) -> tuple[dict[str, float] | None, str, str]:
             # preprocess=False: the files arrive as Gradio's upload records, already checked to be its own uploads
             paths = [None if upload is None else upload["path"] for upload in (image, audio)]
-            scores, rows = classify(classifier, text, *paths, top_k=top_k)
-            return scores, importance_chart(rows)
+            try:
+                scores, rows = classify(classifier, text, *paths, top_k=top_k)
+            except gr.Error as refused:  # shown in the error box: without the queue, the page would only say "Error"
+                return None, "", error_box(refused.message)
+            return scores, importance_chart(rows), ""
 
+        # show_progress_on=[]: no loading status on the outputs (the page snapshots a component's props per update)
         button.click(
-            on_classify, inputs=[text, image, audio], outputs=[scores, importance], api_name=API_NAME,
-            preprocess=False, show_progress="hidden",
-        )  # queued (Gradio's default): without the queue, Gradio 6's page shows "Error" but not gr.Error's message
+            on_classify, inputs=[text, image, audio], outputs=[scores, importance, error], api_name=API_NAME,
+            preprocess=False, show_progress="hidden", show_progress_on=[], queue=False,
+        )
     return app
 
 
@@ -239,12 +270,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            block: bool = True) -> str:
-    """Serve the page (without server-side rendering, which needs Node, and without Gradio's run history, which stores
-    every request's inputs and outputs in the browser: 20-40 ms per answer here) and return its local URL;
-    `block=False` returns at once, leaving the server in a background thread (`app.close()` stops it)."""
+    """Serve the page (with `PAGE_CSS`, without server-side rendering, which needs Node, and without Gradio's run
+    history, which stores every request's inputs and outputs in the browser: 20-40 ms per answer here) and return its
+    local URL; `block=False` returns at once, leaving the server in a background thread (`app.close()` stops it)."""
     app.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=not block, ssr_mode=False, quiet=not block,
-        run_history=False,
+        run_history=False, css=PAGE_CSS,
     )
     return app.local_url
 
@@ -320,8 +351,9 @@ class DemoPage:
         )
 
     def wait_for_error(self, containing: str) -> str:
-        """The whole text of the error message shown on the page that contains `containing`, once shown."""
-        message = self.page.locator("[data-testid=toast-text]", has_text=containing).first
+        """The whole text of the error message shown on the page that contains `containing`, once shown: in the page's
+        error box (a refused request) or in a Gradio toast (a file the upload refuses by its type)."""
+        message = self.page.locator("#error .error-message, [data-testid=toast-text]", has_text=containing).first
         message.wait_for()
         return message.inner_text().strip()
 

@@ -25,6 +25,7 @@ from transformers import pipeline
 demo_app = pytest.importorskip("demo_app", reason="gradio is not installed: pip install -e '.[app]'")
 CHROMIUM = Path(demo_app.CHROMIUM)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+gradio_client = pytest.importorskip("gradio_client", reason="gradio is not installed: pip install -e '.[app]'")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
@@ -152,11 +153,18 @@ def test_a_microphone_recording_is_classified(page, reference):
     assert page.wait_for_prediction() == reference({"text": TEXT, "audio": path})[0]
 
 
+def shown_error(page) -> str | None:
+    """The text of the page's error box, or None while it is empty."""
+    box = page.page.locator("#error .error-message")
+    return box.inner_text().strip() if box.count() else None
+
+
 def test_bad_uploads_show_readable_errors_and_the_server_keeps_serving(page, browser, server, files, reference):
     page.classify()
-    assert page.wait_for_error("Nothing to classify").startswith("Nothing to classify: type a text, upload an image")
+    message = page.wait_for_error("Nothing to classify")
+    assert message.startswith("Nothing to classify: type a text, upload an image") and shown_error(page) == message
 
-    # a .txt file: the page's own file-type check refuses it before any upload
+    # a .txt file: the page's own file-type check refuses it before any upload (in a toast)
     page.page.locator("#image-input input[type=file]").set_input_files(str(files["notes.txt"]))
     assert page.wait_for_error("notes.txt") == "Invalid file type: notes.txt. Only image/* allowed."
 
@@ -165,6 +173,7 @@ def test_bad_uploads_show_readable_errors_and_the_server_keeps_serving(page, bro
     page.classify()
     message = page.wait_for_error("notes.png")
     assert message.startswith("could not decode image 'notes.png'") and "Pass a valid image file" in message
+    assert shown_error(page) == message and page.page.locator("#scores meter").count() == 0
     assert "/tmp" not in message and "Traceback" not in page.page.inner_text("body")
 
     retry = demo_app.DemoPage(browser.new_page(), server[1])
@@ -173,12 +182,24 @@ def test_bad_uploads_show_readable_errors_and_the_server_keeps_serving(page, bro
     message = retry.wait_for_error("corrupt.wav")
     assert message.startswith("could not decode audio 'corrupt.wav'") and "valid WAV / FLAC / OGG" in message
 
+    # the server keeps serving, and the first page, given a valid image, shows the prediction and clears its error
     assert server[0].poll() is None
-    good = demo_app.DemoPage(browser.new_page(), server[1])
+    page.fill(image=files["digit.png"], audio=files["spoken.wav"])
+    page.classify()
     example = {"text": TEXT, "image": str(files["digit.png"]), "audio": str(files["spoken.wav"])}
-    good.fill(**example)
-    good.classify()
-    assert good.wait_for_prediction() == reference(example)[0]
+    assert page.wait_for_prediction() == reference(example)[0] and shown_error(page) is None
+
+
+def test_the_api_endpoint_answers_gradio_client(server, files, reference):
+    client = gradio_client.Client(server[1], verbose=False)
+    image, audio = (gradio_client.handle_file(str(files[name])) for name in ("digit.png", "spoken.wav"))
+    scores, chart, error = client.predict(TEXT, image, audio, api_name=f"/{demo_app.API_NAME}")
+    expected = reference({"text": TEXT, "image": str(files["digit.png"]), "audio": str(files["spoken.wav"])})[0]
+    assert scores["label"] == expected["label"] and scores["confidences"][0]["confidence"] == expected["score"]
+    assert 'class="importance-chart"' in chart and error == ""
+    scores, chart, error = client.predict(TEXT, gradio_client.handle_file(str(files["notes.png"])), None,
+                                          api_name=f"/{demo_app.API_NAME}")
+    assert "could not decode image &#x27;notes.png&#x27;" in error and chart == "" and not scores
 
 
 def test_measure_times_the_page_against_the_pipeline(browser, reference, files, capsys):

@@ -7,12 +7,14 @@
     python scripts/make_demo_dataset.py --task pairs --output_dir outputs/pairs/data         # paired digits (alignment)
     python scripts/make_demo_dataset.py --task digits_present --output_dir ...               # which digits? (multi-label)
     python scripts/make_demo_dataset.py --task digit_value --output_dir ...                  # the digit's value (regression)
+    python scripts/make_demo_dataset.py --synthetic_voices 1500 --output_dir ...             # + synthetic training voices
 
 Every example is built from digits (0-9) given up to three ways, all from real material that ships offline:
 
 - **text**: words someone wrote about it ("looks like a seven", "either 4 or nine", "the ink is smudged");
 - **image**: a real handwritten digit (scikit-learn's `load_digits`, 8x8 scans) drawn at 32x32 with jitter;
-- **audio**: a real person saying the digit (Free Spoken Digit Dataset, five speakers, 8 kHz), at a random speed.
+- **audio**: a real person saying the digit (Free Spoken Digit Dataset, five speakers, 8 kHz), at a random speed;
+  with `--synthetic_voices N`, N synthetic recordings (eSpeak NG, `speech_synthesis.py`) join the training pool only.
 
 Five tasks:
 
@@ -63,6 +65,7 @@ import soundfile
 from PIL import Image
 
 from hf_multimodal import resample_audio
+from speech_synthesis import SYNTHETIC_SPEAKER, synthesize_spoken_digits
 
 
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -134,11 +137,13 @@ _SPLIT_IDS = {name: index for index, name in enumerate(SPLITS)}
 
 
 def load_spoken_digits(
-    audio_dir: str | os.PathLike, held_out_speaker: str = HELD_OUT_SPEAKER
+    audio_dir: str | os.PathLike, held_out_speaker: str = HELD_OUT_SPEAKER, synthetic_voices: int = 0, seed: int = 0
 ) -> dict[str, dict[int, list[tuple[str, np.ndarray]]]]:
     """Read FSDD recordings (`{digit}_{speaker}_{index}.wav|flac`, 8 kHz mono) from `audio_dir`, grouped by split and
     digit, in file-name order: `{split: {digit: [(speaker, waveform)]}}`. The recordings of `held_out_speaker` all go
-    to `test_unseen_speaker`; the others are split by index (see `AUDIO_SPLIT_INDICES`)."""
+    to `test_unseen_speaker`; the others are split by index (see `AUDIO_SPLIT_INDICES`). `synthetic_voices`
+    recordings synthesised with `seed` (`speech_synthesis.synthesize_spoken_digits`, speaker `"espeak-ng"`) are added
+    to the `train` pool only."""
     folder = Path(audio_dir)
     if not folder.is_dir():
         raise ValueError(
@@ -178,6 +183,9 @@ def load_spoken_digits(
                 "{digit}_{speaker}_{index}.wav or .flac for every digit, with indices 0-5 and 6 or more for the "
                 "training speakers."
             )
+    if synthetic_voices:
+        for digit, clips in synthesize_spoken_digits(synthetic_voices, seed, AUDIO_SAMPLING_RATE).items():
+            pools["train"][digit].extend(clips)
     return pools
 
 
@@ -204,6 +212,7 @@ def build_demo_dataset(
     seed: int = 0,
     probabilities: Mapping[str, Mapping[str, float]] | None = None,
     held_out_speaker: str = HELD_OUT_SPEAKER,
+    synthetic_voices: int = 0,
 ) -> datasets.DatasetDict:
     """
     Build the `classify` demo `DatasetDict` (train / validation / test / test_unseen_speaker). The same arguments
@@ -220,6 +229,9 @@ def build_demo_dataset(
             Per-modality state probabilities, as `STATE_PROBABILITIES` (which it defaults to).
         held_out_speaker (`str`, *optional*):
             FSDD speaker whose recordings appear in `test_unseen_speaker` only.
+        synthetic_voices (`int`, *optional*, defaults to 0):
+            Synthetic recordings (eSpeak NG: many accents, voices, rates and pitches; needs `pip install
+            espeakng-loader`) added to the training pool of recordings, never to validation or test.
 
     Returns:
         `datasets.DatasetDict` with columns `text` (string or None), `image` (`Image(decode=False)`: PNG bytes or
@@ -227,7 +239,8 @@ def build_demo_dataset(
         `text_state`, `image_state`, `audio_state` (what was done to each modality) and `speaker`.
     """
     probabilities = _check_probabilities(probabilities if probabilities is not None else STATE_PROBABILITIES)
-    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
+    image_pools = load_handwritten_digits(seed)
     features = _features(DIGIT_WORDS, "state", "string")
 
     def example(rng: np.random.Generator, label: int, split: str) -> dict:
@@ -254,6 +267,7 @@ def build_match_dataset(
     num_test: int = 800,
     seed: int = 0,
     held_out_speaker: str = HELD_OUT_SPEAKER,
+    synthetic_voices: int = 0,
 ) -> datasets.DatasetDict:
     """
     Build the relational `match` task: two modalities each show a clean digit, and `label` says whether they agree
@@ -270,7 +284,8 @@ def build_match_dataset(
     modalities = tuple(modalities)
     if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= {"text", "image", "audio"}:
         raise ValueError(f"modalities must be two distinct ones among text, image, audio; got {list(modalities)}.")
-    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
+    image_pools = load_handwritten_digits(seed)
     features = _features(MATCH_LABELS, "digit", "int64")
 
     def example(rng: np.random.Generator, same: int, split: str) -> dict:
@@ -295,13 +310,15 @@ def build_pairs_dataset(
     num_test: int = 800,
     seed: int = 0,
     held_out_speaker: str = HELD_OUT_SPEAKER,
+    synthetic_voices: int = 0,
 ) -> datasets.DatasetDict:
     """
     Build the `pairs` task: a note, a scan and a recording of the same digit per example, all clean, for contrastive
     alignment on unlabelled pairs. `label` (the digit, `ClassLabel` "zero" ... "nine") scores retrieval and zero-shot
     classification; alignment itself never reads it. Columns as [`build_match_dataset`].
     """
-    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
+    image_pools = load_handwritten_digits(seed)
     features = _features(DIGIT_WORDS, "digit", "int64")
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:
@@ -319,6 +336,7 @@ def build_digits_present_dataset(
     num_test: int = 800,
     seed: int = 0,
     held_out_speaker: str = HELD_OUT_SPEAKER,
+    synthetic_voices: int = 0,
 ) -> datasets.DatasetDict:
     """
     Build the multi-label `digits_present` task: a clean scan and a clean recording each show a digit (the scan's
@@ -326,7 +344,8 @@ def build_digits_present_dataset(
     the sorted list of digits present (`List(ClassLabel("zero" ... "nine"))`, one or two of them). Other columns as
     [`build_match_dataset`].
     """
-    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
+    image_pools = load_handwritten_digits(seed)
     features = {**_features(DIGIT_WORDS, "digit", "int64"), "label": datasets.List(datasets.ClassLabel(names=list(DIGIT_WORDS)))}
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:
@@ -345,12 +364,14 @@ def build_digit_value_dataset(
     num_test: int = 800,
     seed: int = 0,
     held_out_speaker: str = HELD_OUT_SPEAKER,
+    synthetic_voices: int = 0,
 ) -> datasets.DatasetDict:
     """
     Build the regression `digit_value` task: a clean scan and a clean recording of the same digit; `label` is the
     digit's value (`float32`, 0.0 ... 9.0, balanced). Other columns as [`build_match_dataset`].
     """
-    audio_pools, image_pools = load_spoken_digits(audio_dir, held_out_speaker), load_handwritten_digits(seed)
+    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
+    image_pools = load_handwritten_digits(seed)
     features = {**_features(DIGIT_WORDS, "digit", "int64"), "label": datasets.Value("float32")}
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:
@@ -467,6 +488,8 @@ def describe_demo_dataset(dataset: datasets.DatasetDict) -> str:
             cells.append(" / ".join(str(counts[state]) for state in STATE_PROBABILITIES[modality]))
         lines.append(f"| {split} | {len(part)} | {speakers} | {' | '.join(cells)} |")
     lines += ["", _CREDIT, ""]
+    if any(SYNTHETIC_SPEAKER in part["speaker"] for part in dataset.values()):
+        lines += [_SYNTHETIC_CREDIT, ""]
     return "\n".join(lines)
 
 
@@ -475,6 +498,13 @@ _CREDIT = (
     "from the Free Spoken Digit Dataset by Zohar Jackson and contributors "
     "(https://github.com/Jakobovski/free-spoken-digit-dataset), CC BY-SA 4.0; this dataset's audio is shared under "
     "the same license."
+)
+_SYNTHETIC_CREDIT = (
+    f"Synthetic audio (speaker `{SYNTHETIC_SPEAKER}`, training split only): English digit words spoken by eSpeak NG "
+    "(https://github.com/espeak-ng/espeak-ng, GPL-3.0-or-later; the library and voices of the espeakng-loader "
+    "package, not part of this dataset) in random accents, voices, rates and pitches. These clips are the "
+    "synthesizer's output, not recordings of a person, and hold no FSDD material; they are shared under the same "
+    "terms as the rest of this dataset's audio."
 )
 
 
@@ -634,6 +664,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--num_validation", type=int, default=400)
     parser.add_argument("--num_test", type=int, default=800, help="Examples of each test split.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--synthetic_voices", type=int, default=0, metavar="N",
+        help="Add N synthetic recordings (eSpeak NG voices; pip install espeakng-loader) to the training split's "
+        "recordings only (default 0: real speakers only).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace the content of a non-empty --output_dir.")
     return parser.parse_args()
 
@@ -646,6 +681,7 @@ def main() -> None:
         "num_test": args.num_test,
         "seed": args.seed,
         "held_out_speaker": args.held_out_speaker,
+        "synthetic_voices": args.synthetic_voices,
     }
     if args.task == "match":
         dataset = build_match_dataset(args.audio_dir, modalities=args.match, **common)

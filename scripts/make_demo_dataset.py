@@ -65,10 +65,9 @@ import soundfile
 from PIL import Image
 
 from hf_multimodal import resample_audio
-from speech_synthesis import SYNTHETIC_SPEAKER, synthesize_spoken_digits
+from speech_synthesis import DIGIT_WORDS, SYNTHETIC_SPEAKER, synthesize_spoken_digits
 
 
-DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "test_unseen_speaker")
 TASKS: tuple[str, ...] = ("classify", "match", "pairs", "digits_present", "digit_value")
 MATCH_LABELS: tuple[str, ...] = ("different", "same")

@@ -22,7 +22,7 @@ import time
 import datasets
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoProcessor, pipeline
+from transformers import AutoModelForSequenceClassification, AutoProcessor, PreTrainedModel, ProcessorMixin, pipeline
 
 import hf_multimodal  # noqa: F401  (registers the classes)
 from hf_multimodal.data_collator import MultimodalDataCollator
@@ -65,11 +65,11 @@ def modality_importance_report(model_dir: str, dataset_dir: str, split: str = "t
         "split": split,
         "num_examples": len(part),
         "cost_ratio": importance_seconds / plain_seconds,
-        "pipeline_cost_ratio": pipeline_cost_ratio(model_dir, part, batch_size),
+        "pipeline_cost_ratio": pipeline_cost_ratio(model, processor, part, batch_size),
         "bootstrap": bootstrap_first_modality(importance, torch.cat(drops).numpy(), modalities),
         "modalities": {},
     }
-    for index, modality in enumerate(model.config.modalities):
+    for index, modality in enumerate(modalities):
         values = importance[:, index][~np.isnan(importance[:, index])]
         ablation = metrics.get("ablation", {}).get(f"without_{modality}")
         report["modalities"][modality] = {
@@ -115,12 +115,16 @@ def bootstrap_first_modality(
     }
 
 
-def pipeline_cost_ratio(model_dir: str, part: datasets.Dataset, batch_size: int = 16, num_batches: int = 10) -> float:
-    """CPU time of `pipeline("multimodal-classification")` calls on the split's raw examples (encoded image and audio
-    files, as a user passes them) with `return_modality_importance=True`, over the same calls without it: the first
-    `num_batches` batches of `batch_size`, one call each, the two alternating batch by batch after a warm-up call."""
-    classifier = pipeline("multimodal-classification", model=model_dir)
-    modalities = classifier.model.config.modalities
+def pipeline_cost_ratio(
+    model: PreTrainedModel, processor: ProcessorMixin, part: datasets.Dataset, batch_size: int = 16,
+    num_batches: int = 10,
+) -> float:
+    """CPU time of `pipeline("multimodal-classification")` calls (on `model` and `processor`) on the split's raw
+    examples (encoded image and audio files, as a user passes them) with `return_modality_importance=True`, over the
+    same calls without it: the first `num_batches` batches of `batch_size`, one call each, the two alternating batch
+    by batch after a warm-up call."""
+    classifier = pipeline("multimodal-classification", model=model, processor=processor)
+    modalities = model.config.modalities
     examples = [
         {m: row[m]["bytes"] if isinstance(row[m], dict) else row[m] for m in modalities if row[m] is not None}
         for row in part.select(range(min(len(part), batch_size * num_batches)))

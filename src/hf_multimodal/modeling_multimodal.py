@@ -1023,9 +1023,10 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         r"""
         How much each present modality contributed to each example's prediction, by leaving it out: the encoders run
         once, then only the fusion head and the classifier run again, once per modality and on the examples that
-        have it, with that modality masked in the presence mask (as if the example lacked it). The importance is the drop of the predicted label's score
-        (softmax probability; sigmoid for multi-label models; the value itself for regression): positive when the
-        modality supported the prediction, negative when it argued against it, near 0 when the others decide alone.
+        have it, with that modality masked in the presence mask (as if the example lacked it). The importance is the
+        drop of the predicted label's score (softmax probability; sigmoid for multi-label models; the value itself for
+        regression): positive when the modality supported the prediction, negative when it argued against it, near 0
+        when the others decide alone.
 
         It measures what this model does without a modality, not what the modality "means": two modalities that say
         the same thing can each look unimportant (either one suffices), and a head trained with modality dropout

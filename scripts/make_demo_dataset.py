@@ -203,6 +203,13 @@ def load_handwritten_digits(seed: int = 0) -> dict[str, dict[int, list[np.ndarra
     return pools
 
 
+def _load_pools(
+    audio_dir: str | os.PathLike, held_out_speaker: str, synthetic_voices: int, seed: int
+) -> tuple[dict[str, dict[int, list[tuple[str, np.ndarray]]]], dict[str, dict[int, list[np.ndarray]]]]:
+    """The recordings (`load_spoken_digits`) and scans (`load_handwritten_digits`) every task draws from."""
+    return load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed), load_handwritten_digits(seed)
+
+
 def build_demo_dataset(
     audio_dir: str | os.PathLike,
     num_train: int = 2400,
@@ -238,8 +245,7 @@ def build_demo_dataset(
         `text_state`, `image_state`, `audio_state` (what was done to each modality) and `speaker`.
     """
     probabilities = _check_probabilities(probabilities if probabilities is not None else STATE_PROBABILITIES)
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
-    image_pools = load_handwritten_digits(seed)
+    audio_pools, image_pools = _load_pools(audio_dir, held_out_speaker, synthetic_voices, seed)
     features = _features(DIGIT_WORDS, "state", "string")
 
     def example(rng: np.random.Generator, label: int, split: str) -> dict:
@@ -283,8 +289,7 @@ def build_match_dataset(
     modalities = tuple(modalities)
     if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= {"text", "image", "audio"}:
         raise ValueError(f"modalities must be two distinct ones among text, image, audio; got {list(modalities)}.")
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
-    image_pools = load_handwritten_digits(seed)
+    audio_pools, image_pools = _load_pools(audio_dir, held_out_speaker, synthetic_voices, seed)
     features = _features(MATCH_LABELS, "digit", "int64")
 
     def example(rng: np.random.Generator, same: int, split: str) -> dict:
@@ -316,8 +321,7 @@ def build_pairs_dataset(
     alignment on unlabelled pairs. `label` (the digit, `ClassLabel` "zero" ... "nine") scores retrieval and zero-shot
     classification; alignment itself never reads it. Columns as [`build_match_dataset`].
     """
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
-    image_pools = load_handwritten_digits(seed)
+    audio_pools, image_pools = _load_pools(audio_dir, held_out_speaker, synthetic_voices, seed)
     features = _features(DIGIT_WORDS, "digit", "int64")
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:
@@ -343,8 +347,7 @@ def build_digits_present_dataset(
     the sorted list of digits present (`List(ClassLabel("zero" ... "nine"))`, one or two of them). Other columns as
     [`build_match_dataset`].
     """
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
-    image_pools = load_handwritten_digits(seed)
+    audio_pools, image_pools = _load_pools(audio_dir, held_out_speaker, synthetic_voices, seed)
     features = {**_features(DIGIT_WORDS, "digit", "int64"), "label": datasets.List(datasets.ClassLabel(names=list(DIGIT_WORDS)))}
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:
@@ -369,8 +372,7 @@ def build_digit_value_dataset(
     Build the regression `digit_value` task: a clean scan and a clean recording of the same digit; `label` is the
     digit's value (`float32`, 0.0 ... 9.0, balanced). Other columns as [`build_match_dataset`].
     """
-    audio_pools = load_spoken_digits(audio_dir, held_out_speaker, synthetic_voices, seed)
-    image_pools = load_handwritten_digits(seed)
+    audio_pools, image_pools = _load_pools(audio_dir, held_out_speaker, synthetic_voices, seed)
     features = {**_features(DIGIT_WORDS, "digit", "int64"), "label": datasets.Value("float32")}
 
     def example(rng: np.random.Generator, digit: int, split: str) -> dict:

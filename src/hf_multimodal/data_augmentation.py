@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy.signal import resample_poly
 from transformers import TrainerCallback
 
 
@@ -85,6 +84,8 @@ def change_speed(waveform: np.ndarray, factor: float) -> np.ndarray:
     (1000,)
     ```
     """
+    from scipy.signal import resample_poly  # here: scipy.signal takes ~1 s to import, and only speed changes need it
+
     ratio = Fraction(1.0 / factor).limit_denominator(100)
     resampled = resample_poly(waveform, ratio.numerator, ratio.denominator).astype(waveform.dtype)
     kept = np.zeros_like(waveform)

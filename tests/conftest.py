@@ -57,6 +57,29 @@ WITHOUT_THE_PACKAGE = textwrap.dedent(
 """The start of a script run in a subprocess that loads saved models through remote code only."""
 
 
+START_FIRST = (
+    "test_training.py",
+    "test_exporting_onnx.py",
+    "test_demo_app.py",
+    "test_hub_faults.py",
+    "test_hub.py",
+    "test_demo_script.py",
+    "test_transformers_common.py",
+    "test_benchmark.py",
+    "test_problem_types.py",
+    "test_safe_loading.py",
+)
+"""The files that take longest (subprocess training runs, exports, a browser), longest first. `scripts/test.sh` runs
+each file on one worker (`--dist loadfile --no-loadscope-reorder`) in collection order, so starting these first keeps
+a long file from being the last one left running while the other worker idles."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect the files of `START_FIRST` first, in its order; the others keep pytest's order after them."""
+    rank = {name: index for index, name in enumerate(START_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def tiny_config(modalities=("text", "image", "audio"), **kwargs) -> MultimodalConfig:
     """A MultimodalConfig with hidden sizes of 32 and 2 layers per encoder, for the given modalities."""
     keys = {"text": "text_config", "image": "vision_config", "audio": "audio_config"}

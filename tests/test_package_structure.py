@@ -86,3 +86,10 @@ def test_importing_the_package_needs_only_the_core_dependencies():
 def test_trainer_overrides_public_methods_only():
     overridden = [name for name, value in vars(MultimodalTrainer).items() if callable(value) and name.startswith("_")]
     assert overridden == ["__init__"]
+
+
+def test_the_files_the_suite_starts_first_exist():
+    """`conftest.START_FIRST` orders the suite by file name: a renamed file would silently lose its place."""
+    from conftest import START_FIRST
+
+    assert all((Path(__file__).parent / name).is_file() for name in START_FIRST)

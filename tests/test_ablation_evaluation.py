@@ -11,13 +11,14 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import AUDIO_DIR, TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_model
+from conftest import AUDIO_DIR, TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_image_processor, tiny_model
 from make_demo_dataset import build_demo_dataset, save_demo_dataset
+from modality_accuracy import modality_accuracy, switch_on_frequency_warps
 from modality_importance import bootstrap_first_modality
 from test_modeling_multimodal import missing_pattern, tensor_inputs
 from train import build_trainer, evaluate_split, parse_arguments
 
-from hf_multimodal import FUSION_TYPES, MODALITIES
+from hf_multimodal import FUSION_TYPES, MODALITIES, MultimodalProcessor
 
 
 @pytest.mark.parametrize("fusion_type", FUSION_TYPES)
@@ -153,3 +154,35 @@ def test_the_bootstrap_says_how_often_importance_and_ablation_put_the_same_modal
     tied = bootstrap_first_modality(rng.uniform(size=(400, 2)), drops[:, :2], ("text", "audio"), resamples=200)
     assert 0.1 < tied["first_by_importance"]["text"] < 0.9  # equal distributions: either may come first
     assert sum(tied["first_by_importance"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_modality_accuracy_reads_the_runs_modalities_and_can_switch_the_frequency_warps_on(data, tmp_path):
+    """scripts/modality_accuracy.py: "all" reads the run's modalities (its metrics.json) on every row that has one of
+    them, each modality alone its clean rows; a one-reading ensemble at 1.0 is the model as trained."""
+    test = datasets.load_from_disk(data)["test"]
+    labels = dict(enumerate(test.features["label"].names))
+    model = tiny_model(id2label=labels, audio_config={**TINY_AUDIO, "frontend": "mfcc"})
+    model.save_pretrained(tmp_path)
+    MultimodalProcessor(image_processor=tiny_image_processor(), max_text_length=16).save_pretrained(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"modalities": ["image", "audio"]}))
+
+    plain = modality_accuracy(str(tmp_path), str(data), ["test"])["test"]
+    assert set(plain) == {"all", *MODALITIES}
+    assert plain["all"]["num_examples"] == sum(row["image"] is not None or row["audio"] is not None for row in test)
+    clean_audio = sum(row["audio"] is not None and row["audio_state"] == "clean" for row in test)
+    assert plain["audio"]["num_examples"] == clean_audio > 0
+    assert modality_accuracy(str(tmp_path), str(data), ["test"], inference_frequency_warps=[1.0])["test"] == plain
+
+    audio = torch.randn(2, 8000)
+    encoder = model.get_encoder("audio")
+    before = encoder(audio).pooler_output
+    switch_on_frequency_warps(model, [0.9, 1.1])
+    assert model.config.audio_config.inference_frequency_warps == [0.9, 1.1]
+    assert not torch.allclose(encoder(audio).pooler_output, before)
+    with pytest.raises(ValueError, match=r"numbers in \[0.5, 2.0\]"):
+        switch_on_frequency_warps(model, [4.0])
+    with pytest.raises(ValueError, match="needs a WaveNet audio encoder; this model has no audio encoder"):
+        switch_on_frequency_warps(tiny_model(("text", "image")), [1.0])
+    with pytest.raises(ValueError, match="needs frontend='log_mel' or 'mfcc'"):
+        switch_on_frequency_warps(tiny_model(), [1.0])

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel
 
 from hf_multimodal import WaveNetConfig, WaveNetModel
-from hf_multimodal.modeling_wavenet import WaveNetCausalConv1d
+from hf_multimodal.modeling_wavenet import WaveNetCausalConv1d, warp_frequency_axis
 
 from conftest import TINY_AUDIO
 
@@ -145,6 +145,10 @@ class TestLogMelFrontend:
             WaveNetConfig(frontend="log_mel", mask_feature_length=50)
         with pytest.raises(ValueError, match=r"num_mfcc \(30\) must be at most num_mel_bins \(24\)"):
             WaveNetConfig(frontend="mfcc", num_mfcc=30, num_mel_bins=24)
+        with pytest.raises(ValueError, match="inference_frequency_warps stretches a spectrum: it needs frontend="):
+            WaveNetConfig(inference_frequency_warps=[0.9, 1.0])
+        with pytest.raises(ValueError, match=r"numbers in \[0.5, 2.0\] .* got 3.0 in \[1.0, 3.0\]"):
+            WaveNetConfig(frontend="mfcc", inference_frequency_warps=[1.0, 3.0])
 
 
 class TestMfccFrontend:
@@ -210,7 +214,10 @@ class TestSpecAugmentAndStatisticsPooling:
         model = tiny_wavenet(frontend="log_mel", sampling_rate=8000)
         model.save_pretrained(tmp_path)
         saved = json.loads((tmp_path / "config.json").read_text())
-        new_keys = ("pooling", "mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length")
+        new_keys = (
+            "pooling", "mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length",
+            "inference_frequency_warps",
+        )
         (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in new_keys}))
         loaded = AutoModel.from_pretrained(tmp_path).eval()
         assert loaded.config.pooling == "mean" and loaded.config.mask_time_prob == 0.0
@@ -228,6 +235,61 @@ class TestSpecAugmentAndStatisticsPooling:
         with torch.no_grad():  # the standard deviation enters the pooled vector: without its weights it changes
             model.pooling_projection.weight[:, TINY_AUDIO["hidden_size"] :] = 0.0
         assert not torch.allclose(model(real).pooler_output, alone)
+
+
+WARPS = [0.85, 1.0, 1.15]
+
+
+class TestInferenceFrequencyWarps:
+    def test_warped_filters_read_the_spectrum_stretched_by_the_factor(self):
+        filters = tiny_wavenet(frontend="log_mel", sampling_rate=8000).frontend.mel_filters
+        torch.testing.assert_close(warp_frequency_axis(filters, 1.0), filters)
+        tone = torch.zeros(filters.shape[0])
+        tone[20] = 1.0
+        stretched = torch.zeros(filters.shape[0])
+        stretched[25] = 1.0  # the tone at 1.25 times its frequency
+        torch.testing.assert_close(tone @ warp_frequency_axis(filters, 1.25), stretched @ filters)
+        assert not warp_frequency_axis(filters, 1.25)[-20:].any()  # past the top bin: nothing
+
+    @pytest.mark.parametrize("frontend", ["log_mel", "mfcc"])
+    def test_each_output_is_the_mean_over_the_readings_and_padding_changes_nothing(self, frontend):
+        model = tiny_wavenet(frontend=frontend, sampling_rate=8000, hidden_dropout=0.0)
+        audio, mask = torch.randn(2, 8000), (torch.arange(8000) < torch.tensor([[8000], [4800]])).long()
+        readings = []
+        for factor in WARPS:
+            model.config.inference_frequency_warps = [factor]
+            readings.append(model(audio, attention_mask=mask, output_hidden_states=True))
+        model.config.inference_frequency_warps = WARPS
+        ensemble = model(audio, attention_mask=mask, output_hidden_states=True)
+        for name in ("last_hidden_state", "pooler_output"):
+            expected = torch.stack([getattr(reading, name) for reading in readings]).mean(0)
+            torch.testing.assert_close(getattr(ensemble, name), expected, atol=1e-5, rtol=1e-4)
+        assert len(ensemble.hidden_states) == len(readings[0].hidden_states)
+        assert ensemble.hidden_states[0].shape == (2, 100, TINY_AUDIO["hidden_size"])
+        assert not torch.allclose(ensemble.pooler_output, readings[1].pooler_output)  # 1.0 alone: another output
+        alone = model(audio[1:, :4800]).pooler_output  # whole frames: padding is all the mask hides
+        torch.testing.assert_close(ensemble.pooler_output[1:], alone, atol=1e-5, rtol=1e-4)
+
+    def test_training_reads_each_clip_once(self):
+        model = tiny_wavenet(frontend="mfcc", sampling_rate=8000, hidden_dropout=0.0).train()
+        audio = torch.randn(2, 4000)
+        plain = model(audio).pooler_output
+        model.config.inference_frequency_warps = WARPS
+        torch.testing.assert_close(model(audio).pooler_output, plain)
+        assert not torch.allclose(model.eval()(audio).pooler_output, plain)
+
+    def test_switched_on_after_loading_and_saved_with_the_config(self, tmp_path):
+        model = tiny_wavenet(frontend="mfcc", sampling_rate=8000)
+        model.save_pretrained(tmp_path)
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        audio = torch.randn(1, 4000)
+        plain = loaded(audio).pooler_output
+        loaded.config.inference_frequency_warps = WARPS  # the front-end reads the model's config at each call
+        assert not torch.allclose(loaded(audio).pooler_output, plain)
+        loaded.save_pretrained(tmp_path / "warped")
+        reloaded = AutoModel.from_pretrained(tmp_path / "warped").eval()
+        assert reloaded.config.inference_frequency_warps == WARPS
+        torch.testing.assert_close(reloaded(audio).pooler_output, loaded(audio).pooler_output)
 
 
 def test_old_audio_attention_mask_name_still_works_with_a_warning():

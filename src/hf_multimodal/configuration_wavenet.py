@@ -64,6 +64,16 @@ class WaveNetConfig(PreTrainedConfig):
             masks nothing.
         mask_feature_length (`int`, *optional*, defaults to 10):
             Mel bins (coefficients) per frequency mask, at most `num_mel_bins` (`num_mfcc`).
+        inference_frequency_warps (`list[float]`, *optional*, defaults to `[]`):
+            A test-time ensemble of the spectral front-ends, in evaluation mode only (`model.eval()`; an encoder in
+            training mode reads each clip once, while a frozen one, which `MultimodalTrainer` keeps in evaluation mode,
+            reads it as it will at inference): each clip is read once per factor with its spectrum stretched by that
+            factor (1.1 moves every formant 10% up, as a shorter vocal tract would; 1.0 is the clip as recorded), the
+            encoder runs on every reading and its outputs (frames and `pooler_output`) are averaged over them. An unseen
+            voice then meets the encoder at several vocal-tract lengths, one of which is closer to the voices it was
+            trained on (README: A test-time ensemble for unseen voices). Costs one encoder pass per factor; empty (the
+            default) reads each clip once. Factors in [0.5, 2.0], e.g. `[0.9, 1.0, 1.1]`. It can be switched on for a
+            trained model (`model.config.audio_config.inference_frequency_warps = [...]`).
         frontend_channels (`list[int]`, *optional*, defaults to `[32, 64, 64, 64]`):
             Output channels of each front-end convolution.
         frontend_kernel_sizes (`list[int]`, *optional*, defaults to `[10, 8, 8, 4]`):
@@ -114,6 +124,7 @@ class WaveNetConfig(PreTrainedConfig):
     mask_time_length: int = 10
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
+    inference_frequency_warps: list[float] | tuple[float, ...] = ()
     frontend_channels: list[int] | tuple[int, ...] = (32, 64, 64, 64)
     frontend_kernel_sizes: list[int] | tuple[int, ...] = (10, 8, 8, 4)
     frontend_strides: list[int] | tuple[int, ...] = (5, 4, 4, 2)
@@ -130,10 +141,12 @@ class WaveNetConfig(PreTrainedConfig):
         self.frontend_channels = list(self.frontend_channels)
         self.frontend_kernel_sizes = list(self.frontend_kernel_sizes)
         self.frontend_strides = list(self.frontend_strides)
+        self.inference_frequency_warps = list(self.inference_frequency_warps)
         super().__post_init__(**kwargs)
         self._check_frontend()
         self._check_stacks()
         self._check_spec_augment()
+        self._check_frequency_warps()
 
     @property
     def is_spectral(self) -> bool:
@@ -221,6 +234,20 @@ class WaveNetConfig(PreTrainedConfig):
             raise ValueError(
                 f"mask_time_prob and mask_feature_prob mask a spectrogram: they need frontend='log_mel' or 'mfcc', got "
                 f"frontend={self.frontend!r}. Set a spectral front-end or leave both at 0."
+            )
+
+    def _check_frequency_warps(self) -> None:
+        """Warps are numbers in [0.5, 2.0], and only a spectral front-end has a spectrum to warp."""
+        for factor in self.inference_frequency_warps:
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.5 <= factor <= 2.0:
+                raise ValueError(
+                    f"inference_frequency_warps must hold numbers in [0.5, 2.0] (1.0 reads the clip as recorded), got "
+                    f"{factor!r} in {self.inference_frequency_warps}."
+                )
+        if self.inference_frequency_warps and not self.is_spectral:
+            raise ValueError(
+                "inference_frequency_warps stretches a spectrum: it needs frontend='log_mel' or 'mfcc', got "
+                f"frontend={self.frontend!r}. Set a spectral front-end or leave it empty."
             )
 
 

@@ -94,6 +94,19 @@ class WaveNetFrontend(nn.Module):
         return hidden_states.transpose(1, 2)
 
 
+def warp_frequency_axis(filters: torch.Tensor, factor: float) -> torch.Tensor:
+    """`filters` (frequency bins, bands) read at `factor` times each bin's frequency (linear interpolation, zero past
+    the top bin): applied to a power spectrum, they give what `filters` give on that spectrum stretched by `factor`
+    along frequency (up to a constant gain, which the per-band normalisation removes)."""
+    bins = filters.shape[0]
+    position = torch.arange(bins, dtype=filters.dtype, device=filters.device) * factor
+    low = position.floor().long().clamp(max=bins - 1)
+    high = (low + 1).clamp(max=bins - 1)
+    fraction = (position - low).unsqueeze(1)
+    warped = filters[low] * (1 - fraction) + filters[high] * fraction
+    return warped.masked_fill((position > bins - 1).unsqueeze(1), 0.0)
+
+
 class WaveNetLogMelFrontend(nn.Module):
     """(batch, samples) waveforms to (batch, hidden, frames) features: causal log-mel frames, normalised per mel bin
     over each clip's real frames, layer norm and a linear projection.
@@ -103,7 +116,9 @@ class WaveNetLogMelFrontend(nn.Module):
     waveform front-end. The mel filters come from `transformers.audio_utils.mel_filter_bank` (HTK scale, Slaney
     area normalisation) and are rebuilt from the config, not saved with the weights. `frame_features` is the hook
     `WaveNetMfccFrontend` overrides. In training, SpecAugment masks (`config.mask_time_prob`,
-    `config.mask_feature_prob`) set spans of the normalised frames or mel bins to zero.
+    `config.mask_feature_prob`) set spans of the normalised frames or mel bins to zero. In evaluation mode with
+    `config.inference_frequency_warps`, each clip is read once per warp: the output holds `len(warps) * batch` rows,
+    warp-major (the model averages its outputs over them).
     """
 
     def __init__(self, config: WaveNetConfig):
@@ -114,6 +129,7 @@ class WaveNetLogMelFrontend(nn.Module):
         self.num_mel_bins, self.sampling_rate = config.num_mel_bins, config.sampling_rate
         self.mask_time_prob, self.mask_time_length = config.mask_time_prob, config.mask_time_length
         self.mask_feature_prob, self.mask_feature_length = config.mask_feature_prob, config.mask_feature_length
+        self.config = config  # read at each call: `inference_frequency_warps` may be switched on after loading
         self.register_buffer("mel_filters", self.compute_mel_filters(), persistent=False)
         self.register_buffer("window", self.compute_window(), persistent=False)
         self.layer_norm = nn.LayerNorm(config.num_frame_features, eps=config.layer_norm_eps)
@@ -150,7 +166,15 @@ class WaveNetLogMelFrontend(nn.Module):
         # transformers' audio feature extractors compute theirs; the learned layers below run in the model's dtype.
         spectrum = torch.fft.rfft(frames.float() * self.window.float(), n=self.n_fft)
         power = spectrum.real.square() + spectrum.imag.square()
-        features = self.frame_features(torch.log(power @ self.mel_filters.to(power.dtype) + 1e-6))
+        filters = self.mel_filters.to(power.dtype)
+        warps = self.frequency_warps()
+        if warps:
+            filters = torch.stack([warp_frequency_axis(filters, factor) for factor in warps])
+            mel = torch.einsum("btf,kfm->kbtm", power, filters).flatten(0, 1)
+            frame_mask = frame_mask.repeat(len(warps), 1) if frame_mask is not None else None
+        else:
+            mel = power @ filters
+        features = self.frame_features(torch.log(mel + 1e-6))
         weights = (
             frame_mask.to(features.dtype).unsqueeze(-1)
             if frame_mask is not None
@@ -163,6 +187,11 @@ class WaveNetLogMelFrontend(nn.Module):
         if self.training:
             normalised = self.spec_augment(normalised, frame_mask)
         return self.projection(self.layer_norm(normalised.to(self.projection.weight.dtype))).transpose(1, 2)
+
+    def frequency_warps(self) -> tuple[float, ...]:
+        """The warps this call reads each clip at: `config.inference_frequency_warps` in evaluation mode, none (one
+        reading, as recorded) in training."""
+        return () if self.training else tuple(self.config.inference_frequency_warps)
 
     def frame_features(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Per-frame features, before normalisation, from `log_mel` (batch, frames, mel bins): here the log-mel
@@ -291,6 +320,9 @@ class WaveNetModel(WaveNetPreTrainedModel):
     - `hidden_states` (tuple of `(batch_size, frames, hidden_size)`, with `output_hidden_states=True`): the front-end
       output and the residual stream after every dilated layer.
 
+    In evaluation mode with `config.inference_frequency_warps` (spectral front-ends), each clip is read once per warp
+    and every output above is the mean over its readings (same shapes).
+
     Example:
 
     ```python
@@ -368,6 +400,11 @@ class WaveNetModel(WaveNetPreTrainedModel):
                 all_hidden_states += (hidden_states,)
 
         last_hidden_state = self.layer_norm(self.output_proj(F.gelu(skip_sum.transpose(1, 2))))
+        readings = last_hidden_state.shape[0] // input_values.shape[0]
+        if readings > 1:  # the front-end read each clip at several frequency warps: their mean
+            last_hidden_state = last_hidden_state.unflatten(0, (readings, -1)).mean(0)
+            if output_hidden_states:
+                all_hidden_states = tuple(h.unflatten(0, (readings, -1)).mean(0) for h in all_hidden_states)
         if self.pooling_projection is None:
             pooled_output = masked_mean(last_hidden_state, frame_mask)
         else:

@@ -4,7 +4,6 @@ the model card's trial table, and a 2-trial search on the tiny demo data whose b
 from __future__ import annotations
 
 import json
-import sys
 
 import optuna
 import pytest
@@ -14,7 +13,7 @@ from hf_multimodal.model_card import TrainingReport, build_model_card
 
 from conftest import tiny_config
 from hyperparameter_search import SEARCHABLE, default_search_space, load_search_space, parse_search_space
-from test_training import TRAIN_SCRIPT, run, tiny_arguments
+from test_training import TRAIN_SCRIPT, tiny_arguments, train_in_process
 from train import parse_arguments
 
 
@@ -101,7 +100,7 @@ def test_model_card_shows_the_trial_table():
     assert "### Hyper-parameter search" not in str(build_model_card(tiny_config(), TrainingReport()))
 
 
-@pytest.mark.slow  # 2 search trials and the final run of scripts/train.py in a subprocess
+@pytest.mark.slow  # 2 search trials and the final run of scripts/train.py
 def test_two_trial_search_records_trials_and_trains_the_best_settings(data, tmp_path):
     space = tmp_path / "space.json"
     # every value differs from the command line's (gated, width 32, no modality dropout, lr 3e-3)
@@ -114,8 +113,8 @@ def test_two_trial_search_records_trials_and_trains_the_best_settings(data, tmp_
     output = tmp_path / "run"
     arguments = tiny_arguments(data, output, num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch",
                                hpo_trials=2, hpo_epochs=1, hpo_space=space)
-    result = run([sys.executable, str(TRAIN_SCRIPT), *arguments])
-    assert "| all modalities |" in result.stdout
+    _, printed = train_in_process(arguments)
+    assert "| all modalities |" in printed
 
     metrics = json.loads((output / "metrics.json").read_text())
     hpo = metrics["hpo"]

@@ -3,6 +3,8 @@ pieces (collator with raw columns, per-modality learning rates and freezing, met
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -103,6 +105,16 @@ def run(command: list[str], env_extra: dict | None = None, check: bool = True) -
     return result
 
 
+def train_in_process(arguments: list[str]) -> tuple[dict, str]:
+    """`scripts/train.py` with `arguments`, run by its `main` in this process (a fresh interpreter would spend ~10 s
+    importing torch and transformers; the runs that need one, killed or launched on two processes, use `run`).
+    Returns the metrics and what the run printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        metrics = main(arguments)
+    return metrics, printed.getvalue()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -113,8 +125,8 @@ def free_port() -> int:
 def single_run(data, tmp_path_factory) -> Path:
     """One uninterrupted 1-process run (150 steps): the reference of the resume and the 2-process tests."""
     output = tmp_path_factory.mktemp("single") / "run"
-    result = run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(data, output)])
-    assert "| all modalities |" in result.stdout  # the table is printed
+    _, printed = train_in_process(tiny_arguments(data, output))
+    assert "| all modalities |" in printed  # the table is printed
     return output
 
 
@@ -390,8 +402,8 @@ def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
     pairs = save_demo_dataset(build_pairs_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "pairs")
     aligned = tmp_path / "aligned"
     options = {"num_train_epochs": 1, "eval_steps": 3, "save_steps": 3, "extra_test_splits": ["test_unseen_speaker"]}
-    result = run([sys.executable, str(TRAIN_SCRIPT), *tiny_arguments(pairs, aligned, objective="contrastive", **options)])
-    assert "| test | audio -> image |" in result.stdout
+    _, printed = train_in_process(tiny_arguments(pairs, aligned, objective="contrastive", **options))
+    assert "| test | audio -> image |" in printed
     metrics = read_metrics(aligned)
     assert metrics["objective"] == "contrastive" and metrics["labels"][7] == "seven"
     for results in (metrics["test"], metrics["extra_tests"]["test_unseen_speaker"]):
@@ -408,8 +420,7 @@ def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
     classifier = tmp_path / "classifier"
     arguments = tiny_arguments(match, classifier, model_name_or_path=aligned, fusion_type="comparator",
                                modalities=["image", "audio"], modality_dropout_min_present=2, **options)
-    run([sys.executable, str(TRAIN_SCRIPT), *_without_encoder_options(arguments)])
-    metrics = read_metrics(classifier)
+    metrics, _ = train_in_process(_without_encoder_options(arguments))
     assert metrics["labels"] == ["different", "same"] and metrics["fusion_type"] == "comparator"
     assert metrics["modalities"] == ["image", "audio"] and set(metrics["ablation"]) == {"without_image", "without_audio"}
     assert set(metrics["extra_tests"]) == {"test_unseen_speaker"}

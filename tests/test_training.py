@@ -33,7 +33,7 @@ from make_demo_dataset import build_match_dataset, build_pairs_dataset, save_dem
 from train import build_model_and_processor, build_trainer, load_splits, main, parse_arguments
 
 
-pytestmark = pytest.mark.slow  # training runs in subprocesses (DDP, kill and resume, Hub pushes)
+pytestmark = pytest.mark.slow  # training runs, in-process or in subprocesses (DDP, kill and resume, Hub pushes)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
@@ -361,8 +361,6 @@ def test_compare_runs_table(single_run):
 
 
 def test_early_stopping_keeps_the_best_checkpoint(data, tmp_path):
-    from train import main
-
     # learning rate 0: only batch-norm statistics move the validation loss, by far less than the threshold, so no
     # evaluation improves on the first one enough and patience 1 stops at the second
     output = tmp_path / "run"
@@ -420,7 +418,8 @@ def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
     classifier = tmp_path / "classifier"
     arguments = tiny_arguments(match, classifier, model_name_or_path=aligned, fusion_type="comparator",
                                modalities=["image", "audio"], modality_dropout_min_present=2, **options)
-    metrics, _ = train_in_process(_without_encoder_options(arguments))
+    train_in_process(_without_encoder_options(arguments))
+    metrics = read_metrics(classifier)
     assert metrics["labels"] == ["different", "same"] and metrics["fusion_type"] == "comparator"
     assert metrics["modalities"] == ["image", "audio"] and set(metrics["ablation"]) == {"without_image", "without_audio"}
     assert set(metrics["extra_tests"]) == {"test_unseen_speaker"}

@@ -51,7 +51,8 @@ def modality_accuracy(
     results = {}
     for split in splits:
         part = data[split]
-        present = [index for index, row in enumerate(part) if any(not is_missing(row[m]) for m in used)]
+        columns = [part[modality] for modality in used]  # the used columns only, not every column of every row
+        present = [index for index in range(len(part)) if any(not is_missing(values[index]) for values in columns)]
         results[split] = {
             "all": _accuracy(model, processor, part.select(present), tuple(used), labels, batch_size, max_audio_seconds)
         }

@@ -11,10 +11,11 @@ Tokens: every push and download path (the script with `HF_TOKEN`, `model.push_to
 token in no captured output, no exception (str, repr, traceback, pickle) and no file written anywhere.
 
 The real clients run unpatched: in this process they are only pointed at the server (`huggingface_hub.constants`,
-as `HF_ENDPOINT`, `HF_HUB_DISABLE_XET=1` and `HF_HOME` would at import); the script and the token worker run in
-fresh processes configured by environment variables. Those run in a background thread while the fault tests wait out
-the client's retry back-off (about 23 s for a persistent dropped connection); they only push content the server
-already stores, so they never reach the upload path whose faults are global.
+as `HF_ENDPOINT`, `HF_HUB_DISABLE_XET=1` and `HF_HOME` would at import), and the waits of the client's retry back-off
+are recorded instead of slept (`backoff_waits`: 1, 2, 4, 8 and 8 s before it gives up on a persistent dropped
+connection, 23 s of a test's time that would show nothing more); the script and the token worker run in fresh
+processes configured by environment variables, in a background thread while the fault tests run; they only push
+content the server already stores, so they never reach the upload path whose faults are global.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import sys
 import textwrap
 import threading
 import traceback
+import types
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import HfApi, constants
+from huggingface_hub.utils import _http as client_http
 
 from hf_multimodal import MultimodalForSequenceClassification
 from hf_multimodal.hub import HubPushError, push_output_folder_to_hub
@@ -83,6 +86,14 @@ def add_fault(hub_server):
     yield add
     for fault in added:
         clear(hub_server, fault)
+
+
+@pytest.fixture
+def backoff_waits(monkeypatch) -> list[float]:
+    """The seconds the `huggingface_hub` client waits before each retry of this test, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(client_http, "time", types.SimpleNamespace(sleep=waits.append))
+    return waits
 
 
 def clear(hub_server, fault: Fault) -> None:
@@ -267,7 +278,7 @@ PERSISTENT_FAULTS = {
 
 @pytest.mark.parametrize("case", list(PERSISTENT_FAULTS))
 def test_a_persistent_fault_fails_clearly_leaves_the_repo_unchanged_and_a_rerun_succeeds(
-    hub, trained_output_folder, tmp_path, add_fault, capfd, caplog, case
+    hub, trained_output_folder, tmp_path, add_fault, backoff_waits, capfd, caplog, case
 ):
     repo = f"alice/faults-{case}"
     previous = push_output_folder_to_hub(trained_output_folder, repo, token=ALICE).oid
@@ -286,7 +297,7 @@ def test_a_persistent_fault_fails_clearly_leaves_the_repo_unchanged_and_a_rerun_
     if case == "upload-dropped":
         assert "the connection dropped (RemoteProtocolError" in message and "during PUT " in message
         assert "'model.safetensors'" in message and error.status is None
-        assert fault.hits > 1  # the client retried the upload before giving up
+        assert fault.hits == 6 and backoff_waits == [1, 2, 4, 8, 8]  # the client retried, backing off, then gave up
     else:
         endpoint = case.split("-")[0]
         assert "the Hub answered 500 Internal Server Error (injected fault) during POST" in message
@@ -311,7 +322,7 @@ def test_a_persistent_fault_fails_clearly_leaves_the_repo_unchanged_and_a_rerun_
 
 
 def test_transient_faults_are_retried_by_the_client_and_the_push_succeeds(
-    hub, trained_output_folder, tmp_path, add_fault
+    hub, trained_output_folder, tmp_path, add_fault, backoff_waits
 ):
     repo = "alice/faults-transient"
     previous = push_output_folder_to_hub(trained_output_folder, repo, token=ALICE).oid
@@ -326,6 +337,7 @@ def test_transient_faults_are_retried_by_the_client_and_the_push_succeeds(
     info = push_output_folder_to_hub(new_version, repo, token=ALICE)
 
     assert [fault.hits for fault in faults] == [1, 1, 1]  # each call failed once, and the client retried it
+    assert backoff_waits == [1, 1, 1]  # after waiting its first back-off each time
     assert info.oid == hub.head(repo) != previous
     assert same_weights(repo, info.oid, new_version)
 

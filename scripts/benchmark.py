@@ -9,6 +9,7 @@
     python scripts/benchmark.py --only compile checkpointing   # items 9 and 10 (opt-in): torch.compile, checkpointing
     python scripts/benchmark.py --only data_loading   # item 11 alone: collator CPU share, 0 vs 2 DataLoader workers
     python scripts/benchmark.py --only importance     # item 12 alone: pipeline with / without modality importance
+    python scripts/benchmark.py --only bfloat16       # item 13 alone: pipeline in bfloat16 vs float32
 
 
 Absolute times on shared machines mean little; ratios of two code paths timed in the same process, with warm-up,
@@ -80,8 +81,9 @@ BENCHMARK_NAMES: tuple[str, ...] = (
     "checkpointing",
     "data_loading",
     "importance",
+    "bfloat16",
 )
-"""The measurements, in item order (1-12); `--only` takes a subset of these names."""
+"""The measurements, in item order (1-13); `--only` takes a subset of these names."""
 
 OPT_IN_BENCHMARKS: tuple[str, ...] = ("compile", "checkpointing")
 """Measurements run only when `--only` names them: each trains or compiles for minutes at the default size."""
@@ -1767,6 +1769,58 @@ def bench_importance(ctx: BenchmarkContext) -> list[BenchmarkRow]:
     return rows
 
 
+BFLOAT16_TARGET = 0.5
+"""Upper bound of (bfloat16 / float32 CPU time) of a pipeline call, where the hardware has bfloat16 units."""
+
+
+def bench_bfloat16(ctx: BenchmarkContext) -> list[BenchmarkRow]:
+    """Item 13: `pipeline("multimodal-classification", dtype=torch.bfloat16)` vs the same pipeline in float32, on the
+    `batch_size` raw examples in one call each (the two alternate, medians over rounds of the CPU-time ratio within a
+    round), with how far apart their scores are. The target (<= 0.5) holds where bfloat16 has hardware: a GPU, or a
+    CPU with AMX (`amx_bf16`); elsewhere bfloat16 is emulated and the row has no target."""
+    from transformers import pipeline
+
+    inputs = _pipeline_inputs(ctx.raw_examples)
+    pipes = {
+        dtype: pipeline("multimodal-classification", model=ctx.model_folder, device=ctx.device, dtype=dtype)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    call = {"batch_size": ctx.workload.batch_size, "top_k": None}
+    outputs = {dtype: pipe(inputs, **call) for dtype, pipe in pipes.items()}  # also the warm-up at this shape
+    scores = {
+        dtype: np.array([[entry["score"] for entry in sorted(row, key=lambda e: e["label"])] for row in rows])
+        for dtype, rows in outputs.items()
+    }
+    same_top = np.mean(scores[torch.float32].argmax(1) == scores[torch.bfloat16].argmax(1))
+    largest_difference = float(np.abs(scores[torch.float32] - scores[torch.bfloat16]).max())
+    functions = {str(dtype): (lambda pipe=pipe: pipe(inputs, **call)) for dtype, pipe in pipes.items()}
+    times = time_interleaved(functions, ctx.workload.repeat, 0, ctx.device)
+    hardware = ctx.device.type == "cuda" or cpu_has_amx_bf16()
+    note = (
+        f"batch {ctx.workload.batch_size}; median s: bfloat16 {median(times['torch.bfloat16']):.3f}, float32 "
+        f"{median(times['torch.float32']):.3f} (wall-time ratio {times.ratio('torch.bfloat16', 'torch.float32'):.3f}); "
+        f"same top label for {same_top:.0%} of the examples, scores at most {largest_difference:.4f} apart"
+    )
+    if not hardware:
+        note += "; no AMX (amx_bf16) on this CPU: bfloat16 is emulated, so no target"
+    return [
+        make_row(
+            13,
+            "bfloat16 inference: pipeline CPU time, bfloat16 / float32",
+            times.ratio("torch.bfloat16", "torch.float32", cpu=True),
+            "ratio",
+            f"<= {BFLOAT16_TARGET}" if hardware else None,
+            note,
+            bfloat16_seconds=times["torch.bfloat16"],
+            float32_seconds=times["torch.float32"],
+            bfloat16_cpu_seconds=times.cpu["torch.bfloat16"],
+            float32_cpu_seconds=times.cpu["torch.float32"],
+            same_top_label=float(same_top),
+            largest_score_difference=largest_difference,
+        )
+    ]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Running and reporting
 # --------------------------------------------------------------------------------------------------------------------
@@ -1785,6 +1839,7 @@ BENCHMARKS: dict[str, Callable[[BenchmarkContext], list[BenchmarkRow]]] = {
     "checkpointing": bench_checkpointing,
     "data_loading": bench_data_loading,
     "importance": bench_importance,
+    "bfloat16": bench_bfloat16,
 }
 RUN_ORDER: tuple[str, ...] = (
     "audio",
@@ -1792,6 +1847,7 @@ RUN_ORDER: tuple[str, ...] = (
     "fusion",
     "importance",
     "inference",
+    "bfloat16",
     "training",
     "compute",
     "memory",

@@ -48,7 +48,7 @@ def test_smoke_run_prints_the_table(smoke_run):
     status, printed, _ = smoke_run
     assert status == 0
     assert "| # | measurement | value | target | met | details |" in printed
-    for item in range(1, 9):
+    for item in (*range(1, 9), 11, 12, 13):
         assert f"\n| {item} | " in printed, f"item {item} missing from the table"
     assert "load average before" in printed and "CPU cores" in printed
 
@@ -61,7 +61,7 @@ def test_smoke_run_writes_json_with_every_measurement(smoke_run):
     )
     assert report["meta"]["settings"]["size"] == "tiny"
     rows = report["rows"]
-    assert {row["item"] for row in rows} == set(range(1, 9)) | {11, 12}  # 9 and 10 are opt-in
+    assert {row["item"] for row in rows} == set(range(1, 9)) | {11, 12, 13}  # 9 and 10 are opt-in
     for row in rows:
         assert {"item", "name", "value", "unit", "target", "met", "note", "extra"} <= set(row)
         if row["value"] is None:
@@ -112,6 +112,19 @@ def test_smoke_run_compares_the_alternatives_on_the_demo_task(smoke_run):
         assert "CPU s / 1,000 training examples" in row["note"]
     trained = [row for row in rows if "scikit-learn" not in row["name"]]  # Trainer runs: measurable CPU time
     assert all(row["extra"]["cpu_seconds"] > 0 for row in trained)
+
+
+def test_smoke_run_compares_bfloat16_with_float32_inference(smoke_run):
+    """Item 13: a pipeline call in bfloat16 against the same call in float32, with a target only where bfloat16 has
+    hardware (AMX here; emulated elsewhere), and how far apart the two dtypes' scores are."""
+    _, _, output_dir = smoke_run
+    report = json.loads((output_dir / "benchmark.json").read_text())
+    (row,) = [row for row in report["rows"] if row["item"] == 13]
+    repeat = report["meta"]["settings"]["workload"]["repeat"]
+    assert len(row["extra"]["bfloat16_cpu_seconds"]) == len(row["extra"]["float32_cpu_seconds"]) == repeat
+    assert row["target"] == ("<= 0.5" if cpu_has_amx_bf16() else None)
+    assert ("bfloat16 is emulated" in row["note"]) == (not cpu_has_amx_bf16())
+    assert 0.0 <= row["extra"]["same_top_label"] <= 1.0 and 0.0 <= row["extra"]["largest_score_difference"] < 1.0
 
 
 def test_smoke_run_measures_data_loading_with_and_without_workers(smoke_run):
@@ -178,6 +191,7 @@ def test_settings_refuse_bad_values_with_the_fix():
         "checkpointing",
         "data_loading",
         "importance",
+        "bfloat16",
     }
     assert BenchmarkSettings(only=("alternatives",)).only == ("alternatives",)
     assert set(OPT_IN_BENCHMARKS) == {"compile", "checkpointing"}  # run only when named (the smoke run leaves them)

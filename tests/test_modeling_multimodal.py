@@ -105,6 +105,25 @@ def test_text_and_audio_padding_do_not_change_predictions(fusion_type):
     torch.testing.assert_close(model(**padded).logits, model(**inputs).logits, atol=1e-5, rtol=1e-4)
 
 
+def test_images_reach_the_vision_encoder_channels_last():
+    """The convolutions get their input in the layout oneDNN runs fastest (benchmark, items 2 and 13), which gives
+    the values of the processor's contiguous layout."""
+    model = tiny_model(("image",), fusion_type="concat")
+    encoder, seen = model.multimodal.vision_model, []
+
+    def record_layout(module, args, kwargs):
+        seen.append(kwargs["pixel_values"].is_contiguous(memory_format=torch.channels_last))
+
+    encoder.register_forward_pre_hook(record_layout, with_kwargs=True)
+    pixels = tensor_inputs(("image",))["pixel_values"]
+    with torch.no_grad():
+        model(pixel_values=pixels)
+        assert seen == [True]
+        contiguous = encoder(pixel_values=pixels).last_hidden_state
+        channels_last = encoder(pixel_values=pixels.contiguous(memory_format=torch.channels_last)).last_hidden_state
+    assert torch.allclose(contiguous, channels_last, atol=1e-5)
+
+
 def test_gradients_reach_present_encoders_only():
     model = tiny_model(fusion_type="concat").train()
     inputs = tensor_inputs(("text", "audio"))

@@ -528,7 +528,7 @@ def _umask() -> int:
     return mask
 
 
-def test_bf16_on_a_cpu_without_bfloat16_units_is_refused(tmp_path, monkeypatch):
+def test_bf16_on_a_cpu_is_refused_without_bfloat16_units_and_trains_with_them(tmp_path, monkeypatch):
     from hf_multimodal import training_args
     from hf_multimodal.training_args import MultimodalTrainingArguments, cpu_has_bf16_units
 
@@ -541,3 +541,8 @@ def test_bf16_on_a_cpu_without_bfloat16_units_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--bf16 on a CPU without bfloat16 units .* Drop --bf16"):
         MultimodalTrainingArguments(str(tmp_path / "run"), bf16=True, use_cpu=True)
     assert not MultimodalTrainingArguments(str(tmp_path / "run"), use_cpu=True).bf16
+    # with bfloat16 units and no GPU, --bf16 alone trains on the CPU (transformers wants use_cpu said)
+    monkeypatch.setattr(training_args, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    arguments = MultimodalTrainingArguments(str(tmp_path / "run"), bf16=True)
+    assert arguments.bf16 and arguments.use_cpu and arguments.device.type == "cpu"

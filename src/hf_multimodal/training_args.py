@@ -105,12 +105,15 @@ class MultimodalTrainingArguments(TrainingArguments):
             )
         if self.greater_is_better is None and (self.metric_for_best_model or "").removeprefix("eval_") in LOWER_IS_BETTER:
             self.greater_is_better = False  # transformers would take any metric but a "loss" as greater-is-better
-        if self.bf16 and (self.use_cpu or not torch.accelerator.is_available()) and cpu_has_bf16_units() is False:
-            raise ValueError(
-                "--bf16 on a CPU without bfloat16 units (no avx512_bf16 / amx_bf16 flag in /proc/cpuinfo): torch "
-                "would emulate bfloat16 in software, about 7x slower than float32 here. Drop --bf16, or train on a "
-                "GPU or a CPU with AMX / AVX512-BF16."
-            )
+        if self.bf16 and (self.use_cpu or not torch.accelerator.is_available()):
+            if cpu_has_bf16_units() is False:
+                raise ValueError(
+                    "--bf16 on a CPU without bfloat16 units (no avx512_bf16 / amx_bf16 flag in /proc/cpuinfo): torch "
+                    "would emulate bfloat16 in software, about 7x slower than float32 here. Drop --bf16, or train on "
+                    "a GPU or a CPU with AMX / AVX512-BF16."
+                )
+            # the CPU is all there is: say so, or transformers refuses bf16 without a GPU ("You need to assign use_cpu")
+            self.use_cpu = True
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             # `accelerate launch --multi_gpu` (or torchrun) on a machine without GPUs: DDP over gloo on CPU. Without
             # this, every process would train alone as if it were the only one.

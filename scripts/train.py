@@ -198,7 +198,8 @@ class ModelArguments:
     )
     fusion_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the projections, fusion head and classifier (default: --learning_rate)."},
+        metadata={"help": "Learning rate of the projections, fusion head and classifier (default: --learning_rate, "
+                          "at most 3e-4 for the transformer head: README, The transformer head's learning rate)."},
     )
     hpo_trials: int = field(
         default=0,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoProcessor, BertConfig, BertModel
+from transformers import AutoModelForSequenceClassification, AutoProcessor, BertConfig, BertModel, TrainingArguments
 
 from hf_multimodal import MODALITIES
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
@@ -28,7 +28,7 @@ from hf_multimodal.processing_multimodal import default_tokenizer
 from hf_multimodal.trainer import MultimodalTrainer
 
 from compare_runs import compare_runs
-from conftest import AUDIO_DIR, HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION
+from conftest import AUDIO_DIR, HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_model
 from make_demo_dataset import build_match_dataset, build_pairs_dataset, save_demo_dataset
 from train import build_model_and_processor, build_trainer, load_splits, main, parse_arguments
 
@@ -279,6 +279,32 @@ def test_trainer_gets_raw_columns_learning_rates_and_frozen_encoders(data, tmp_p
     optimizer.step()
     assert not model.get_encoder("text").training and model.get_encoder("audio").training
     assert all(torch.equal(p, before[name]) for name, p in model.get_encoder("text").named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("fusion_type", "learning_rate", "fusion_learning_rate", "expected"),
+    [
+        ("transformer", 1e-3, None, 3e-4),  # the head's limit (README: The transformer head's learning rate)
+        ("transformer", 1e-4, None, 1e-4),  # a lower default stays
+        ("transformer", 1e-3, 2e-3, 2e-3),  # a rate given for the fusion part is used as given
+        ("concat", 1e-3, None, 1e-3),  # no limit
+    ],
+)
+def test_the_fusion_part_learns_at_most_at_its_heads_learning_rate(
+    tmp_path, fusion_type, learning_rate, fusion_learning_rate, expected
+):
+    model = tiny_model(fusion_type=fusion_type)
+    args = TrainingArguments(str(tmp_path), learning_rate=learning_rate, use_cpu=True, report_to="none")
+    encoder_rates = {"text": 5e-5, "image": 2e-3, "audio": 3e-3}
+    trainer = MultimodalTrainer(
+        model=model, args=args, learning_rates={**encoder_rates, "fusion": fusion_learning_rate}
+    )
+    encoder_of = {id(p): m for m in MODALITIES for p in model.get_encoder(m).parameters()}
+    rates = {}
+    for group in trainer.create_optimizer().param_groups:
+        for parameter in group["params"]:
+            rates.setdefault(encoder_of.get(id(parameter), "fusion"), set()).add(group["lr"])
+    assert rates == {**{m: {rate} for m, rate in encoder_rates.items()}, "fusion": {expected}}
 
 
 def test_examples_without_the_models_modality_get_the_label_prior(data, tmp_path):

@@ -305,6 +305,10 @@ def test_the_fusion_part_learns_at_most_at_its_heads_learning_rate(
         for parameter in group["params"]:
             rates.setdefault(encoder_of.get(id(parameter), "fusion"), set()).add(group["lr"])
     assert rates == {**{m: {rate} for m, rate in encoder_rates.items()}, "fusion": {expected}}
+    if fusion_type == "transformer" and fusion_learning_rate is None:  # an aligned model trains its projections as set
+        aligned = MultimodalTrainer(model=model.multimodal, args=args, learning_rates=encoder_rates)
+        rates_of_aligned = {group["lr"] for group in aligned.create_optimizer().param_groups}
+        assert rates_of_aligned == {*encoder_rates.values(), learning_rate}
 
 
 def test_examples_without_the_models_modality_get_the_label_prior(data, tmp_path):

@@ -121,8 +121,8 @@ class MultimodalTrainer(Trainer):
     Args:
         learning_rates (`Mapping[str, float | None]`, *optional*):
             Learning rate of the `"text"`, `"image"` and `"audio"` encoders and of the `"fusion"` part (projections,
-            fusion head, classifier); missing or `None` entries use `args.learning_rate`, for the fusion part at
-            most the head's `max_learning_rate` (3e-4 for `"transformer"`, no limit for the others).
+            fusion head, classifier); missing or `None` entries use `args.learning_rate`, for the fusion part of a
+            classifier at most its head's `max_learning_rate` (3e-4 for `"transformer"`, no limit for the others).
         frozen_modalities (`Sequence[str]`, *optional*):
             Encoders that are not trained: their parameters must have `requires_grad=False`; they stay in eval mode
             (no dropout, frozen batch-norm statistics) while the rest trains.
@@ -194,8 +194,11 @@ class MultimodalTrainer(Trainer):
             for name, parameter in opt_model.named_parameters():
                 if parameter.requires_grad:
                     groups.setdefault((owner.get(id(parameter), FUSION_PART), name in decay), []).append(parameter)
-            head_limit = getattr(getattr(unwrapped.base_model, "fusion", None), "max_learning_rate", None)
-            defaults = {FUSION_PART: min(self.args.learning_rate, head_limit or self.args.learning_rate)}
+            # the fusion head's limit, where a classifier learns from it (contrastive alignment trains the bare
+            # `MultimodalModel`, whose loss reads the projections, not the head)
+            fusion = getattr(unwrapped.base_model, "fusion", None) if unwrapped.base_model is not unwrapped else None
+            head_limit = getattr(fusion, "max_learning_rate", None) or self.args.learning_rate
+            defaults = {FUSION_PART: min(self.args.learning_rate, head_limit)}
             param_groups = [
                 {
                     "params": parameters,

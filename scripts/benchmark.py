@@ -477,6 +477,12 @@ class BenchmarkContext:
     def sync(self) -> None:
         synchronize(self.device)
 
+    @property
+    def bfloat16_has_hardware(self) -> bool:
+        """Whether bfloat16 runs on hardware units here: a GPU, or a CPU with AMX (`amx_bf16`); elsewhere torch
+        emulates it, so no bfloat16 peak or speed-up can be reached."""
+        return self.device.type != "cpu" or cpu_has_amx_bf16()
+
     @cached_property
     def config(self) -> MultimodalConfig:
         return MultimodalConfig(**self.workload.config_kwargs)
@@ -926,7 +932,7 @@ def bench_compute(ctx: BenchmarkContext) -> list[BenchmarkRow]:
     )
     dtype = "bfloat16" if ctx.settings.bf16 else "float32"
     amx_note = ""
-    if ctx.device.type == "cpu" and not cpu_has_amx_bf16():
+    if not ctx.bfloat16_has_hardware:
         amx_note = "; no AMX (amx_bf16) on this CPU: a bfloat16 peak needs it (--bf16 is emulated here)"
     return [
         make_row(
@@ -1795,10 +1801,11 @@ def bench_bfloat16(ctx: BenchmarkContext) -> list[BenchmarkRow]:
     largest_difference = float(np.abs(scores[torch.float32] - scores[torch.bfloat16]).max())
     functions = {str(dtype): (lambda pipe=pipe: pipe(inputs, **call)) for dtype, pipe in pipes.items()}
     times = time_interleaved(functions, ctx.workload.repeat, 0, ctx.device)
-    hardware = ctx.device.type == "cuda" or cpu_has_amx_bf16()
+    hardware = ctx.bfloat16_has_hardware
     note = (
         f"batch {ctx.workload.batch_size}; median s: bfloat16 {median(times['torch.bfloat16']):.3f}, float32 "
-        f"{median(times['torch.float32']):.3f} (wall-time ratio {times.ratio('torch.bfloat16', 'torch.float32'):.3f}); "
+        f"{median(times['torch.float32']):.3f} (wall-time ratio "
+        f"{times.ratio('torch.bfloat16', 'torch.float32'):.3f}); "
         f"same top label for {same_top:.0%} of the examples, scores at most {largest_difference:.4f} apart"
     )
     if not hardware:

@@ -70,6 +70,14 @@ def url_root(files):
     server.server_close()
 
 
+def example_batch(pipe, example: dict):
+    """The processor's batch of one `EXAMPLES` entry (a missing modality as None), as the model reads it."""
+    audio = example["audio"]["array"] if "audio" in example else None
+    return pipe.processor(
+        text=[example.get("text")], images=[example.get("image")], audio=[audio], sampling_rate=16000
+    )
+
+
 def direct_scores(pipe, **processor_inputs) -> list[dict]:
     """Softmax scores of the model on the processor's output, as the pipeline should give them."""
     with torch.no_grad():
@@ -174,9 +182,7 @@ def test_modality_importance_per_example_matches_the_model_and_keeps_the_labels(
     results = pipe(EXAMPLES, batch_size=2, return_modality_importance=True)
     assert [result["labels"] for result in results] == pipe(EXAMPLES, batch_size=2)
     for example, result in zip(EXAMPLES, results):
-        audio = example["audio"]["array"] if "audio" in example else None
-        batch = pipe.processor(text=[example.get("text")], images=[example.get("image")], audio=[audio], sampling_rate=16000)
-        output = pipe.model.modality_importance(**batch)
+        output = pipe.model.modality_importance(**example_batch(pipe, example))
         expected = output.importance[0].tolist()
         # the attention head's own weights, as a second view
         assert result["fusion_weights"] == pytest.approx(dict(zip(importance_order, output.fusion_weights[0].tolist())))
@@ -297,10 +303,7 @@ def test_a_model_loaded_in_bfloat16_reads_the_processors_float32_inputs(saved_fo
     full = pipeline("multimodal-classification", model=str(saved_folder))
     assert half.model.dtype == torch.bfloat16
     for example in EXAMPLES:
-        audio = example["audio"]["array"] if "audio" in example else None
-        batch = half.processor(
-            text=[example.get("text")], images=[example.get("image")], audio=[audio], sampling_rate=16000
-        )
+        batch = example_batch(half, example)
         cast = {key: value.to(torch.bfloat16) if value.is_floating_point() else value for key, value in batch.items()}
         with torch.no_grad():
             probabilities = torch.softmax(half.model(**cast).logits[0].float(), dim=-1)

@@ -198,12 +198,13 @@ class MultimodalTrainer(Trainer):
             # `MultimodalModel`, whose loss reads the projections, not the head)
             fusion = getattr(unwrapped.base_model, "fusion", None) if unwrapped.base_model is not unwrapped else None
             head_limit = getattr(fusion, "max_learning_rate", None) or self.args.learning_rate
-            defaults = {FUSION_PART: min(self.args.learning_rate, head_limit)}
+            fusion_default = min(self.args.learning_rate, head_limit)
             param_groups = [
                 {
                     "params": parameters,
                     "weight_decay": self.args.weight_decay if decays else 0.0,
-                    "lr": self.learning_rates.get(part) or defaults.get(part, self.args.learning_rate),
+                    "lr": self.learning_rates.get(part)
+                    or (fusion_default if part == FUSION_PART else self.args.learning_rate),
                 }
                 for (part, decays), parameters in groups.items()
             ]

@@ -168,7 +168,10 @@ class ModelArguments:
                   "read its modality on its own."},
     )
     freeze_modalities: list[str] = field(
-        default_factory=list, metadata={"help": "Modalities whose encoder is frozen (kept in eval mode, not trained)."}
+        default_factory=list,
+        metadata={"help": "Modalities whose encoder is frozen (kept in eval mode, not trained). For a relational "
+                  "classifier starting from an aligned model, freeze them all (README: Relational heads on frozen "
+                  "aligned encoders)."},
     )
     activation_checkpointing_modalities: list[str] = field(
         default_factory=list,

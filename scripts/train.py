@@ -170,8 +170,8 @@ class ModelArguments:
     freeze_modalities: list[str] = field(
         default_factory=list,
         metadata={"help": "Modalities whose encoder is frozen (kept in eval mode, not trained). For a relational "
-                  "classifier starting from an aligned model, freeze them all (README: Relational heads on frozen "
-                  "aligned encoders)."},
+                  "classifier starting from an aligned model or from per-modality readers, freeze them all (README: "
+                  "Relational heads on frozen aligned encoders; on frozen digit readers)."},
     )
     activation_checkpointing_modalities: list[str] = field(
         default_factory=list,

@@ -18,7 +18,8 @@ from modality_importance import bootstrap_first_modality
 from test_modeling_multimodal import missing_pattern, tensor_inputs
 from train import build_trainer, evaluate_split, parse_arguments
 
-from hf_multimodal import FUSION_TYPES, MODALITIES, MultimodalProcessor
+from hf_multimodal import FUSION_TYPES, MODALITIES, MultimodalForSequenceClassification, MultimodalProcessor
+from hf_multimodal.data_collator import MultimodalDataCollator
 
 
 @pytest.mark.parametrize("fusion_type", FUSION_TYPES)
@@ -186,3 +187,33 @@ def test_modality_accuracy_reads_the_runs_modalities_and_can_switch_the_frequenc
         switch_on_frequency_warps(tiny_model(("text", "image")), [1.0])
     with pytest.raises(ValueError, match="needs frontend='log_mel' or 'mfcc'"):
         switch_on_frequency_warps(tiny_model(), [1.0])
+
+
+@pytest.mark.slow
+def test_modality_accuracy_scores_several_models_as_one_ensemble_of_their_mean_probabilities(demo_data, tmp_path):
+    """scripts/modality_accuracy.py with several folders: their class probabilities averaged (a model twice is that
+    model); folders that classify differently are refused with the fix."""
+    test = datasets.load_from_disk(demo_data)["test"]
+    labels = dict(enumerate(test.features["label"].names))
+    processor = MultimodalProcessor(image_processor=tiny_image_processor(), max_text_length=16)
+    folders = []
+    for seed in (0, 1):
+        folders.append(tmp_path / f"seed{seed}")
+        tiny_model(seed=seed, id2label=labels).save_pretrained(folders[-1])
+        processor.save_pretrained(folders[-1])
+    single = modality_accuracy(str(folders[0]), str(demo_data), ["test"])
+    assert modality_accuracy([str(folders[0])] * 2, str(demo_data), ["test"]) == single
+
+    ensemble = modality_accuracy([str(folder) for folder in folders], str(demo_data), ["test"])["test"]
+    models = [MultimodalForSequenceClassification.from_pretrained(folder).eval() for folder in folders]
+    collator = MultimodalDataCollator(processor, MODALITIES, max_audio_seconds=2.0)
+    batch = collator([row for row in test])  # every test example has at least one modality
+    truth = batch.pop("labels")
+    with torch.inference_mode():
+        mean = sum(model(**batch).logits.softmax(-1) for model in models) / 2
+    assert ensemble["all"]["accuracy"] == pytest.approx((mean.argmax(-1) == truth).float().mean().item())
+
+    tiny_model(id2label={index: f"class {index}" for index in labels}).save_pretrained(tmp_path / "other")
+    processor.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="does not classify like .*pass models of one task"):
+        modality_accuracy([str(folders[0]), str(tmp_path / "other")], str(demo_data), ["test"])

@@ -97,19 +97,25 @@ def switch_on_frequency_warps(model: PreTrainedModel, warps: Sequence[float]) ->
     audio_config.inference_frequency_warps = checked.inference_frequency_warps
 
 
+def _probabilities(model, processor, part, modalities, batch_size, max_audio_seconds) -> torch.Tensor:
+    """Class probabilities `(len(part), num_labels)` of `model` on `part` reading `modalities` only."""
+    collator = MultimodalDataCollator(processor, modalities, max_audio_seconds=max_audio_seconds)
+    batches = []
+    with torch.inference_mode():
+        for start in range(0, len(part), batch_size):
+            batch = collator([part[i] for i in range(start, min(start + batch_size, len(part)))])
+            batch.pop("labels")
+            batches.append(model(**batch).logits.float().softmax(-1))
+    return torch.cat(batches)
+
+
 def _accuracy(members, part, modalities, labels, batch_size, max_audio_seconds) -> dict:
     """Accuracy (overall and per label) of the mean class probabilities of `members` on `part` reading `modalities`."""
-    probabilities = 0.0
-    for model, processor in members:
-        collator = MultimodalDataCollator(processor, modalities, max_audio_seconds=max_audio_seconds)
-        batches = []
-        with torch.inference_mode():
-            for start in range(0, len(part), batch_size):
-                batch = collator([part[i] for i in range(start, min(start + batch_size, len(part)))])
-                batch.pop("labels")
-                batches.append(model(**batch).logits.float().softmax(-1))
-        probabilities = probabilities + torch.cat(batches)
-    truth, predictions = np.array(part["label"]), probabilities.argmax(-1).numpy()
+    total = sum(
+        _probabilities(model, processor, part, modalities, batch_size, max_audio_seconds)
+        for model, processor in members
+    )
+    truth, predictions = np.array(part["label"]), total.argmax(-1).numpy()
     return {
         "accuracy": float((predictions == truth).mean()),
         "num_examples": len(part),

@@ -457,6 +457,28 @@ def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
     assert {f"multimodal.{name}" for name in aligned_weights if not name.startswith("fusion.")} <= set(trained)
 
 
+def test_a_classifier_learns_its_head_on_frozen_digit_readers(data, tmp_path):
+    """The README's "demo on frozen digit readers": readers of the three modalities trained on the paired digits, then
+    the demo's task from them with every encoder frozen and another head: the encoders' weights are the readers'
+    to the bit, the gated head is new."""
+    pairs = save_demo_dataset(build_pairs_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "pairs")
+    readers = tmp_path / "readers"
+    options = {"num_train_epochs": 1, "eval_steps": 3, "save_steps": 3}
+    train_in_process(tiny_arguments(pairs, readers, fusion_type="concat", modality_loss_weight=1.0, **options))
+    classifier = tmp_path / "classifier"
+    arguments = tiny_arguments(data, classifier, model_name_or_path=readers, freeze_modalities=list(MODALITIES),
+                               fusion_type="gated", modality_loss_weight=1.0, **options)
+    train_in_process(_without_encoder_options(arguments))
+    assert read_metrics(classifier)["fusion_type"] == "gated"
+    before, after = load_file(readers / "model.safetensors"), load_file(classifier / "model.safetensors")
+    encoders = [name for name in after if name.startswith(("multimodal.text_model.", "multimodal.vision_model.",
+                                                            "multimodal.audio_model."))]
+    assert len({name.split(".")[1] for name in encoders}) == 3
+    assert all(torch.equal(before[name], after[name]) for name in encoders)
+    gates = [name for name in after if name.startswith("multimodal.fusion.gates.")]
+    assert gates and not any(name in before for name in gates)
+
+
 def _without_encoder_options(arguments: list[str]) -> list[str]:
     """`arguments` without the options that describe new encoders (a saved model brings its own)."""
     kept, skip = [], False

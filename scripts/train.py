@@ -173,6 +173,12 @@ class ModelArguments:
                   "classifier starting from an aligned model or from per-modality readers, freeze them all (README: "
                   "Relational heads on frozen aligned encoders; on frozen digit readers)."},
     )
+    freeze_feature_encoder: bool = field(
+        default=False,
+        metadata={"help": "Keep the audio encoder's pretrained feature encoder fixed while the rest of the model learns "
+                  "(as run_audio_classification.py's option): the speech_embedding stack of an --audio_model made by "
+                  "scripts/convert_speech_embedding.py (README: A pretrained speech front-end)."},
+    )
     activation_checkpointing_modalities: list[str] = field(
         default_factory=list,
         metadata={"help": "Encoders (text, audio) whose activations are recomputed in the backward pass instead of "
@@ -840,6 +846,15 @@ def build_model_and_processor(
     for modality in model_args.freeze_modalities:
         if modality in model.config.modalities:
             model.get_encoder(modality).requires_grad_(False)
+    if model_args.freeze_feature_encoder:
+        audio_encoder = model.get_encoder("audio") if "audio" in model.config.modalities else None
+        if not hasattr(audio_encoder, "freeze_feature_encoder"):
+            raise ValueError(
+                "--freeze_feature_encoder needs a WaveNet audio encoder with a feature encoder (frontend "
+                "'speech_embedding', e.g. --audio_model <folder of scripts/convert_speech_embedding.py>); this model's "
+                f"audio encoder is {type(audio_encoder).__name__}."
+            )
+        audio_encoder.freeze_feature_encoder()
     if model_args.activation_checkpointing_modalities:
         model.activation_checkpointing_enable(modalities=model_args.activation_checkpointing_modalities)
     return model, processor

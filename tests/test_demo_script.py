@@ -1,6 +1,7 @@
 """`bash scripts/demo.sh`, the README's main command, end to end at a tiny size (the set-up step and the pretrained
-MiniLM are swapped for the current environment and a tiny BERT): data, training with progress shown, the results
-table printed once, the reload through the pipeline, and the reuse of a finished run."""
+MiniLM are swapped for the current environment and a tiny BERT): data, the pretrained speech front-end converted,
+training with progress shown, the results table printed once, the reload through the pipeline, and the reuse of a
+finished run."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = [
     "--num_train_epochs", "1",
     "--image_config", json.dumps(TINY_VISION),
-    "--audio_config", json.dumps({"frontend": "log_mel", "sampling_rate": 8000, "hidden_size": 32, "num_stacks": 1,
-                                  "layers_per_stack": 2}),
     "--fusion_hidden_size", "32",
     "--per_device_train_batch_size", "8",
 ]
@@ -41,6 +40,7 @@ def test_demo_script_end_to_end(tmp_path):
         "TEXT_MODEL": str(text_model),
         "DATA": str(tmp_path / "data"),
         "OUTPUT": str(tmp_path / "model"),
+        "AUDIO_MODEL": str(tmp_path / "speech_embedding"),
         "DATA_ARGS": "--num_train 40 --num_validation 10 --num_test 10",
         "OMP_NUM_THREADS": "1",
     }
@@ -51,6 +51,8 @@ def test_demo_script_end_to_end(tmp_path):
     assert "| test_unseen_speaker split |" in first.stdout
     assert "%|" in first.stderr and "it/s" in first.stderr  # Trainer's progress bar: the newcomer sees progress
     assert "Reloaded" in first.stdout and "Predicted: " in first.stdout
+    audio_config = json.loads((tmp_path / "model" / "config.json").read_text())["audio_config"]
+    assert audio_config["frontend"] == "speech_embedding"  # converted by the script, then trained around
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["dataset"] == "hf_multimodal-digits" and metrics["dataset_local"] is True
 

@@ -109,9 +109,11 @@ def test_every_fusion_head_exports_with_parity(fusion_type, processor, tmp_path)
     and audio with one-layer encoders, to keep the export short (the three-modality graph of the gated head is tested
     above): a model of two modalities exports them only."""
     encoders = ONE_LAYER_ENCODERS
-    if fusion_type == "concat":  # and the spectral front-end with its test-time ensemble over frequency warps
+    if fusion_type == "concat":  # and a spectral front-end with its test-time ensemble over frequency warps
         audio = {**encoders["audio_config"], "frontend": "mfcc", "inference_frequency_warps": [0.9, 1.0, 1.1]}
         encoders = {**encoders, "audio_config": audio}
+    if fusion_type == "comparator":  # and the pretrained speech_embedding front-end's stack
+        encoders = {**encoders, "audio_config": {**encoders["audio_config"], "frontend": "speech_embedding"}}
     model = tiny_model(HEAD_MODALITIES, fusion_type=fusion_type, **encoders)
     example = processor(**raw_batch(3, seed=11, modalities=HEAD_MODALITIES))
     classifier = OnnxMultimodalClassifier(export_onnx(model, example, tmp_path / "m.onnx"))

@@ -49,7 +49,15 @@ class TestWaveNetModel:
         assert response[30:].abs().max() > 0
 
     @pytest.mark.parametrize(
-        "frontend, sampling_rate", [("waveform", 16000), ("log_mel", 16000), ("log_mel", 8000), ("mfcc", 8000)]
+        "frontend, sampling_rate",
+        [
+            ("waveform", 16000),
+            ("log_mel", 16000),
+            ("log_mel", 8000),
+            ("mfcc", 8000),
+            ("speech_embedding", 8000),
+            ("speech_embedding", 16000),
+        ],
     )
     def test_padding_does_not_change_real_frames_or_pooling(self, frontend, sampling_rate):
         model = tiny_wavenet(frontend=frontend, sampling_rate=sampling_rate)
@@ -149,6 +157,57 @@ class TestLogMelFrontend:
             WaveNetConfig(inference_frequency_warps=[0.9, 1.0])
         with pytest.raises(ValueError, match=r"numbers in \[0.5, 2.0\] .* got 3.0 in \[1.0, 3.0\]"):
             WaveNetConfig(frontend="mfcc", inference_frequency_warps=[1.0, 3.0])
+
+
+class TestSpeechEmbeddingFrontend:
+    def test_a_frame_every_80_ms_each_reading_the_775_ms_that_end_with_it(self):
+        for rate in (8000, 16000):
+            model = tiny_wavenet(frontend="speech_embedding", sampling_rate=rate)
+            assert model.config.samples_per_frame == 8 * rate // 100
+            assert model.frontend.receptive_field() == 76 and model.frontend.context_frames == 68
+            assert model(torch.randn(2, rate)).last_hidden_state.shape == (2, 13, 32)  # ceil(1 s / 80 ms)
+        # output frame j reads mel frames 8j .. 8j + 75 (the first 68 are the silence of the left context): a change
+        # from mel frame 68 + 40 on leaves frames 0-4 as they were and changes frame 5, whose 80 ms hold it
+        stack = model.frontend.feature_encoder
+        mel = torch.randn(1, 1, 68 + 104, 32)
+        changed = mel.clone()
+        changed[:, :, 68 + 40 :] += 1.0
+        before, after = stack(mel)[0, :, :, 0], stack(changed)[0, :, :, 0]
+        assert before.shape == (96, 13)
+        torch.testing.assert_close(after[:, :5], before[:, :5])
+        assert not torch.allclose(after[:, 5], before[:, 5])
+
+    def test_8_khz_audio_reads_as_the_same_clip_upsampled_to_16_khz(self):
+        from scipy.signal import resample_poly
+
+        clip = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+        clip *= np.hanning(8000).astype(np.float32)
+        at_8k = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000).frontend
+        at_16k = tiny_wavenet(frontend="speech_embedding", sampling_rate=16000).frontend
+        low = at_8k.log_mel(torch.from_numpy(clip)[None], None)
+        high = at_16k.log_mel(torch.from_numpy(resample_poly(clip, 2, 1).astype(np.float32))[None], None)
+        assert low.shape == high.shape == (1, 68 + 100, 32)
+        assert (low - high)[:, 68:].abs().mean() < 0.02  # in units of 10 dB
+
+    def test_the_clip_level_does_not_change_the_output(self):
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)
+        speech = torch.randn(1, 8000) * torch.linspace(0.1, 1.0, 8000)
+        torch.testing.assert_close(model(30.0 * speech).pooler_output, model(speech).pooler_output)
+
+    def test_freeze_feature_encoder_keeps_the_stack_and_trains_the_rest(self):
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000).train()
+        model.freeze_feature_encoder()
+        model(torch.randn(2, 8000)).pooler_output.sum().backward()
+        assert all(p.grad is None and not p.requires_grad for p in model.frontend.feature_encoder.parameters())
+        assert model.frontend.projection.weight.grad is not None and model.layers[0].dilated_conv.weight.grad is not None
+        with pytest.raises(ValueError, match="only 'speech_embedding' has one.*--freeze_modalities audio"):
+            tiny_wavenet(frontend="mfcc").freeze_feature_encoder()
+
+    def test_bad_settings_are_refused(self):
+        with pytest.raises(ValueError, match="needs sampling_rate >= 7600, got 4000"):
+            WaveNetConfig(frontend="speech_embedding", sampling_rate=4000)
+        with pytest.raises(ValueError, match="needs frontend='log_mel' or 'mfcc'"):
+            WaveNetConfig(frontend="speech_embedding", inference_frequency_warps=[0.9, 1.0])
 
 
 class TestMfccFrontend:

@@ -7,11 +7,17 @@ import math
 from transformers import PreTrainedConfig
 
 
-FRONTENDS: tuple[str, ...] = ("waveform", "log_mel", "mfcc")
+FRONTENDS: tuple[str, ...] = ("waveform", "log_mel", "mfcc", "speech_embedding")
 """Names accepted by `WaveNetConfig.frontend`."""
 
 POOLINGS: tuple[str, ...] = ("mean", "mean_std")
 """Names accepted by `WaveNetConfig.pooling`."""
+
+SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME = 8
+"""10 ms mel frames per output frame of the `"speech_embedding"` front-end (its three time poolings halve the rate)."""
+
+SPEECH_EMBEDDING_MIN_SAMPLING_RATE = 7600
+"""The `"speech_embedding"` front-end's mel bands reach 3.8 kHz, which needs at least this rate."""
 
 
 class WaveNetConfig(PreTrainedConfig):
@@ -20,7 +26,7 @@ class WaveNetConfig(PreTrainedConfig):
     stacks of causal dilated convolutions with gated (tanh x sigmoid) activations and residual and skip connections,
     as in WaveNet (van den Oord et al., 2016), used here as an encoder.
 
-    Two front-ends:
+    Four front-ends:
     - `"waveform"` (the default): strided causal convolutions learn their own filters from the raw samples. It needs
       much data: trained on a few thousand spoken digits it reads about 60% of them right.
     - `"log_mel"`: a log-mel spectrogram (25 ms windows every 10 ms by default), normalised per mel bin over the
@@ -31,6 +37,16 @@ class WaveNetConfig(PreTrainedConfig):
       coefficients (mel-frequency cepstral coefficients) are kept and normalised the same way. Dropping the upper
       coefficients smooths the spectrum across bands, taking out pitch harmonics, which vary from speaker to speaker:
       on a voice never heard it reads more spoken digits right than `"log_mel"` (README: Results).
+    - `"speech_embedding"`: the convolutional stack of Google's `speech_embedding` (Lin et al., 2020, "Training
+      keyword spotters with limited and synthesized speech data"), 32 log-mel bands from 60 Hz to 3.8 kHz every 10 ms
+      read by 2D convolutions into a 96-dimensional frame every 80 ms, each seeing the 775 ms of audio that end with
+      it; then a layer norm and a linear projection. Random at initialisation: it is meant to be loaded pretrained
+      (`scripts/convert_speech_embedding.py` converts the weights that the `openwakeword` package ships), where it
+      reads voices never heard far better than the other front-ends trained on a few speakers (README: A pretrained
+      speech front-end). Any rate from 8 kHz up works (the spectrum is computed at the clip's own rate, scaled
+      as at 16 kHz) and each clip is brought to the level the network was trained at, so the feature extractor's
+      normalisation does not matter. `window_ms`, `hop_ms`, `num_mel_bins`, `num_mfcc`, the SpecAugment masks and
+      the frequency warps do not apply to it.
 
     Every operation along time is causal and the normalisation uses real frames only, so padding appended to an
     example never changes the frames that cover its real samples, nor the pooled output.
@@ -38,9 +54,9 @@ class WaveNetConfig(PreTrainedConfig):
     Args:
         sampling_rate (`int`, *optional*, defaults to 16000):
             Sampling rate, in Hz, of the waveforms the model expects (e.g. 8000 for telephone-band speech: the
-            log-mel front-end then pays for no upsampling).
+            spectral front-ends then pay for no upsampling; `"speech_embedding"` needs at least 7600).
         frontend (`str`, *optional*, defaults to `"waveform"`):
-            `"waveform"`, `"log_mel"` or `"mfcc"` (see above).
+            `"waveform"`, `"log_mel"`, `"mfcc"` or `"speech_embedding"` (see above).
         num_mel_bins (`int`, *optional*, defaults to 40):
             Mel bands of the `"log_mel"` and `"mfcc"` front-ends, between 20 Hz and half the sampling rate.
         num_mfcc (`int`, *optional*, defaults to 20):
@@ -154,6 +170,11 @@ class WaveNetConfig(PreTrainedConfig):
         return self.frontend in ("log_mel", "mfcc")
 
     @property
+    def is_speech_embedding(self) -> bool:
+        """Whether the front-end is the (pretrained) `speech_embedding` stack."""
+        return self.frontend == "speech_embedding"
+
+    @property
     def num_frame_features(self) -> int:
         """Features per frame of a spectral front-end, before its projection: cepstral coefficients or mel bands."""
         return self.num_mfcc if self.frontend == "mfcc" else self.num_mel_bins
@@ -161,7 +182,9 @@ class WaveNetConfig(PreTrainedConfig):
     @property
     def samples_per_frame(self) -> int:
         """Number of input samples per output frame: the product of the strides of the `"waveform"` front-end, the
-        hop of the spectral ones."""
+        hop of the spectral ones, 80 ms for `"speech_embedding"` (eight 10 ms mel frames)."""
+        if self.is_speech_embedding:
+            return SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME * round(self.sampling_rate / 100)
         if self.is_spectral:
             return int(round(self.sampling_rate * self.hop_ms / 1000))
         return math.prod(self.frontend_strides)
@@ -215,6 +238,12 @@ class WaveNetConfig(PreTrainedConfig):
                 f"hop_ms ({self.hop_ms}) must be positive and at most window_ms ({self.window_ms}) so that no sample is "
                 "skipped."
             )
+        if self.is_speech_embedding and self.sampling_rate < SPEECH_EMBEDDING_MIN_SAMPLING_RATE:
+            raise ValueError(
+                f"frontend='speech_embedding' reads mel bands up to 3800 Hz: it needs sampling_rate >= "
+                f"{SPEECH_EMBEDDING_MIN_SAMPLING_RATE}, got {self.sampling_rate}. Resample the audio (8000 or 16000) "
+                "or choose another front-end."
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}.")
 
@@ -251,4 +280,4 @@ class WaveNetConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["FRONTENDS", "POOLINGS", "WaveNetConfig"]
+__all__ = ["FRONTENDS", "POOLINGS", "SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME", "WaveNetConfig"]

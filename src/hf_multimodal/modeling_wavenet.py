@@ -15,7 +15,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from .configuration_wavenet import WaveNetConfig
+from .configuration_wavenet import SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME, WaveNetConfig
 from .modeling_safe_io import SafeSerializationMixin
 
 
@@ -94,6 +94,25 @@ class WaveNetFrontend(nn.Module):
         return hidden_states.transpose(1, 2)
 
 
+def causal_power_spectrogram(
+    input_values: torch.Tensor, window: torch.Tensor, hop_length: int, n_fft: int, left_frames: int = 0
+) -> torch.Tensor:
+    """Power spectrum (batch, frames, n_fft // 2 + 1) of `input_values` (batch, samples), one frame per `hop_length`
+    samples: frame `t` is the FFT of the `window`-weighted samples that end where hop `t` ends (the input is padded
+    on the left with zeros), so it never sees samples past its own hop. `left_frames` more frames of left padding
+    come first (context for a front-end that reads several frames at once).
+
+    Computed in float32 whatever the input's dtype (torch's FFT takes no bfloat16), as transformers' audio feature
+    extractors compute their features.
+    """
+    window_length = window.shape[0]
+    num_frames = input_values.shape[-1] // hop_length + left_frames
+    padded = F.pad(input_values.float(), (window_length - hop_length + left_frames * hop_length, 0))
+    frames = padded.unfold(-1, window_length, hop_length)[:, :num_frames]
+    spectrum = torch.fft.rfft(frames * window.float(), n=n_fft)
+    return spectrum.real.square() + spectrum.imag.square()
+
+
 def warp_frequency_axis(filters: torch.Tensor, factor: float) -> torch.Tensor:
     """`filters` (frequency bins, bands) read at `factor` times each bin's frequency (linear interpolation, zero past
     the top bin): applied to a power spectrum, they give what `filters` give on that spectrum stretched by `factor`
@@ -107,7 +126,33 @@ def warp_frequency_axis(filters: torch.Tensor, factor: float) -> torch.Tensor:
     return warped.masked_fill((position > bins - 1).unsqueeze(1), 0.0)
 
 
-class WaveNetLogMelFrontend(nn.Module):
+class MelSpectrumFrontend(nn.Module):
+    """Base of the front-ends that compute a mel spectrum: a periodic Hann window of `window_length` samples and the
+    `compute_mel_filters()` of the subclass, held as buffers rebuilt from the config rather than saved."""
+
+    window_length: int
+
+    def register_spectrum_buffers(self) -> None:
+        """Register the `window` and `mel_filters` buffers (not saved with the weights)."""
+        self.register_buffer("mel_filters", self.compute_mel_filters(), persistent=False)
+        self.register_buffer("window", self.compute_window(), persistent=False)
+
+    def compute_mel_filters(self) -> torch.Tensor:
+        """`(frequency bins, mel bands)` filters applied to the power spectrum."""
+        raise NotImplementedError
+
+    def compute_window(self) -> torch.Tensor:
+        """The periodic Hann analysis window, `(window_length,)`."""
+        return torch.hann_window(self.window_length, periodic=True)
+
+    def reset_buffers(self) -> None:
+        """Rebuild the buffers computed from the config (not saved with the weights): a model's `_init_weights` calls
+        this, as `from_pretrained` creates modules empty."""
+        init.copy_(self.mel_filters, self.compute_mel_filters())
+        init.copy_(self.window, self.compute_window())
+
+
+class WaveNetLogMelFrontend(MelSpectrumFrontend):
     """(batch, samples) waveforms to (batch, hidden, frames) features: causal log-mel frames, normalised per mel bin
     over each clip's real frames, layer norm and a linear projection.
 
@@ -130,20 +175,9 @@ class WaveNetLogMelFrontend(nn.Module):
         self.mask_time_prob, self.mask_time_length = config.mask_time_prob, config.mask_time_length
         self.mask_feature_prob, self.mask_feature_length = config.mask_feature_prob, config.mask_feature_length
         self.config = config  # read at each call: `inference_frequency_warps` may be switched on after loading
-        self.register_buffer("mel_filters", self.compute_mel_filters(), persistent=False)
-        self.register_buffer("window", self.compute_window(), persistent=False)
+        self.register_spectrum_buffers()
         self.layer_norm = nn.LayerNorm(config.num_frame_features, eps=config.layer_norm_eps)
         self.projection = nn.Linear(config.num_frame_features, config.hidden_size)
-
-    def compute_window(self) -> torch.Tensor:
-        """The periodic Hann analysis window, `(window_length,)`."""
-        return torch.hann_window(self.window_length, periodic=True)
-
-    def reset_buffers(self) -> None:
-        """Rebuild the buffers computed from the config (not saved with the weights): a model's `_init_weights` calls
-        this, as `from_pretrained` creates modules empty."""
-        init.copy_(self.mel_filters, self.compute_mel_filters())
-        init.copy_(self.window, self.compute_window())
 
     def compute_mel_filters(self) -> torch.Tensor:
         """`(n_fft // 2 + 1, num_mel_bins)` triangular mel filters from 20 Hz to half the sampling rate."""
@@ -159,13 +193,7 @@ class WaveNetLogMelFrontend(nn.Module):
         return torch.tensor(filters, dtype=torch.float32)
 
     def forward(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        num_frames = input_values.shape[-1] // self.hop_length
-        padded = F.pad(input_values, (self.window_length - self.hop_length, 0))
-        frames = padded.unfold(-1, self.window_length, self.hop_length)[:, :num_frames]
-        # The features are computed in float32 whatever the model's dtype (torch's FFT takes no bfloat16), as
-        # transformers' audio feature extractors compute theirs; the learned layers below run in the model's dtype.
-        spectrum = torch.fft.rfft(frames.float() * self.window.float(), n=self.n_fft)
-        power = spectrum.real.square() + spectrum.imag.square()
+        power = causal_power_spectrogram(input_values, self.window, self.hop_length, self.n_fft)
         filters = self.mel_filters.to(power.dtype)
         warps = self.frequency_warps()
         if warps:
@@ -245,10 +273,123 @@ class WaveNetMfccFrontend(WaveNetLogMelFrontend):
         return log_mel @ self.dct.to(log_mel.dtype)
 
 
+SPEECH_EMBEDDING_LAYERS: tuple[tuple[int, int, int] | tuple[int, int], ...] = (
+    (24, 3, 3), (24, 1, 3), (24, 3, 1), (2, 2),
+    (48, 1, 3), (48, 3, 1), (48, 1, 3), (48, 3, 1), (1, 2),
+    (72, 1, 3), (72, 3, 1), (72, 1, 3), (72, 3, 1), (2, 2),
+    (96, 1, 3), (96, 3, 1), (96, 1, 3), (96, 3, 1), (1, 2),
+    (96, 1, 3), (96, 3, 1), (96, 1, 3), (96, 3, 1), (2, 2),
+)  # fmt: skip
+"""The `speech_embedding` stack over (time, mel) planes: `(channels, time kernel, mel kernel)` for a convolution
+(no padding along time, "same" padding along mel) and its activation, `(time, mel)` for a max-pooling; a last
+`(3, 1)` convolution with 96 channels and no activation follows."""
+
+SPEECH_EMBEDDING_MEL_BANDS = 32
+SPEECH_EMBEDDING_SIZE = 96
+SPEECH_EMBEDDING_LEVEL = 2000.0
+"""RMS, in 16-bit sample units, each clip is brought to before the `speech_embedding` stack reads it (about -24
+dBFS, a plain recording level of speech): the network was trained on 16-bit audio, whose level its log-mel input
+keeps."""
+
+
+class SpeechEmbeddingActivation(nn.Module):
+    """The `speech_embedding` stack's activation: a leaky ReLU (slope 0.2) floored at -0.4."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(hidden_states, 0.2).clamp(min=-0.4)
+
+
+class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
+    """(batch, samples) waveforms to (batch, hidden, frames) features through Google's `speech_embedding` stack: each
+    clip brought to a fixed level, 32 log-mel bands (60-3800 Hz, 25 ms Hann windows every 10 ms, in dB with an 80 dB
+    floor under the clip's loudest band, scaled as the network was trained), `SPEECH_EMBEDDING_LAYERS`, a layer norm
+    and a linear projection to `hidden_size`.
+
+    Output frame `t` reads the 76 mel frames (775 ms) that end with its own 80 ms, the clip padded on the left with
+    silence: causal like the other front-ends, and padding appended to a clip changes none of its real frames. The
+    spectrum is computed at the clip's rate (window and hop in milliseconds) and scaled to what it would be at 16 kHz,
+    so 8 kHz audio reads as it would upsampled. The window and mel filters are rebuilt from the config, not saved.
+    When no weight of `feature_encoder` requires a gradient (`WaveNetModel.freeze_feature_encoder`), the stack runs
+    without building a graph.
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        self.sampling_rate = config.sampling_rate
+        self.hop_length = round(config.sampling_rate / 100)
+        self.window_length = round(config.sampling_rate * 0.025)
+        self.n_fft = 2 ** math.ceil(math.log2(self.window_length))
+        self.register_spectrum_buffers()
+        layers, channels = [], 1
+        for spec in SPEECH_EMBEDDING_LAYERS:
+            if len(spec) == 2:
+                layers.append(nn.MaxPool2d(spec))
+            else:
+                out_channels, time_kernel, mel_kernel = spec
+                layers += [
+                    nn.Conv2d(channels, out_channels, (time_kernel, mel_kernel), padding=(0, mel_kernel // 2)),
+                    SpeechEmbeddingActivation(),
+                ]
+                channels = out_channels
+        layers.append(nn.Conv2d(channels, SPEECH_EMBEDDING_SIZE, (3, 1)))
+        self.feature_encoder = nn.Sequential(*layers)
+        self.context_frames = self.receptive_field() - SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME
+        self.layer_norm = nn.LayerNorm(SPEECH_EMBEDDING_SIZE, eps=config.layer_norm_eps)
+        self.projection = nn.Linear(SPEECH_EMBEDDING_SIZE, config.hidden_size)
+
+    @staticmethod
+    def receptive_field() -> int:
+        """Mel frames one output frame reads (76)."""
+        field, step = 1, 1
+        for spec in (*SPEECH_EMBEDDING_LAYERS, (SPEECH_EMBEDDING_SIZE, 3, 1)):
+            time_kernel = spec[0] if len(spec) == 2 else spec[1]
+            field += (time_kernel - 1) * step
+            step *= spec[0] if len(spec) == 2 else 1
+        return field
+
+    def compute_mel_filters(self) -> torch.Tensor:
+        """`(n_fft // 2 + 1, 32)` mel filters from 60 to 3800 Hz (Slaney scale and area normalisation), scaled by
+        `(16000 / sampling_rate) ** 2`: the power of a window of the same duration at 16 kHz."""
+        filters = mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=SPEECH_EMBEDDING_MEL_BANDS,
+            min_frequency=60.0,
+            max_frequency=3800.0,
+            sampling_rate=self.sampling_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        return torch.tensor(filters, dtype=torch.float32) * (16000 / self.sampling_rate) ** 2
+
+    def log_mel(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """(batch, context + frames, 32) scaled log-mel input of the stack, `context_frames` of them silence."""
+        samples = (
+            frame_mask.repeat_interleave(input_values.shape[-1] // frame_mask.shape[-1], dim=-1).float()
+            if frame_mask is not None
+            else torch.ones_like(input_values, dtype=torch.float32)
+        )
+        values = input_values.float()
+        power = (values.square() * samples).sum(-1, keepdim=True) / samples.sum(-1, keepdim=True).clamp(min=1.0)
+        values = values * (SPEECH_EMBEDDING_LEVEL * torch.rsqrt(power + 1e-10))
+        power = causal_power_spectrogram(values, self.window, self.hop_length, self.n_fft, self.context_frames)
+        decibels = 10 * torch.log10((power @ self.mel_filters.float()).clamp(min=1e-10))
+        decibels = torch.maximum(decibels, decibels.amax(dim=(1, 2), keepdim=True) - 80.0)
+        return decibels / 10 + 2
+
+    def forward(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.log_mel(input_values, frame_mask)
+        trainable = any(parameter.requires_grad for parameter in self.feature_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            dtype = self.projection.weight.dtype
+            embeddings = self.feature_encoder(features.to(dtype).unsqueeze(1)).squeeze(-1).transpose(1, 2)
+        return self.projection(self.layer_norm(embeddings)).transpose(1, 2)
+
+
 FRONTEND_CLASSES: dict[str, type[nn.Module]] = {
     "waveform": WaveNetFrontend,
     "log_mel": WaveNetLogMelFrontend,
     "mfcc": WaveNetMfccFrontend,
+    "speech_embedding": WaveNetSpeechEmbeddingFrontend,
 }
 """`WaveNetConfig.frontend` name -> front-end module."""
 
@@ -282,7 +423,7 @@ class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, WaveNetLogMelFrontend):
+        if isinstance(module, MelSpectrumFrontend):
             module.reset_buffers()
         if isinstance(module, WaveNetMfccFrontend):
             # PyTorch's default initialisation of the projection (uniform, +/- 1 / sqrt(num_mfcc), bias too), larger
@@ -292,7 +433,7 @@ class WaveNetPreTrainedModel(SafeSerializationMixin, PreTrainedModel):
             init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
             bound = 1 / math.sqrt(module.projection.in_features)
             init.uniform_(module.projection.bias, -bound, bound)
-        if isinstance(module, nn.Conv1d):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             # Variance-preserving convolutions train the deep gated stacks from scratch far better than N(0, 0.02).
             init.kaiming_normal_(module.weight, nonlinearity="linear")
             if module.bias is not None:
@@ -352,6 +493,18 @@ class WaveNetModel(WaveNetPreTrainedModel):
         )
         self.gradient_checkpointing = False
         self.post_init()
+
+    def freeze_feature_encoder(self) -> None:
+        """Keep the weights of the front-end's feature encoder (the pretrained `"speech_embedding"` stack) fixed in
+        training, as `Wav2Vec2Model.freeze_feature_encoder` does; its layer norm and projection, the dilated stacks
+        and the pooling still learn. `scripts/train.py --freeze_feature_encoder` calls it."""
+        encoder = getattr(self.frontend, "feature_encoder", None)
+        if encoder is None:
+            raise ValueError(
+                f"frontend={self.config.frontend!r} has no feature encoder to freeze: only 'speech_embedding' has one. "
+                "Freeze the whole encoder instead (scripts/train.py --freeze_modalities audio)."
+            )
+        encoder.requires_grad_(False)
 
     def forward(
         self,

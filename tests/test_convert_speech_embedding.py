@@ -1,0 +1,84 @@
+"""scripts/convert_speech_embedding.py: openwakeword's ONNX copy of Google's speech_embedding network, converted into
+a WaveNet audio encoder, computes what the ONNX graphs compute, and scripts/train.py trains around it frozen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from convert_speech_embedding import convert, default_onnx_file
+from torch.nn import functional as F
+from train import build_model_and_processor, parse_arguments
+from transformers import AutoFeatureExtractor, AutoModel
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("openwakeword", reason="bash scripts/setup_env.sh test installs openwakeword==0.5.1")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    return convert(tmp_path_factory.mktemp("speech_embedding"), {"sampling_rate": 16000, "hidden_size": 32})
+
+
+def onnx_session(name: str):
+    return ort.InferenceSession(str(default_onnx_file().with_name(name)), providers=["CPUExecutionProvider"])
+
+
+def test_the_converted_encoder_computes_what_openwakeword_computes(converted):
+    """The log-mel input and the 96-dim embeddings equal those of openwakeword's two ONNX graphs, which read 16-bit
+    audio at 16 kHz, in windows of 76 mel frames every 8."""
+    model = AutoModel.from_pretrained(converted).eval()
+    time = np.arange(12800) / 16000
+    clip = np.sin(2 * np.pi * (300 + 900 * time) * time) * np.hanning(12800) + 0.05 * np.random.default_rng(0).standard_normal(12800)
+    clip = torch.tensor(clip, dtype=torch.float32)[None]
+    log_mel = model.frontend.log_mel(clip, None)
+    # openwakeword's mel graph frames the clip its way: pad so that its frames are the model's (causal, with the
+    # 68-frame context of silence), at the level the model brings each clip to
+    level = 2000.0 / clip.square().mean().sqrt()
+    padded = F.pad(clip * level, (68 * 160 + 296, 56)).numpy()
+    expected_mel = onnx_session("melspectrogram.onnx").run(None, {"input": padded})[0].squeeze() / 10 + 2
+    np.testing.assert_allclose(log_mel[0].numpy(), expected_mel, atol=1e-4)
+
+    windows = np.stack([expected_mel[i : i + 76] for i in range(0, expected_mel.shape[0] - 75, 8)])[..., None]
+    expected = onnx_session("embedding_model.onnx").run(None, {"input_1": windows.astype(np.float32)})[0]
+    with torch.no_grad():
+        embeddings = model.frontend.feature_encoder(log_mel.unsqueeze(1))[0, :, :, 0].T
+    assert embeddings.shape == (10, 96)
+    np.testing.assert_allclose(embeddings.numpy(), expected.reshape(10, 96), atol=2e-3, rtol=1e-4)
+
+
+def test_the_folder_holds_the_encoder_and_its_feature_extractor(converted):
+    config = json.loads((converted / "config.json").read_text())
+    assert config["frontend"] == "speech_embedding" and config["hidden_size"] == 32
+    assert AutoFeatureExtractor.from_pretrained(converted).sampling_rate == 16000
+
+
+def test_train_freezes_the_pretrained_stack_and_trains_the_rest(converted, tmp_path):
+    def build(*options):
+        model_args, data_args, _ = parse_arguments(
+            ["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "run"), "--modalities", "audio",
+             "--fusion_hidden_size", "32", *options]
+        )  # fmt: skip
+        return build_model_and_processor(model_args, data_args, ["a", "b"])
+
+    model, processor = build("--audio_model", str(converted), "--freeze_feature_encoder")
+    encoder = model.get_encoder("audio")
+    assert not any(p.requires_grad for p in encoder.frontend.feature_encoder.parameters())
+    assert encoder.frontend.projection.weight.requires_grad and encoder.layers[0].dilated_conv.weight.requires_grad
+    loaded = AutoModel.from_pretrained(converted)
+    torch.testing.assert_close(encoder.frontend.feature_encoder[0].weight, loaded.frontend.feature_encoder[0].weight)
+    assert processor.feature_extractor.sampling_rate == 16000
+    with pytest.raises(ValueError, match="frontend='mfcc' has no feature encoder to freeze"):
+        build("--audio_config", '{"frontend": "mfcc", "hidden_size": 32}', "--freeze_feature_encoder")
+    recurrent = '{"model_type": "recurrent_encoder", "sampling_rate": 8000, "hidden_size": 32}'
+    with pytest.raises(ValueError, match="needs a WaveNet audio encoder with a feature encoder.*RecurrentEncoderModel"):
+        build("--audio_config", recurrent, "--freeze_feature_encoder")
+
+
+def test_a_file_that_is_not_the_speech_embedding_graph_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="holds 2 convolutions where speech_embedding has 20"):
+        convert(tmp_path / "out", onnx_file=default_onnx_file().with_name("melspectrogram.onnx"))
+    assert not (tmp_path / "out").exists()

@@ -137,6 +137,18 @@ def test_local_paths_do_not_leak_into_the_card(tmp_path):
     assert {(result.dataset_type, result.dataset_name) for result in card.data.eval_results} == {("custom", "av_digits")}
 
 
+def test_an_encoder_copied_from_a_local_folder_is_no_base_model(tmp_path):
+    """from_backbones records a local encoder folder by its name ("speech_embedding", as scripts/demo.sh's converted
+    audio encoder); a bare name is no Hub repo to link to, unlike the namespaced MiniLM id given by --backbones."""
+    write_trained_output_folder(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["backbones"] = {**config["backbones"], "audio": "speech_embedding"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    card = model_card_from_output_folder(tmp_path, repo_id="alice/x")
+    assert card.data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert "local checkpoint `speech_embedding`" in card.text and "huggingface.co/speech_embedding" not in card.text
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -367,7 +367,10 @@ def _package_version() -> str:
 
 
 def _base_models(config: MultimodalConfig, report: TrainingReport, overrides: dict[str, str] | None) -> dict[str, str]:
-    found = {m: source for m, source in (config.backbones or {}).items() if looks_like_hub_id(source)}
+    # `from_backbones` records a local encoder folder by its name, which may look like a bare Hub id: only
+    # `namespace/name` sources of the config count (the Hub keeps every model under a namespace); the report's and the
+    # caller's backbones name Hub ids on purpose.
+    found = {m: source for m, source in (config.backbones or {}).items() if looks_like_hub_id(source) and "/" in source}
     for extra in (report.backbones, overrides):
         for modality, repo in (extra or {}).items():
             if modality not in SUB_CONFIG_KEYS:

@@ -33,7 +33,7 @@ if [ ! -f "$data/dataset_dict.json" ]; then
     "$python" scripts/make_demo_dataset.py --output_dir "$data" $data_args
 fi
 
-if [ ! -f "$audio_model/config.json" ]; then
+if [ ! -f "$audio_model/preprocessor_config.json" ]; then  # written last by the converter
     "$python" scripts/convert_speech_embedding.py --output_dir "$audio_model" \
         --audio_config '{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}'
 fi

@@ -316,7 +316,7 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
     def __init__(self, config: WaveNetConfig):
         super().__init__()
         self.sampling_rate = config.sampling_rate
-        self.hop_length = round(config.sampling_rate / 100)
+        self.hop_length = config.samples_per_frame // SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME  # 10 ms
         self.window_length = round(config.sampling_rate * 0.025)
         self.n_fft = 2 ** math.ceil(math.log2(self.window_length))
         self.register_spectrum_buffers()
@@ -363,13 +363,13 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
 
     def log_mel(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """(batch, context + frames, 32) scaled log-mel input of the stack, `context_frames` of them silence."""
-        samples = (
-            frame_mask.repeat_interleave(input_values.shape[-1] // frame_mask.shape[-1], dim=-1).float()
+        sample_mask = (
+            frame_mask.repeat_interleave(input_values.shape[-1] // frame_mask.shape[-1], dim=-1)
             if frame_mask is not None
-            else torch.ones_like(input_values, dtype=torch.float32)
+            else None
         )
         values = input_values.float()
-        power = (values.square() * samples).sum(-1, keepdim=True) / samples.sum(-1, keepdim=True).clamp(min=1.0)
+        power = masked_mean(values.square().unsqueeze(-1), sample_mask)
         values = values * (SPEECH_EMBEDDING_LEVEL * torch.rsqrt(power + 1e-10))
         power = causal_power_spectrogram(values, self.window, self.hop_length, self.n_fft, self.context_frames)
         decibels = 10 * torch.log10((power @ self.mel_filters.float()).clamp(min=1e-10))

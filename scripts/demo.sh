@@ -10,7 +10,10 @@
 #      with every modality and with each one removed, print the table,
 #   5. reload the saved folder with pipeline("multimodal-classification") and predict one test example.
 #
-# Usage: bash scripts/demo.sh [extra scripts/train.py options, e.g. --fusion_type concat or --modalities text]
+# Usage: bash scripts/demo.sh [extra scripts/train.py options, e.g. --fusion_type concat or --modalities text; or
+#   --freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 to fine-tune the pretrained stack at its own small
+#   rate: better audio on known and new voices for about twice the training time, README "Fine-tuning the pretrained
+#   speech stack"]
 # Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data), AUDIO_MODEL (the converted audio
 # encoder, default outputs/demo/speech_embedding); for tests: SETUP=0 (use the current environment), PYTHON,
 # TEXT_MODEL (another text encoder folder), DATA_ARGS (make_demo_dataset.py options, in place of the default

@@ -82,6 +82,9 @@ from hf_multimodal.trainer import (
 )
 from hf_multimodal.training_args import MultimodalTrainingArguments
 
+FEATURE_ENCODER_PART = "audio.frontend.feature_encoder"
+"""The `MultimodalTrainer.learning_rates` key of `--feature_encoder_learning_rate`."""
+
 
 logger = logging.get_logger(__name__)
 
@@ -179,6 +182,13 @@ class ModelArguments:
                   "(as run_audio_classification.py's option): the speech_embedding stack of an --audio_model made by "
                   "scripts/convert_speech_embedding.py (README: A pretrained speech front-end)."},
     )
+    feature_encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the audio encoder's pretrained feature encoder (the speech_embedding stack) "
+                  "where it learns, the rest of the audio encoder keeping --audio_learning_rate: discriminative "
+                  "fine-tuning, e.g. 3e-4 under 3e-3 (README: Fine-tuning the pretrained speech stack). Default: "
+                  "--audio_learning_rate."},
+    )
     activation_checkpointing_modalities: list[str] = field(
         default_factory=list,
         metadata={"help": "Encoders (text, audio) whose activations are recomputed in the backward pass instead of "
@@ -253,6 +263,11 @@ class ModelArguments:
                     "config; pass one of them."
                 )
         self.backbone_hub_ids()  # validates the pairs
+        if self.feature_encoder_learning_rate and self.freeze_feature_encoder:
+            raise ValueError(
+                "--feature_encoder_learning_rate with --freeze_feature_encoder: a frozen stack does not learn. Drop "
+                "one of them (--freeze_feature_encoder False fine-tunes the stack at that rate)."
+            )
         if self.hpo_trials < 0 or (self.hpo_epochs is not None and not self.hpo_epochs > 0):
             raise ValueError(
                 f"--hpo_trials must be >= 0 and --hpo_epochs positive; got {self.hpo_trials} and {self.hpo_epochs}."
@@ -283,6 +298,7 @@ class ModelArguments:
             "image": self.image_learning_rate,
             "audio": self.audio_learning_rate,
             FUSION_PART: self.fusion_learning_rate,
+            **({FEATURE_ENCODER_PART: self.feature_encoder_learning_rate} if self.feature_encoder_learning_rate else {}),
         }
 
     def backbone_hub_ids(self) -> dict[str, str]:
@@ -846,14 +862,22 @@ def build_model_and_processor(
     for modality in model_args.freeze_modalities:
         if modality in model.config.modalities:
             model.get_encoder(modality).requires_grad_(False)
+    feature_encoder_option = (  # the two exclude each other (ModelArguments)
+        "--freeze_feature_encoder" if model_args.freeze_feature_encoder
+        else "--feature_encoder_learning_rate" if model_args.feature_encoder_learning_rate
+        else None
+    )  # fmt: skip
+    audio_encoder = model.get_encoder("audio") if "audio" in model.config.modalities else None
+    if feature_encoder_option and getattr(getattr(audio_encoder, "frontend", None), "feature_encoder", None) is None:
+        found = "no audio encoder" if audio_encoder is None else f"a {type(audio_encoder).__name__}"
+        if hasattr(getattr(audio_encoder, "config", None), "frontend"):
+            found += f" with frontend={audio_encoder.config.frontend!r}"
+        raise ValueError(
+            f"{feature_encoder_option} needs a WaveNet audio encoder with a feature encoder (frontend "
+            "'speech_embedding', e.g. --audio_model <folder of scripts/convert_speech_embedding.py>); this model has "
+            f"{found}."
+        )
     if model_args.freeze_feature_encoder:
-        audio_encoder = model.get_encoder("audio") if "audio" in model.config.modalities else None
-        if not hasattr(audio_encoder, "freeze_feature_encoder"):
-            raise ValueError(
-                "--freeze_feature_encoder needs a WaveNet audio encoder with a feature encoder (frontend "
-                "'speech_embedding', e.g. --audio_model <folder of scripts/convert_speech_embedding.py>); this model's "
-                f"audio encoder is {type(audio_encoder).__name__}."
-            )
         audio_encoder.freeze_feature_encoder()
     if model_args.activation_checkpointing_modalities:
         model.activation_checkpointing_enable(modalities=model_args.activation_checkpointing_modalities)

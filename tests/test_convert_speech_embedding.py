@@ -11,8 +11,10 @@ import pytest
 import torch
 from convert_speech_embedding import convert, default_onnx_file
 from torch.nn import functional as F
-from train import build_model_and_processor, parse_arguments
+from train import FEATURE_ENCODER_PART, build_model_and_processor, parse_arguments
 from transformers import AutoFeatureExtractor, AutoModel
+
+from hf_multimodal.trainer import encoder_part
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("openwakeword", reason="bash scripts/setup_env.sh test installs openwakeword==0.5.1")
@@ -71,11 +73,26 @@ def test_train_freezes_the_pretrained_stack_and_trains_the_rest(converted, tmp_p
     loaded = AutoModel.from_pretrained(converted)
     torch.testing.assert_close(encoder.frontend.feature_encoder[0].weight, loaded.frontend.feature_encoder[0].weight)
     assert processor.feature_extractor.sampling_rate == 16000
-    with pytest.raises(ValueError, match="frontend='mfcc' has no feature encoder to freeze"):
+    with pytest.raises(ValueError, match="needs a WaveNet audio encoder with a feature encoder.*a WaveNetModel with frontend='mfcc'"):
         build("--audio_config", '{"frontend": "mfcc", "hidden_size": 32}', "--freeze_feature_encoder")
     recurrent = '{"model_type": "recurrent_encoder", "sampling_rate": 8000, "hidden_size": 32}'
     with pytest.raises(ValueError, match="needs a WaveNet audio encoder with a feature encoder.*RecurrentEncoderModel"):
         build("--audio_config", recurrent, "--freeze_feature_encoder")
+    with pytest.raises(ValueError, match="--feature_encoder_learning_rate needs a WaveNet audio encoder with a feature"):
+        build("--audio_config", '{"frontend": "mfcc", "hidden_size": 32}', "--feature_encoder_learning_rate", "3e-4")
+    with pytest.raises(ValueError, match="a frozen stack does not learn. Drop one of them"):
+        build("--audio_model", str(converted), "--freeze_feature_encoder", "--feature_encoder_learning_rate", "3e-4")
+
+
+def test_feature_encoder_learning_rate_names_the_stack_that_learns(converted, tmp_path):
+    argv = ["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "run"), "--audio_model", str(converted),
+            "--audio_learning_rate", "3e-3", "--feature_encoder_learning_rate", "3e-4"]  # fmt: skip
+    model_args, data_args, _ = parse_arguments(argv)
+    assert model_args.learning_rates()[FEATURE_ENCODER_PART] == 3e-4
+    assert FEATURE_ENCODER_PART not in parse_arguments(argv[:-2])[0].learning_rates()  # default: the audio rate
+    model, _ = build_model_and_processor(model_args, data_args, ["a", "b"])
+    assert encoder_part(model, FEATURE_ENCODER_PART) is model.get_encoder("audio").frontend.feature_encoder
+    assert all(p.requires_grad for p in model.get_encoder("audio").parameters())
 
 
 def test_a_file_that_is_not_the_speech_embedding_graph_is_refused(tmp_path):

@@ -318,6 +318,31 @@ def test_the_fusion_part_learns_at_most_at_its_heads_learning_rate(
         assert rates_of_aligned == {*encoder_rates.values(), learning_rate}
 
 
+def test_a_part_of_an_encoder_learns_at_its_own_rate_and_the_rest_at_its_modalitys(tmp_path):
+    audio = {**TINY_AUDIO, "frontend": "speech_embedding", "sampling_rate": 8000}
+    model = tiny_model(("image", "audio"), audio_config=audio)
+    args = TrainingArguments(str(tmp_path), learning_rate=1e-3, use_cpu=True, report_to="none")
+    stack = {id(p) for p in model.get_encoder("audio").frontend.feature_encoder.parameters()}
+    audio_ids = {id(p) for p in model.get_encoder("audio").parameters()}
+
+    def rates(learning_rates):
+        optimizer = MultimodalTrainer(model=model, args=args, learning_rates=learning_rates).create_optimizer()
+        found = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                part = "stack" if id(p) in stack else "audio" if id(p) in audio_ids else "other"
+                found.setdefault(part, set()).add(group["lr"])
+        return found
+
+    part = "audio.frontend.feature_encoder"
+    assert rates({"audio": 3e-3, part: 3e-4}) == {"stack": {3e-4}, "audio": {3e-3}, "other": {1e-3}}
+    assert rates({"audio": 3e-3, part: None}) == rates({"audio": 3e-3})  # None: the modality's rate
+    with pytest.raises(ValueError, match=r"has no submodule 'frontend.stack': its modules are \['frontend', "):
+        MultimodalTrainer(model=model, args=args, learning_rates={"audio.frontend.stack": 1e-4})
+    with pytest.raises(ValueError, match=r"names 'text.encoder', but the model reads \['image', 'audio'\]"):
+        MultimodalTrainer(model=model, args=args, learning_rates={"text.encoder": 1e-4})
+
+
 def test_examples_without_the_models_modality_get_the_label_prior(data, tmp_path):
     model_args, data_args, training_args = parse_arguments(tiny_arguments(data, tmp_path / "run", modalities=["audio"]))
     splits = load_splits(data_args, model_args.modalities, training_args.seed)

@@ -110,6 +110,33 @@ class ProgressLineCallback(TrainerCallback):
         print(f"[progress] {', '.join(parts)}; {', '.join(values)}", flush=True)
 
 
+def encoder_part(model: torch.nn.Module, part: str) -> torch.nn.Module:
+    """The submodule that a `"<modality>.<submodule>"` key of `MultimodalTrainer`'s `learning_rates` names, e.g.
+    `"audio.frontend.feature_encoder"` in the audio encoder; an error naming the encoder's modules otherwise.
+
+    Example:
+
+    ```python
+    >>> encoder_part(model, "audio.frontend.feature_encoder")  # the speech_embedding stack  # doctest: +SKIP
+    ```"""
+    modality, _, path = part.partition(".")
+    config = model.config
+    if modality not in config.modalities:
+        raise ValueError(
+            f"learning_rates names {part!r}, but the model reads {list(config.modalities)}: name a part of one of "
+            "their encoders or leave it out."
+        )
+    encoder = model.get_encoder(modality)
+    try:
+        return encoder.get_submodule(path)
+    except AttributeError:
+        children = [name for name, _ in encoder.named_children()]
+        raise ValueError(
+            f"learning_rates names {part!r}, but the {modality} encoder ({type(encoder).__name__}) has no submodule "
+            f"{path!r}: its modules are {children} (nested ones as 'frontend.feature_encoder')."
+        ) from None
+
+
 class MultimodalTrainer(Trainer):
     r"""
     `Trainer` with a learning rate per encoder and for the fusion part, frozen encoders kept in eval mode, and
@@ -123,6 +150,9 @@ class MultimodalTrainer(Trainer):
             Learning rate of the `"text"`, `"image"` and `"audio"` encoders and of the `"fusion"` part (projections,
             fusion head, classifier); missing or `None` entries use `args.learning_rate`, for the fusion part of a
             classifier at most its head's `max_learning_rate` (3e-4 for `"transformer"`, no limit for the others).
+            A `"<modality>.<submodule>"` entry sets the rate of one part of an encoder, the rest of the encoder keeping
+            the modality's (discriminative fine-tuning: e.g. `{"audio": 3e-3, "audio.frontend.feature_encoder": 3e-4}`
+            fine-tunes a pretrained stack gently under layers that learn fast); `None` there means the modality's.
         frozen_modalities (`Sequence[str]`, *optional*):
             Encoders that are not trained: their parameters must have `requires_grad=False`; they stay in eval mode
             (no dropout, frozen batch-norm statistics) while the rest trains.
@@ -159,6 +189,9 @@ class MultimodalTrainer(Trainer):
             allow_compiling_recurrent_layers(self.model)
         self.learning_rates = dict(learning_rates or {})
         self.frozen_modalities = tuple(m for m in frozen_modalities if m in self.model.config.modalities)
+        for part in self.learning_rates:  # checked here, before training
+            if "." in part:
+                encoder_part(self.model, part)
         config = self.model.config
         if config.problem_type == "regression":
             self.fallback_logits = (label_prior if label_prior is not None else torch.zeros(config.num_labels)).float()
@@ -189,6 +222,8 @@ class MultimodalTrainer(Trainer):
             opt_model = self.model if model is None else model
             unwrapped = self.accelerator.unwrap_model(opt_model)
             owner = {id(p): m for m in unwrapped.config.modalities for p in unwrapped.get_encoder(m).parameters()}
+            for part in (part for part in self.learning_rates if "." in part):  # a part's rate wins over its encoder's
+                owner.update({id(p): part for p in encoder_part(unwrapped, part).parameters()})
             decay = set(self.get_decay_parameter_names(opt_model))
             groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
             for name, parameter in opt_model.named_parameters():
@@ -204,6 +239,7 @@ class MultimodalTrainer(Trainer):
                     "params": parameters,
                     "weight_decay": self.args.weight_decay if decays else 0.0,
                     "lr": self.learning_rates.get(part)
+                    or self.learning_rates.get(part.partition(".")[0])
                     or (fusion_default if part == FUSION_PART else self.args.learning_rate),
                 }
                 for (part, decays), parameters in groups.items()
@@ -252,6 +288,7 @@ __all__ = [
     "FUSION_PART",
     "MultimodalTrainer",
     "ProgressLineCallback",
+    "encoder_part",
     "is_complete_checkpoint",
     "last_complete_checkpoint",
     "remove_incomplete_checkpoints",

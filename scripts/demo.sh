@@ -6,14 +6,15 @@
 #   3. convert the pretrained speech_embedding network (openwakeword 0.5.1's copy) into a WaveNet audio encoder at
 #      8 kHz (README "A pretrained speech front-end"),
 #   4. train a gated fusion of MiniLM (pretrained, through from_backbones) + a small ResNet + that WaveNet encoder (its
-#      pretrained stack frozen), keep the best epoch, evaluate on test (and on the speaker held out of training)
+#      pretrained stack frozen; the outputs of MiniLM and of that stack computed once per split and cached, README
+#      "Frozen-encoder cache"), keep the best epoch, evaluate on test (and on the speaker held out of training)
 #      with every modality and with each one removed, print the table,
 #   5. reload the saved folder with pipeline("multimodal-classification") and predict one test example.
 #
 # Usage: bash scripts/demo.sh [extra scripts/train.py options, e.g. --fusion_type concat or --modalities text; or
 #   --freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 to fine-tune the pretrained stack at its own small
-#   rate: better audio on known and new voices for about twice the training time, README "Fine-tuning the pretrained
-#   speech stack"]
+#   rate: better audio on known and new voices for about six times the training time (a stack that learns cannot be
+#   cached), README "Fine-tuning the pretrained speech stack"]
 # Environment: OUTPUT (default outputs/demo/model), DATA (default outputs/demo/data), AUDIO_MODEL (the converted audio
 # encoder, default outputs/demo/speech_embedding); for tests: SETUP=0 (use the current environment), PYTHON,
 # TEXT_MODEL (another text encoder folder), DATA_ARGS (make_demo_dataset.py options, in place of the default

@@ -224,6 +224,11 @@ class HyperparameterSearch:
         self.trainer = None
         self._best_of_trial: float | None = None
 
+    def fusion_types(self) -> tuple[str, ...]:
+        """The fusion heads the trials may build: the searched choices, else the command line's."""
+        dimension = self.space.get("fusion_type")
+        return tuple(dimension.choices) if dimension is not None else (self.model_args.fusion_type,)
+
     def settings(self, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's value of every searched setting."""
         return {name: dimension.suggest(trial) for name, dimension in self.space.items()}

@@ -58,6 +58,7 @@ from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallback, DataAugmentation
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.feature_cache import cache_frozen_features
+from hf_multimodal.modeling_fusion import FUSION_CLASSES
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.metrics import (
     DEFAULT_MULTI_LABEL_THRESHOLD,
@@ -180,7 +181,8 @@ class ModelArguments:
         default=False,
         metadata={"help": "Keep the audio encoder's pretrained feature encoder fixed while the rest of the model learns "
                   "(as run_audio_classification.py's option): the speech_embedding stack of an --audio_model made by "
-                  "scripts/convert_speech_embedding.py (README: A pretrained speech front-end)."},
+                  "scripts/convert_speech_embedding.py (README: A pretrained speech front-end). With "
+                  "--cache_frozen_features its outputs are computed once per split."},
     )
     feature_encoder_learning_rate: float | None = field(
         default=None,
@@ -197,9 +199,10 @@ class ModelArguments:
     )
     cache_frozen_features: bool = field(
         default=True,
-        metadata={"help": "Compute the output of each frozen encoder once per split (stored under the datasets cache, "
-                  "keyed by the data, the encoder's weights and the preprocessing) and train and evaluate the rest "
-                  "from it; not for a modality in --augment on the training split. README: Frozen-encoder cache."},
+        metadata={"help": "Compute the output of each frozen encoder (and of a --freeze_feature_encoder stack) once per "
+                  "split (stored under the datasets cache, keyed by the data, the encoder's weights and the "
+                  "preprocessing) and train and evaluate the rest from it; not for a modality in --augment on the "
+                  "training split. README: Frozen-encoder cache."},
     )
     feature_cache_dir: str | None = field(
         default=None,
@@ -1077,8 +1080,12 @@ def build_trainer(
         frozen_modalities=model_args.freeze_modalities,
         label_prior=None if contrastive else _label_prior(splits, collator),
     )
-    if model_args.cache_frozen_features and search is None:  # a search's trials may need other features (heads)
-        _use_feature_cache(trainer, splits, model_args)
+    if model_args.cache_frozen_features:
+        # A whole encoder's cached features are pooled or sequences, as the head reads them: a search caches them only
+        # when every head it may try reads what the run's head reads. A feature encoder's outputs fit every head.
+        heads = search.fusion_types() if search is not None else ()
+        reads = {FUSION_CLASSES[head].uses_sequences for head in heads} | {trainer.model.base_model.fusion.uses_sequences}
+        _use_feature_cache(trainer, splits, model_args, whole_encoders=len(reads) == 1)
     return trainer, splits
 
 
@@ -1093,18 +1100,29 @@ def _bucket_multiples(
     return bucket_multiples(data_args.max_text_tokens, int(data_args.max_audio_seconds * rate))
 
 
-def _use_feature_cache(trainer: MultimodalTrainer, splits: Splits, model_args: ModelArguments) -> None:
-    """`--cache_frozen_features`: the output of each frozen encoder over every map-style split is computed once (or
-    read from the cache), and the trainer and `splits` take the splits carrying its rows (README: Frozen-encoder
-    cache). A streamed training split, and a training split that `--augment` changes, run the encoder as usual."""
-    modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities]
-    if not modalities:
+def _use_feature_cache(
+    trainer: MultimodalTrainer, splits: Splits, model_args: ModelArguments, whole_encoders: bool = True
+) -> None:
+    """`--cache_frozen_features`: the output of each frozen encoder (and of the audio encoder's feature encoder under
+    `--freeze_feature_encoder`) over every map-style split is computed once (or read from the cache), and the trainer
+    and `splits` take the splits carrying its rows (README: Frozen-encoder cache). A streamed training split, and a
+    training split that `--augment` changes, run the encoder as usual. Without `whole_encoders` (a search whose
+    trials may try a head over sequences while the run's head reads pooled features, or the other way round) only
+    feature encoders are cached: their outputs do not depend on the head."""
+    modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities and whole_encoders]
+    feature_encoder_modalities = [
+        m for m in ["audio"] if model_args.freeze_feature_encoder and m in trainer.data_collator.modalities
+        and m not in modalities
+    ]  # fmt: skip
+    if not modalities and not feature_encoder_modalities:
         return
     parts = {"validation": splits.validation, "test": splits.test}
     parts.update({f"extra:{name}": part for name, part in splits.extra_tests.items()})
     if isinstance(trainer.train_dataset, datasets.Dataset):
         parts["train"] = trainer.train_dataset
-    cached = cache_frozen_features(trainer, parts, modalities, model_args.feature_cache_dir)
+    cached = cache_frozen_features(
+        trainer, parts, modalities, model_args.feature_cache_dir, feature_encoder_modalities=feature_encoder_modalities
+    )
     trainer.train_dataset = cached.get("train", trainer.train_dataset)
     trainer.eval_dataset = splits.validation = cached["validation"]
     splits.test = cached["test"]

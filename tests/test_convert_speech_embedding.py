@@ -1,5 +1,6 @@
 """scripts/convert_speech_embedding.py: openwakeword's ONNX copy of Google's speech_embedding network, converted into
-a WaveNet audio encoder, computes what the ONNX graphs compute, and scripts/train.py trains around it frozen."""
+a WaveNet audio encoder, computes what the ONNX graphs compute, and scripts/train.py trains around it frozen (its
+outputs computed once, by the frozen-encoder cache) or at its own learning rate."""
 
 from __future__ import annotations
 
@@ -82,6 +83,37 @@ def test_train_freezes_the_pretrained_stack_and_trains_the_rest(converted, tmp_p
         build("--audio_config", '{"frontend": "mfcc", "hidden_size": 32}', "--feature_encoder_learning_rate", "3e-4")
     with pytest.raises(ValueError, match="a frozen stack does not learn. Drop one of them"):
         build("--audio_model", str(converted), "--freeze_feature_encoder", "--feature_encoder_learning_rate", "3e-4")
+
+
+@pytest.mark.slow
+def test_training_reads_the_frozen_stack_from_the_cache_with_the_metrics_of_the_stack(converted, data, tmp_path):
+    from train import build_trainer, evaluate_split
+
+    from test_training import tiny_arguments
+
+    def trainer_for(*options: str):
+        arguments = tiny_arguments(
+            data, tmp_path / "run", max_steps=3, eval_strategy="no", save_strategy="no", audio_config=None
+        )
+        options = ("--audio_model", str(converted), "--freeze_feature_encoder", *options)
+        return build_trainer(*parse_arguments([*arguments, "--feature_cache_dir", str(tmp_path / "cache"), *options]))
+
+    cached, splits = trainer_for()
+    plain, plain_splits = trainer_for("--cache_frozen_features", "False")
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # the stack's outputs over train, validation and test
+    batch = next(iter(cached.get_train_dataloader()))
+    assert batch["audio_feature_encoder_outputs"].shape[-1] == 96 and "input_values" not in batch
+    assert "input_values" in next(iter(plain.get_train_dataloader()))
+    drop = ("text", "image", "audio")
+    with_cache, without = evaluate_split(cached, splits.test, drop), evaluate_split(plain, plain_splits.test, drop)
+    for variant, (metrics, predictions, _) in without.items():  # test metrics and every ablation
+        assert with_cache[variant][0] == metrics and (with_cache[variant][1] == predictions).all()
+    stack = cached.model.get_encoder("audio").frontend.feature_encoder
+    before = {name: value.clone() for name, value in stack.state_dict().items()}
+    projection = cached.model.get_encoder("audio").frontend.projection.weight.clone()
+    cached.train()  # the rest of the audio encoder learns from the cached outputs; the stack's weights are checked
+    assert all(torch.equal(value, before[name]) for name, value in stack.state_dict().items())
+    assert not torch.equal(cached.model.get_encoder("audio").frontend.projection.weight, projection)
 
 
 def test_feature_encoder_learning_rate_names_the_stack_that_learns(converted, tmp_path):

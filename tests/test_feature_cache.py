@@ -1,6 +1,7 @@
 """The frozen-encoder feature cache: cached features give the logits of the encoder itself (pooled heads and the
 transformer head's token features), are read back instead of recomputed, are invalidated by another dataset, other
-weights or other preprocessing, and are refused for trained encoders and skipped for augmented inputs."""
+weights or other preprocessing, and are refused for trained encoders and skipped for augmented inputs. The frozen
+feature encoder of a trained audio encoder is cached the same way."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hf_multimodal.data_augmentation import INDEX_COLUMN, DataAugmentation
 from hf_multimodal.data_collator import MultimodalDataCollator
 from hf_multimodal.feature_cache import FEATURE_ROW_COLUMNS, FrozenEncoderCache, FrozenEncoderCheckCallback
 
-from conftest import random_audio, random_image, tiny_model
+from conftest import TINY_AUDIO, random_audio, random_image, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,67 @@ def test_cached_features_give_the_logits_and_ablations_of_the_encoder(fusion_typ
         expected = model.ablation_logits(**{name: value for name, value in reference.items() if name != "labels"})
         for variant, values in expected.items():
             torch.testing.assert_close(ablated[variant], values, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+def speech_embedding_model(fusion_type: str = "gated", seed: int = 0):
+    """A tiny model whose audio encoder has the speech_embedding stack, frozen, the rest of it trained; text frozen."""
+    model = tiny_model(audio_config={**TINY_AUDIO, "frontend": "speech_embedding"}, fusion_type=fusion_type, seed=seed)
+    model.get_encoder("audio").freeze_feature_encoder()
+    model.get_encoder("text").requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("fusion_type", ["gated", "transformer"])
+def test_a_frozen_feature_encoder_is_cached_and_the_rest_of_its_encoder_trains_on_it(
+    fusion_type, examples, processor, tmp_path
+):
+    model = speech_embedding_model(fusion_type)
+    collator = MultimodalDataCollator(processor, model.config.modalities)
+    cache = FrozenEncoderCache(
+        model, collator, ["text"], cache_dir=tmp_path, batch_size=4, feature_encoder_modalities=["audio"]
+    )
+    cached = cache.add(examples)
+    assert cache.parts == {"text": "encoder", "audio": "feature_encoder"}
+    assert collator.encoder_features["audio"].part == "feature_encoder"
+    plain = dataclasses.replace(collator, encoder_features={})
+    stack_calls = count_calls(model.get_encoder("audio").frontend.feature_encoder[0])
+    # other batches than those the cache was computed in; example 2 has only cached modalities (no image)
+    for rows in ([0, 1, 2], [3, 4, 5], [5, 1], [2, 4]):
+        batch = collator([cached[row] for row in rows])
+        reference = plain([examples[row] for row in rows])
+        assert "input_values" not in batch and batch["audio_feature_encoder_outputs"].shape[-1] == 96
+        assert batch["has_image"].tolist() == reference["has_image"].tolist()
+        assert batch["has_audio"].tolist() == reference["has_audio"].tolist()
+        calls_before = len(stack_calls)
+        torch.testing.assert_close(logits(model, batch), logits(model, reference), atol=1e-5, rtol=1e-5)
+        assert len(stack_calls) == calls_before + 1  # only the reference ran the stack
+        ablated = model.ablation_logits(**{name: value for name, value in batch.items() if name != "labels"})
+        expected = model.ablation_logits(**{name: value for name, value in reference.items() if name != "labels"})
+        for variant, values in expected.items():
+            torch.testing.assert_close(ablated[variant], values, atol=1e-5, rtol=1e-5, equal_nan=True)
+    model.train()  # the projection and the dilated stacks after the cached stack learn
+    batch = collator([cached[row] for row in range(6)])
+    model(**batch).loss.backward()
+    audio = model.get_encoder("audio")
+    assert audio.frontend.projection.weight.grad is not None and audio.layers[0].dilated_conv.weight.grad is not None
+
+
+def test_a_feature_encoder_cache_is_refused_while_the_stack_trains_and_checked_against_its_weights(
+    examples, processor, tmp_path
+):
+    model = tiny_model(audio_config={**TINY_AUDIO, "frontend": "speech_embedding"})
+    collator = MultimodalDataCollator(processor, model.config.modalities)
+    with pytest.raises(ValueError, match="feature_encoder of audio is trained.*--freeze_feature_encoder"):
+        FrozenEncoderCache(model, collator, [], cache_dir=tmp_path, feature_encoder_modalities=["audio"])
+    with pytest.raises(ValueError, match="cannot cache the feature_encoder of the audio encoder"):  # no stack
+        FrozenEncoderCache(tiny_model(), collator, [], cache_dir=tmp_path, feature_encoder_modalities=["audio"])
+    model.get_encoder("audio").freeze_feature_encoder()
+    cache = FrozenEncoderCache(model, collator, [], cache_dir=tmp_path, feature_encoder_modalities=["audio"])
+    with torch.no_grad():  # the rest of the encoder trains: the check reads the stack only
+        model.get_encoder("audio").frontend.projection.weight.add_(1.0)
+    FrozenEncoderCheckCallback(cache).on_train_begin(None, None, None, model=model)
+    with pytest.raises(ValueError, match="frozen feature_encoder of audio: its weights differ"):
+        FrozenEncoderCheckCallback(cache).on_train_begin(None, None, None, model=speech_embedding_model(seed=1))
 
 
 def test_a_pooled_cache_is_refused_by_a_head_over_sequences(examples, processor, tmp_path):

@@ -137,3 +137,19 @@ def test_two_trial_search_records_trials_and_trains_the_best_settings(data, tmp_
     card = (output / "README.md").read_text()
     assert "### Hyper-parameter search" in card and f"| **{hpo['best']['number']}** (best) |" in card
     assert not [path for path in output.iterdir() if path.name.startswith("hpo")]  # trials ran in a temporary folder
+
+
+@pytest.mark.parametrize(("heads", "cached"), [(["concat", "comparator"], True), (["concat", "transformer"], False)])
+def test_a_search_caches_a_frozen_encoder_when_every_head_it_tries_reads_what_the_run_reads(heads, cached, data, tmp_path):
+    from hyperparameter_search import HyperparameterSearch
+    from train import build_trainer
+
+    from hf_multimodal.feature_cache import FEATURE_ROW_COLUMNS
+
+    arguments = tiny_arguments(data, tmp_path / "run", freeze_modalities="text", feature_cache_dir=tmp_path / "cache")
+    model_args, data_args, training_args = parse_arguments(arguments)  # the run's head: gated, over pooled features
+    space = parse_search_space({"fusion_type": {"choices": heads}})
+    search = HyperparameterSearch(space, model_args, metric="loss", greater_is_better=False)
+    assert search.fusion_types() == tuple(heads)
+    trainer, _ = build_trainer(model_args, data_args, training_args, search=search)
+    assert (FEATURE_ROW_COLUMNS["text"] in trainer.train_dataset.column_names) == cached

@@ -203,6 +203,33 @@ class TestSpeechEmbeddingFrontend:
         with pytest.raises(ValueError, match="only 'speech_embedding' has one.*--freeze_modalities audio"):
             tiny_wavenet(frontend="mfcc").freeze_feature_encoder()
 
+    def test_the_stack_outputs_computed_once_stand_for_the_waveforms_in_training(self):
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)
+        model.freeze_feature_encoder()
+        waveforms = torch.randn(3, 9000)
+        attention_mask = torch.ones(3, 9000, dtype=torch.long)
+        attention_mask[1, 5000:] = 0
+        features, frame_mask = model.compute_feature_encoder_outputs(waveforms, attention_mask)
+        assert features.shape == (3, 15, 96) and frame_mask.sum(dim=1).tolist() == [15, 8, 15]
+        assert not features.requires_grad
+        expected = model(waveforms, attention_mask=attention_mask)
+        given = model(feature_encoder_outputs=features, attention_mask=frame_mask)
+        torch.testing.assert_close(given.last_hidden_state, expected.last_hidden_state)
+        torch.testing.assert_close(given.pooler_output, expected.pooler_output)
+        model.train()  # the rest of the encoder learns from them
+        model(feature_encoder_outputs=features, attention_mask=frame_mask).pooler_output.sum().backward()
+        assert model.frontend.projection.weight.grad is not None and model.layers[0].dilated_conv.weight.grad is not None
+
+    def test_feature_encoder_outputs_are_refused_with_the_fix(self):
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)
+        features, _ = model.compute_feature_encoder_outputs(torch.randn(1, 8000))
+        with pytest.raises(ValueError, match="either input_values .* or feature_encoder_outputs"):
+            model(torch.randn(1, 8000), feature_encoder_outputs=features)
+        with pytest.raises(ValueError, match="either input_values"):
+            model()
+        with pytest.raises(ValueError, match="frontend='mfcc' has no feature encoder.*Pass input_values"):
+            tiny_wavenet(frontend="mfcc").compute_feature_encoder_outputs(torch.randn(1, 8000))
+
     def test_bad_settings_are_refused(self):
         with pytest.raises(ValueError, match="needs sampling_rate >= 7600, got 4000"):
             WaveNetConfig(frontend="speech_embedding", sampling_rate=4000)

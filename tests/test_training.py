@@ -93,7 +93,8 @@ def tiny_arguments(data: Path, output: Path, batch_size: int = 8, **overrides) -
     }
     arguments = []
     for key, value in options.items():
-        arguments += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
+        if value is not None:  # an override of None drops the option
+            arguments += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
     return arguments
 
 

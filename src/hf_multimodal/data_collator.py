@@ -21,6 +21,15 @@ UNAVAILABLE_KEY = "unavailable"
 """Collator output key: `(batch_size,)` bool, True for examples that have none of the modalities the model reads."""
 
 
+def _expand_rows(tensor: torch.Tensor, positions: Sequence[int], size: int) -> torch.Tensor:
+    """`tensor`, whose rows are those at `positions` of a batch of `size`, as the whole batch (zero rows elsewhere)."""
+    if len(positions) == size:
+        return tensor
+    expanded = tensor.new_zeros((size, *tensor.shape[1:]))
+    expanded[torch.as_tensor(positions, dtype=torch.long)] = tensor
+    return expanded
+
+
 @dataclass
 class MultimodalDataCollator:
     r"""
@@ -106,11 +115,15 @@ class MultimodalDataCollator:
         if len(rows) < len(examples):
             batch[UNAVAILABLE_KEY] = torch.ones(len(examples), dtype=torch.bool).index_fill_(0, torch.tensor(rows, dtype=torch.long), False)
         if rows:
-            arguments = {MODALITY_ARGUMENTS[m]: [values[m][row] for row in rows] for m in decoded}
+            # Examples whose only modalities are cached have nothing for the processor: it runs on the others, and
+            # their rows get placeholders marked absent.
+            processed = [position for position, row in enumerate(rows) if any(values[m][row] is not None for m in decoded)]
+            arguments = {MODALITY_ARGUMENTS[m]: [values[m][rows[position]] for position in processed] for m in decoded}
             if "audio" in decoded:
                 arguments["sampling_rate"] = self.processor.feature_extractor.sampling_rate
-            if arguments:
-                batch.update(self.processor(**arguments, **padding_kwargs(self.pad_to_multiple_of, decoded)))
+            if processed:
+                inputs = self.processor(**arguments, **padding_kwargs(self.pad_to_multiple_of, decoded))
+                batch.update({name: _expand_rows(value, processed, len(rows)) for name, value in inputs.items()})
             for m in cached:
                 batch.update(self.encoder_features[m].batch(m, [feature_rows[m][row] for row in rows]))
         if self.return_loss:

@@ -1,6 +1,9 @@
 """Frozen-encoder feature cache: a frozen encoder whose inputs are not augmented gives the same output for an example
 every epoch, so its features are computed once per dataset split, stored on disk, and fed to the model instead of
-running the encoder (`{modality}_encoder_features`, see [`MultimodalModel.encoder_features`]).
+running the encoder (`{modality}_encoder_features`, see [`MultimodalModel.encoder_features`]). The same holds for the
+frozen feature encoder of a trained audio encoder (the `"speech_embedding"` stack under `--freeze_feature_encoder`):
+its outputs are cached and the rest of the encoder runs on them (`audio_feature_encoder_outputs`, see
+[`WaveNetModel.compute_feature_encoder_outputs`]).
 
 A cache entry is keyed by the split's `datasets` fingerprint, the encoder's weights and config, and the preprocessing
 that makes its inputs (tokenizer and `max_text_length`, image processor, feature extractor and `max_audio_seconds`):
@@ -28,7 +31,7 @@ from transformers.utils import logging
 
 from .configuration_multimodal import MODALITIES
 from .data_augmentation import INDEX_COLUMN
-from .modeling_multimodal import FEATURE_INPUT_NAMES, INPUT_NAMES, PRESENCE_NAMES
+from .modeling_multimodal import FEATURE_ENCODER_INPUT_NAMES, FEATURE_INPUT_NAMES, INPUT_NAMES, PRESENCE_NAMES
 from .processing_multimodal import is_missing
 
 
@@ -36,6 +39,16 @@ logger = logging.get_logger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 """Part of every cache key: a new layout of the cached files invalidates the old ones."""
+
+ENCODER, FEATURE_ENCODER = "encoder", "feature_encoder"
+"""What a cache entry holds of a modality's encoder: the output of the whole (frozen) encoder, or of its frozen
+feature encoder only."""
+
+CACHED_INPUT_NAMES: dict[str, dict[str, tuple[str, str]]] = {
+    ENCODER: FEATURE_INPUT_NAMES,
+    FEATURE_ENCODER: FEATURE_ENCODER_INPUT_NAMES,
+}
+"""Per part, the model inputs (features, mask) that the cached features of each modality are fed as."""
 
 FEATURE_ROW_COLUMNS: dict[str, str] = {m: f"{m}_feature_row" for m in MODALITIES}
 """Column added to a cached split per modality: the row of each example in that modality's [`EncoderFeatureTable`]."""
@@ -57,6 +70,9 @@ class EncoderFeatureTable:
             sequences; zeros for examples without the modality.
         present (`torch.BoolTensor` of shape `(rows,)`): Whether each example has the modality.
         mask (`torch.BoolTensor` of shape `(rows, length)`, *optional*): The real positions of sequences.
+        part (`str`, *optional*, defaults to `"encoder"`): Whose output `features` are: `"encoder"` (fed to the model as
+            `{modality}_encoder_features`) or `"feature_encoder"` (the frozen feature encoder of an audio encoder, fed
+            as `audio_feature_encoder_outputs`).
 
     Example:
 
@@ -71,6 +87,13 @@ class EncoderFeatureTable:
     features: torch.Tensor
     present: torch.Tensor
     mask: torch.Tensor | None = None
+    part: str = ENCODER
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors to store (the part is in the cache key)."""
+        return {
+            name: value.contiguous() for name, value in dataclasses.asdict(self).items() if torch.is_tensor(value)
+        }
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -91,7 +114,7 @@ class EncoderFeatureTable:
         """The model inputs of `rows`: the features (sequences cut to the longest real length among them), their mask
         and the presence flags of `modality`."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
-        features_name, mask_name = FEATURE_INPUT_NAMES[modality]
+        features_name, mask_name = CACHED_INPUT_NAMES[self.part][modality]
         inputs = {PRESENCE_NAMES[modality]: self.present[index]}
         if self.mask is None:
             return {features_name: self.features[index], **inputs}
@@ -156,6 +179,21 @@ def _preprocessing_settings(collator: Any, modality: str) -> dict[str, Any]:
     return settings
 
 
+def frozen_module(model: PreTrainedModel, modality: str, part: str = ENCODER) -> torch.nn.Module:
+    """The module of `model` whose output a cache entry of `modality` holds: its encoder, or the encoder's feature
+    encoder (`part="feature_encoder"`, the WaveNet encoder's `"speech_embedding"` stack)."""
+    encoder = model.get_encoder(modality)
+    if part == ENCODER:
+        return encoder
+    feature_encoder = getattr(getattr(encoder, "frontend", None), "feature_encoder", None)
+    if part != FEATURE_ENCODER or modality not in FEATURE_ENCODER_INPUT_NAMES or feature_encoder is None:
+        raise ValueError(
+            f"cannot cache the {part} of the {modality} encoder: the parts are {ENCODER!r} (any frozen encoder) and "
+            f"{FEATURE_ENCODER!r} (an audio encoder with a feature encoder: a WaveNet with frontend='speech_embedding')."
+        )
+    return feature_encoder
+
+
 class FrozenEncoderCache:
     r"""
     Computes the features of frozen encoders over dataset splits once (batched, without gradients, encoder in eval
@@ -164,7 +202,9 @@ class FrozenEncoderCache:
 
     [`add`] returns the split with a row column per cached modality. A modality is left uncached in a split whose rows
     the collator's augmentation changes (the training split, when `--augment` names the modality). Heads over
-    sequences (`fusion_type="transformer"`) get the encoders' token features, the others pooled ones.
+    sequences (`fusion_type="transformer"`) get the encoders' token features, the others pooled ones. For the
+    modalities of `feature_encoder_modalities` only the frozen feature encoder's outputs are cached (frame sequences),
+    and the rest of that encoder, which trains, runs on them.
 
     Args:
         model ([`MultimodalPreTrainedModel`]): The model; the encoders of `modalities` must be frozen (no parameter
@@ -174,6 +214,8 @@ class FrozenEncoderCache:
         modalities (`Sequence[str]`): The modalities whose encoder output is cached.
         cache_dir (`str` or `os.PathLike`, *optional*): Where the features are stored; default `default_cache_dir()`.
         batch_size (`int`, *optional*, defaults to 64): Examples per encoder call while computing.
+        feature_encoder_modalities (`Sequence[str]`, *optional*): Modalities whose encoder is trained but has a frozen
+            feature encoder (`WaveNetModel.freeze_feature_encoder`), whose outputs are cached.
 
     Example:
 
@@ -193,26 +235,32 @@ class FrozenEncoderCache:
         modalities: Sequence[str],
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 64,
+        feature_encoder_modalities: Sequence[str] = (),
     ):
-        for modality in modalities:
+        both = sorted(set(modalities) & set(feature_encoder_modalities))
+        if both:
+            raise ValueError(f"{both} are given as frozen encoders and as frozen feature encoders: give each once.")
+        self.parts = {**{m: ENCODER for m in modalities}, **{m: FEATURE_ENCODER for m in feature_encoder_modalities}}
+        for modality, part in self.parts.items():
             if modality not in model.config.modalities or modality not in collator.modalities:
                 raise ValueError(
                     f"cannot cache {modality} features: the model reads {list(model.config.modalities)} and the "
                     f"collator {list(collator.modalities)}."
                 )
-            if any(parameter.requires_grad for parameter in model.get_encoder(modality).parameters()):
+            if any(parameter.requires_grad for parameter in frozen_module(model, modality, part).parameters()):
+                fix = f"--freeze_modalities {modality}" if part == ENCODER else "--freeze_feature_encoder"
                 raise ValueError(
-                    f"the {modality} encoder is trained (it has parameters with requires_grad=True): its features "
-                    f"change every step and cannot be cached. Freeze it (--freeze_modalities {modality}) or leave "
-                    f"{modality} out of the cache (--cache_frozen_features False)."
+                    f"the {part} of {modality} is trained (it has parameters with requires_grad=True): its outputs "
+                    f"change every step and cannot be cached. Freeze it ({fix}) or leave {modality} out of the cache "
+                    "(--cache_frozen_features False)."
                 )
         self.model = model
         self.collator = collator
-        self.modalities = tuple(modalities)
+        self.modalities = tuple(self.parts)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self.sequences = model.base_model.fusion.uses_sequences
-        self.weights = {m: weights_fingerprint(model.get_encoder(m)) for m in self.modalities}
+        self.weights = {m: weights_fingerprint(frozen_module(model, m, part)) for m, part in self.parts.items()}
         self.preprocessing = {m: _digest(_preprocessing_settings(collator, m)) for m in self.modalities}
         self.computed: list[str] = []
         """Cache keys computed by this object (the others were read from disk)."""
@@ -234,7 +282,8 @@ class FrozenEncoderCache:
             "dataset": dataset._fingerprint,
             "rows": len(dataset),
             "modality": modality,
-            "sequences": self.sequences,
+            "part": self.parts[modality],
+            "sequences": self.sequences or self.parts[modality] == FEATURE_ENCODER,
             "weights": self.weights[modality],
             "config": config,
             "preprocessing": self.preprocessing[modality],
@@ -267,22 +316,21 @@ class FrozenEncoderCache:
         key = self.key(dataset, modality)
         path = self.cache_dir / f"{modality}-{key}.safetensors"
         if path.is_file():
-            return EncoderFeatureTable(**load_file(path))
+            return EncoderFeatureTable(**load_file(path), part=self.parts[modality])
         table = self.compute(dataset, modality)
         if table is None:
             return None
         self.computed.append(key)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        tensors = {name: value.contiguous() for name, value in dataclasses.asdict(table).items() if value is not None}
-        save_file(tensors, str(partial))
+        save_file(table.tensors(), str(partial))
         os.replace(partial, path)
         return table
 
     @torch.no_grad()
     def compute(self, dataset: datasets.Dataset, modality: str) -> EncoderFeatureTable | None:
-        """Run the encoder of `modality` over `dataset` (eval mode, no gradients), `batch_size` examples at a time;
-        examples without the modality get zeros. None when no example has it."""
+        """Run the encoder (or feature encoder) of `modality` over `dataset` (eval mode, no gradients), `batch_size`
+        examples at a time; examples without the modality get zeros. None when no example has it."""
         encoder = self.model.get_encoder(modality)
         was_training = encoder.training
         encoder.eval()
@@ -290,6 +338,7 @@ class FrozenEncoderCache:
             self.collator, modalities=[modality], label_column=None, drop_modalities=(), return_loss=False,
             augmentation=None, encoder_features={},
         )
+        sequences = self.sequences or self.parts[modality] == FEATURE_ENCODER
         column = self.collator.columns[modality]
         values = dataset.select_columns([column])
         present = torch.tensor([not is_missing(value) for value in values[column]], dtype=torch.bool)
@@ -302,8 +351,12 @@ class FrozenEncoderCache:
                     continue
                 batch = decoder([values[int(row)] for row in rows])
                 inputs = {name: batch[name].to(self.model.device) for name in INPUT_NAMES[modality] if name in batch}
-                features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)
-                if self.sequences and mask is None:
+                if self.parts[modality] == FEATURE_ENCODER:
+                    values_name, mask_name = INPUT_NAMES[modality]
+                    features, mask = encoder.compute_feature_encoder_outputs(inputs[values_name], inputs.get(mask_name))
+                else:
+                    features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)
+                if sequences and mask is None:
                     mask = torch.ones(features.shape[:2], dtype=torch.bool)
                 encoded.append((rows, features.float().cpu(), None if mask is None else mask.cpu()))
         finally:
@@ -311,12 +364,15 @@ class FrozenEncoderCache:
         if not encoded:
             return None
         size = encoded[0][1].shape[-1]
-        if not self.sequences:
+        if not sequences:
             table = EncoderFeatureTable(torch.zeros(len(values), size), present)
         else:
             length = max(features.shape[1] for _, features, _ in encoded)
             table = EncoderFeatureTable(
-                torch.zeros(len(values), length, size), present, torch.zeros(len(values), length, dtype=torch.bool)
+                torch.zeros(len(values), length, size),
+                present,
+                torch.zeros(len(values), length, dtype=torch.bool),
+                part=self.parts[modality],
             )
         for rows, features, mask in encoded:
             if mask is None:
@@ -347,9 +403,10 @@ class FrozenEncoderCheckCallback(TrainerCallback):
             return
         model = getattr(model, "module", model)  # DDP wraps it
         for modality, expected in self.cache.weights.items():
-            if weights_fingerprint(model.get_encoder(modality)) != expected:
+            part = self.cache.parts[modality]
+            if weights_fingerprint(frozen_module(model, modality, part)) != expected:
                 raise ValueError(
-                    f"the frozen {modality} encoder's weights differ from those its cached features were computed "
+                    f"the frozen {part} of {modality}: its weights differ from those its cached features were computed "
                     f"with (a checkpoint of another model?): start a new run, or pass --cache_frozen_features False."
                 )
 
@@ -365,11 +422,13 @@ def cache_frozen_features(
     splits: Mapping[str, datasets.Dataset],
     modalities: Sequence[str],
     cache_dir: str | os.PathLike | None = None,
+    feature_encoder_modalities: Sequence[str] = (),
 ) -> dict[str, datasets.Dataset]:
     """
-    Cache the features of the frozen encoders of `modalities` over each split for `trainer` (its model and collator),
-    the main process first (the others then read its files), and add a [`FrozenEncoderCheckCallback`]. Returns the
-    splits with their row columns: train and evaluate on those.
+    Cache the features of the frozen encoders of `modalities` (and the outputs of the frozen feature encoders of
+    `feature_encoder_modalities`) over each split for `trainer` (its model and collator), the main process first (the
+    others then read its files), and add a [`FrozenEncoderCheckCallback`]. Returns the splits with their row columns:
+    train and evaluate on those.
 
     Example:
 
@@ -380,24 +439,32 @@ def cache_frozen_features(
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     cache = FrozenEncoderCache(
-        model, trainer.data_collator, modalities, cache_dir, batch_size=trainer.args.per_device_eval_batch_size
+        model,
+        trainer.data_collator,
+        modalities,
+        cache_dir,
+        batch_size=trainer.args.per_device_eval_batch_size,
+        feature_encoder_modalities=feature_encoder_modalities,
     )
     with trainer.args.main_process_first(desc="frozen-encoder features"):
         cached = {name: cache.add(split) for name, split in splits.items()}
+    parts = ", ".join(f"{m} ({part})" for m, part in cache.parts.items())
     logger.warning(
-        f"Frozen-encoder features of {', '.join(modalities)}: {len(cache.computed)} split(s) computed, "
-        f"{len(splits) * len(modalities) - len(cache.computed)} read from {cache.cache_dir}."
+        f"Frozen-encoder features of {parts}: {len(cache.computed)} split(s) computed, "
+        f"{len(splits) * len(cache.parts) - len(cache.computed)} read from {cache.cache_dir}."
     )
     trainer.add_callback(FrozenEncoderCheckCallback(cache))
     return cached
 
 
 __all__ = [
+    "CACHED_INPUT_NAMES",
     "FEATURE_ROW_COLUMNS",
     "EncoderFeatureTable",
     "FrozenEncoderCache",
     "FrozenEncoderCheckCallback",
     "cache_frozen_features",
     "default_cache_dir",
+    "frozen_module",
     "weights_fingerprint",
 ]

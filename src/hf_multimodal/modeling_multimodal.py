@@ -50,6 +50,13 @@ FEATURE_INPUT_NAMES: dict[str, tuple[str, str]] = {
 """Per modality, the inputs that stand for its encoder's output (from [`MultimodalModel.encoder_features`], e.g.
 cached for a frozen encoder): the features, then the mask of their real positions (sequences only)."""
 
+FEATURE_ENCODER_INPUT_NAMES: dict[str, tuple[str, str]] = {
+    "audio": ("audio_feature_encoder_outputs", "audio_feature_encoder_mask"),
+}
+"""Per modality whose encoder has a feature encoder (the WaveNet encoder's `"speech_embedding"` stack), the inputs
+that stand for that part's output (from [`WaveNetModel.compute_feature_encoder_outputs`], e.g. cached for a frozen
+stack): the outputs, then the mask of their real frames. The rest of the encoder runs on them."""
+
 ENCODER_ATTRIBUTES: dict[str, str] = {"text": "text_model", "image": "vision_model", "audio": "audio_model"}
 
 REMOTE_CODE_AUTO_MAP: dict[str, str] = {
@@ -448,10 +455,15 @@ def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
     return load_safetensors_only(model_class.from_pretrained, source)
 
 
+def _stand_in_names(modality: str) -> tuple[str, ...]:
+    """The inputs that can each stand for `modality`: its main model input, its feature encoder's outputs (where
+    it has one) and its precomputed encoder features."""
+    return (INPUT_NAMES[modality][0], *FEATURE_ENCODER_INPUT_NAMES.get(modality, ())[:1], FEATURE_INPUT_NAMES[modality][0])
+
+
 def _main_input(inputs: dict[str, torch.Tensor | None], modality: str) -> torch.Tensor | None:
-    """The tensor that stands for `modality` in `inputs`: its main model input, else its precomputed features."""
-    main = inputs.get(INPUT_NAMES[modality][0])
-    return main if main is not None else inputs.get(FEATURE_INPUT_NAMES[modality][0])
+    """The tensor that stands for `modality` in `inputs` (the first given of `_stand_in_names`)."""
+    return next((inputs[name] for name in _stand_in_names(modality) if inputs.get(name) is not None), None)
 
 
 class MultimodalModel(MultimodalPreTrainedModel):
@@ -521,6 +533,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
                 names[name] = name
             elif name == "audio_attention_mask" and "attention_mask" in parameters:
                 names[name] = "attention_mask"
+        if modality in FEATURE_ENCODER_INPUT_NAMES and "feature_encoder_outputs" in parameters:
+            outputs_name, mask_name = FEATURE_ENCODER_INPUT_NAMES[modality]
+            names.update({outputs_name: "feature_encoder_outputs", mask_name: "attention_mask"})
         return names
 
     def forward(
@@ -543,6 +558,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
         image_encoder_mask: torch.BoolTensor | None = None,
         audio_encoder_features: torch.FloatTensor | None = None,
         audio_encoder_mask: torch.BoolTensor | None = None,
+        audio_feature_encoder_outputs: torch.FloatTensor | None = None,
+        audio_feature_encoder_mask: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MultimodalModelOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -572,6 +589,12 @@ class MultimodalModel(MultimodalPreTrainedModel):
             sequences). Rows of examples without the modality are placeholders. No hidden states are returned for it.
         text_encoder_mask, image_encoder_mask, audio_encoder_mask (`torch.BoolTensor` of shape `(batch_size, length)`):
             The real positions of sequence features (default: every position).
+        audio_feature_encoder_outputs (`torch.FloatTensor` of shape `(batch_size, frames, 96)`):
+            The output of the audio encoder's feature encoder (the `"speech_embedding"` stack) computed beforehand by
+            [`WaveNetModel.compute_feature_encoder_outputs`] (e.g. cached once for a frozen stack), given instead of
+            `input_values`: the rest of the audio encoder runs on it.
+        audio_feature_encoder_mask (`torch.BoolTensor` of shape `(batch_size, frames)`):
+            The real frames of `audio_feature_encoder_outputs` (default: every frame).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
@@ -589,6 +612,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
             "image_encoder_mask": image_encoder_mask,
             "audio_encoder_features": audio_encoder_features,
             "audio_encoder_mask": audio_encoder_mask,
+            "audio_feature_encoder_outputs": audio_feature_encoder_outputs,
+            "audio_feature_encoder_mask": audio_feature_encoder_mask,
         }
         given = {"has_text": has_text, "has_image": has_image, "has_audio": has_audio}
         presence = self._presence(inputs, given)
@@ -665,14 +690,20 @@ class MultimodalModel(MultimodalPreTrainedModel):
         """(batch_size, num_modalities) bool mask of the modalities each example has; validates the inputs."""
         modalities = self.config.modalities
         for modality in MODALITIES:
-            names = (*INPUT_NAMES[modality], *FEATURE_INPUT_NAMES[modality])
+            names = (*INPUT_NAMES[modality], *FEATURE_ENCODER_INPUT_NAMES.get(modality, ()), *FEATURE_INPUT_NAMES[modality])
             supplied = [name for name in names if inputs.get(name) is not None]
-            if modality in modalities and inputs[INPUT_NAMES[modality][0]] is not None and (
-                inputs.get(FEATURE_INPUT_NAMES[modality][0]) is not None
-            ):
+            stand_ins = [name for name in _stand_in_names(modality) if inputs.get(name) is not None]
+            if modality in modalities and len(stand_ins) > 1:
                 raise ValueError(
-                    f"got both {INPUT_NAMES[modality][0]} and {FEATURE_INPUT_NAMES[modality][0]} for {modality}: pass "
-                    "the inputs for the encoder to run, or its precomputed features, not both."
+                    f"got {' and '.join(stand_ins)} for {modality}: pass the inputs for the encoder to run, the "
+                    "outputs of its feature encoder, or its precomputed features, one of them."
+                )
+            feature_encoder_names = FEATURE_ENCODER_INPUT_NAMES.get(modality, ())
+            waveform_names = [name for name in INPUT_NAMES[modality][1:] if inputs.get(name) is not None]
+            if feature_encoder_names and inputs.get(feature_encoder_names[0]) is not None and waveform_names:
+                raise ValueError(
+                    f"got {feature_encoder_names[0]} with {', '.join(waveform_names)}: the mask of its frames is "
+                    f"{feature_encoder_names[1]}."
                 )
             if modality not in modalities and (supplied or given[PRESENCE_NAMES[modality]] is not None):
                 raise ValueError(
@@ -853,7 +884,7 @@ class MultimodalModel(MultimodalPreTrainedModel):
         kwargs = {
             encoder_name: prepared(name)
             for name, encoder_name in self._encoder_kwargs[modality].items()
-            if inputs[name] is not None
+            if inputs.get(name) is not None
         }
         outputs = encoder(**kwargs, output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state
@@ -865,6 +896,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
         elif modality == "audio" and inputs["audio_attention_mask"] is not None:
             mask = encoder._get_feature_vector_attention_mask(hidden.shape[1], select(inputs["audio_attention_mask"]))
             mask = mask.bool()
+        elif modality == "audio" and inputs.get("audio_feature_encoder_mask") is not None:
+            mask = select(inputs["audio_feature_encoder_mask"]).bool()
         return hidden, mask, outputs.hidden_states if output_hidden_states else None
 
     def _precomputed(
@@ -972,6 +1005,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
         image_encoder_mask: torch.BoolTensor | None = None,
         audio_encoder_features: torch.FloatTensor | None = None,
         audio_encoder_mask: torch.BoolTensor | None = None,
+        audio_feature_encoder_outputs: torch.FloatTensor | None = None,
+        audio_feature_encoder_mask: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MultimodalSequenceClassifierOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -1000,6 +1035,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
             image_encoder_mask=image_encoder_mask,
             audio_encoder_features=audio_encoder_features,
             audio_encoder_mask=audio_encoder_mask,
+            audio_feature_encoder_outputs=audio_feature_encoder_outputs,
+            audio_feature_encoder_mask=audio_feature_encoder_mask,
         )
         logits = self.classifier(self.dropout(outputs.fused_embeds))
         loss = None
@@ -1117,7 +1154,8 @@ class MultimodalForSequenceClassification(MultimodalPreTrainedModel):
     ) -> tuple[torch.BoolTensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Validate the model inputs of `caller` and encode them: the presence mask, the fusion head's features and
         padding masks, ready to be fused under several presence masks."""
-        input_names = [name for names in (*INPUT_NAMES.values(), *FEATURE_INPUT_NAMES.values()) for name in names]
+        groups = (*INPUT_NAMES.values(), *FEATURE_ENCODER_INPUT_NAMES.values(), *FEATURE_INPUT_NAMES.values())
+        input_names = [name for names in groups for name in names]
         accepted = [*input_names, *PRESENCE_NAMES.values()]
         unknown = sorted(set(inputs) - set(accepted))
         if unknown:

@@ -989,8 +989,47 @@ def bench_audio_encoder(ctx: BenchmarkContext) -> list[BenchmarkRow]:
             ">= 50",
             f"median {elapsed:.3f} s for {batch * seconds:g} s of audio with {torch.get_num_threads()} torch thread(s)",
             seconds=times["encode"],
-        )
+        ),
+        _frozen_stack_row(ctx),
     ]
+
+
+def _frozen_stack_row(ctx: BenchmarkContext) -> BenchmarkRow:
+    """Item 5, second row: a training step (forward and backward) of the demo's audio encoder (`speech_embedding`
+    front-end at 8 kHz, random weights, its stack frozen) on the stack's cached outputs, over the same step on the
+    waveforms, which runs the stack: what the frozen-encoder cache saves `scripts/demo.sh` per audio batch."""
+    torch.manual_seed(ctx.settings.seed)
+    config = WaveNetConfig(
+        frontend="speech_embedding", sampling_rate=8000, hidden_size=64, num_stacks=2, layers_per_stack=4
+    )
+    model = WaveNetModel(config).to(ctx.device).train()
+    model.freeze_feature_encoder()
+    batch, seconds = ctx.workload.audio_encoder_batch, ctx.workload.audio_encoder_seconds
+    input_values = torch.randn(batch, int(seconds * config.sampling_rate), device=ctx.device)
+    cached, _ = model.compute_feature_encoder_outputs(input_values)
+
+    def step(**inputs: torch.Tensor) -> None:
+        with ctx.autocast():
+            loss = model(**inputs).pooler_output.float().square().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    times = time_interleaved(
+        {"waveforms": lambda: step(input_values=input_values), "cached": lambda: step(feature_encoder_outputs=cached)},
+        repeat=max(ctx.workload.repeat, 5),
+        warmup=ctx.workload.warmup,
+        device=ctx.device,
+    )
+    waveforms, cached_seconds = median(times["waveforms"]), median(times["cached"])
+    return make_row(
+        5,
+        f"frozen speech stack: training step on its cached outputs / on the waveforms ({batch} x {seconds:g} s)",
+        cached_seconds / waveforms,
+        "ratio",
+        "<= 0.5",
+        f"median {cached_seconds:.4f} s against {waveforms:.4f} s (the demo's audio encoder, stack frozen)",
+        seconds={name: times[name] for name in ("waveforms", "cached")},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -58,7 +58,6 @@ from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallback, DataAugmentation
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.feature_cache import cache_frozen_features
-from hf_multimodal.modeling_fusion import FUSION_CLASSES
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.metrics import (
     DEFAULT_MULTI_LABEL_THRESHOLD,
@@ -73,6 +72,8 @@ from hf_multimodal.model_card import (
     parse_backbones,
     without_local_paths,
 )
+from hf_multimodal.modeling_fusion import FUSION_CLASSES
+from hf_multimodal.modeling_multimodal import FEATURE_ENCODER_INPUT_NAMES
 from hf_multimodal.processing_multimodal import bucket_multiples, is_missing
 from hf_multimodal.trainer import (
     FUSION_PART,
@@ -199,8 +200,8 @@ class ModelArguments:
     )
     cache_frozen_features: bool = field(
         default=True,
-        metadata={"help": "Compute the output of each frozen encoder (and of a --freeze_feature_encoder stack) once per "
-                  "split (stored under the datasets cache, keyed by the data, the encoder's weights and the "
+        metadata={"help": "Compute the output of each frozen encoder (and of a --freeze_feature_encoder stack) once "
+                  "per split (stored under the datasets cache, keyed by the data, the encoder's weights and the "
                   "preprocessing) and train and evaluate the rest from it; not for a modality in --augment on the "
                   "training split. README: Frozen-encoder cache."},
     )
@@ -1084,7 +1085,8 @@ def build_trainer(
         # A whole encoder's cached features are pooled or sequences, as the head reads them: a search caches them only
         # when every head it may try reads what the run's head reads. A feature encoder's outputs fit every head.
         heads = search.fusion_types() if search is not None else ()
-        reads = {FUSION_CLASSES[head].uses_sequences for head in heads} | {trainer.model.base_model.fusion.uses_sequences}
+        reads = {FUSION_CLASSES[head].uses_sequences for head in heads}
+        reads.add(trainer.model.base_model.fusion.uses_sequences)
         _use_feature_cache(trainer, splits, model_args, whole_encoders=len(reads) == 1)
     return trainer, splits
 
@@ -1111,8 +1113,8 @@ def _use_feature_cache(
     feature encoders are cached: their outputs do not depend on the head."""
     modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities and whole_encoders]
     feature_encoder_modalities = [
-        m for m in ["audio"] if model_args.freeze_feature_encoder and m in trainer.data_collator.modalities
-        and m not in modalities
+        m for m in FEATURE_ENCODER_INPUT_NAMES if model_args.freeze_feature_encoder
+        and m in trainer.data_collator.modalities and m not in modalities
     ]  # fmt: skip
     if not modalities and not feature_encoder_modalities:
         return

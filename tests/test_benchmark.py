@@ -202,6 +202,9 @@ def test_threads_option_applies_to_the_run_and_is_restored():
     report = run_benchmarks(BenchmarkSettings(size="tiny", only=("audio",), threads=1), log=None)
     assert report.meta["torch_threads"] == 1 and report.meta["settings"]["threads"] == 1
     assert "with 1 torch thread(s)" in report.rows[0].note
+    stack = report.rows[1]  # the frozen speech stack's training step, cached over computed
+    assert stack.item == 5 and stack.unit == "ratio" and 0 < stack.value < 1
+    assert len(stack.extra["seconds"]["cached"]) == len(stack.extra["seconds"]["waveforms"]) >= 5
     assert torch.get_num_threads() == before
 
 

@@ -140,7 +140,9 @@ def test_two_trial_search_records_trials_and_trains_the_best_settings(data, tmp_
 
 
 @pytest.mark.parametrize(("heads", "cached"), [(["concat", "comparator"], True), (["concat", "transformer"], False)])
-def test_a_search_caches_a_frozen_encoder_when_every_head_it_tries_reads_what_the_run_reads(heads, cached, data, tmp_path):
+def test_a_search_caches_a_frozen_encoder_when_every_head_it_tries_reads_what_the_run_reads(
+    heads, cached, data, tmp_path
+):
     from hyperparameter_search import HyperparameterSearch
     from train import build_trainer
 

@@ -218,7 +218,8 @@ class TestSpeechEmbeddingFrontend:
         torch.testing.assert_close(given.pooler_output, expected.pooler_output)
         model.train()  # the rest of the encoder learns from them
         model(feature_encoder_outputs=features, attention_mask=frame_mask).pooler_output.sum().backward()
-        assert model.frontend.projection.weight.grad is not None and model.layers[0].dilated_conv.weight.grad is not None
+        assert model.frontend.projection.weight.grad is not None
+        assert model.layers[0].dilated_conv.weight.grad is not None
 
     def test_feature_encoder_outputs_are_refused_with_the_fix(self):
         model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)

@@ -117,7 +117,9 @@ class MultimodalDataCollator:
         if rows:
             # Examples whose only modalities are cached have nothing for the processor: it runs on the others, and
             # their rows get placeholders marked absent.
-            processed = [position for position, row in enumerate(rows) if any(values[m][row] is not None for m in decoded)]
+            processed = [
+                position for position, row in enumerate(rows) if any(values[m][row] is not None for m in decoded)
+            ]
             arguments = {MODALITY_ARGUMENTS[m]: [values[m][rows[position]] for position in processed] for m in decoded}
             if "audio" in decoded:
                 arguments["sampling_rate"] = self.processor.feature_extractor.sampling_rate

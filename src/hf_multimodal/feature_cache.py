@@ -70,9 +70,9 @@ class EncoderFeatureTable:
             sequences; zeros for examples without the modality.
         present (`torch.BoolTensor` of shape `(rows,)`): Whether each example has the modality.
         mask (`torch.BoolTensor` of shape `(rows, length)`, *optional*): The real positions of sequences.
-        part (`str`, *optional*, defaults to `"encoder"`): Whose output `features` are: `"encoder"` (fed to the model as
-            `{modality}_encoder_features`) or `"feature_encoder"` (the frozen feature encoder of an audio encoder, fed
-            as `audio_feature_encoder_outputs`).
+        part (`str`, *optional*, defaults to `"encoder"`): Whose output `features` are: `"encoder"` (fed to the model
+            as `{modality}_encoder_features`) or `"feature_encoder"` (the frozen feature encoder of an audio encoder,
+            fed as `audio_feature_encoder_outputs`).
 
     Example:
 
@@ -189,7 +189,8 @@ def frozen_module(model: PreTrainedModel, modality: str, part: str = ENCODER) ->
     if part != FEATURE_ENCODER or modality not in FEATURE_ENCODER_INPUT_NAMES or feature_encoder is None:
         raise ValueError(
             f"cannot cache the {part} of the {modality} encoder: the parts are {ENCODER!r} (any frozen encoder) and "
-            f"{FEATURE_ENCODER!r} (an audio encoder with a feature encoder: a WaveNet with frontend='speech_embedding')."
+            f"{FEATURE_ENCODER!r} (an audio encoder with a feature encoder: a WaveNet with "
+            "frontend='speech_embedding')."
         )
     return feature_encoder
 
@@ -265,6 +266,11 @@ class FrozenEncoderCache:
         self.computed: list[str] = []
         """Cache keys computed by this object (the others were read from disk)."""
 
+    def stores_sequences(self, modality: str) -> bool:
+        """Whether `modality`'s entries are sequences (with their mask): for a head over sequences, and always for a
+        feature encoder, whose frames the rest of the encoder reads."""
+        return self.sequences or self.parts[modality] == FEATURE_ENCODER
+
     def is_augmented(self, modality: str, dataset: datasets.Dataset) -> bool:
         """Whether the collator's augmentation changes `modality` in `dataset` (rows carrying `INDEX_COLUMN`)."""
         augmentation = self.collator.augmentation
@@ -283,7 +289,7 @@ class FrozenEncoderCache:
             "rows": len(dataset),
             "modality": modality,
             "part": self.parts[modality],
-            "sequences": self.sequences or self.parts[modality] == FEATURE_ENCODER,
+            "sequences": self.stores_sequences(modality),
             "weights": self.weights[modality],
             "config": config,
             "preprocessing": self.preprocessing[modality],
@@ -338,7 +344,7 @@ class FrozenEncoderCache:
             self.collator, modalities=[modality], label_column=None, drop_modalities=(), return_loss=False,
             augmentation=None, encoder_features={},
         )
-        sequences = self.sequences or self.parts[modality] == FEATURE_ENCODER
+        sequences = self.stores_sequences(modality)
         column = self.collator.columns[modality]
         values = dataset.select_columns([column])
         present = torch.tensor([not is_missing(value) for value in values[column]], dtype=torch.bool)
@@ -353,7 +359,9 @@ class FrozenEncoderCache:
                 inputs = {name: batch[name].to(self.model.device) for name in INPUT_NAMES[modality] if name in batch}
                 if self.parts[modality] == FEATURE_ENCODER:
                     values_name, mask_name = INPUT_NAMES[modality]
-                    features, mask = encoder.compute_feature_encoder_outputs(inputs[values_name], inputs.get(mask_name))
+                    features, mask = encoder.compute_feature_encoder_outputs(
+                        inputs[values_name], inputs.get(mask_name)
+                    )
                 else:
                     features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)
                 if sequences and mask is None:
@@ -406,8 +414,9 @@ class FrozenEncoderCheckCallback(TrainerCallback):
             part = self.cache.parts[modality]
             if weights_fingerprint(frozen_module(model, modality, part)) != expected:
                 raise ValueError(
-                    f"the frozen {part} of {modality}: its weights differ from those its cached features were computed "
-                    f"with (a checkpoint of another model?): start a new run, or pass --cache_frozen_features False."
+                    f"the frozen {part} of {modality}: its weights differ from those its cached features were "
+                    "computed with (a checkpoint of another model?): start a new run, or pass "
+                    "--cache_frozen_features False."
                 )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

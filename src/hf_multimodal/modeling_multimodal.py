@@ -458,7 +458,8 @@ def _load_pretrained_encoder(source: str | os.PathLike) -> PreTrainedModel:
 def _stand_in_names(modality: str) -> tuple[str, ...]:
     """The inputs that can each stand for `modality`: its main model input, its feature encoder's outputs (where
     it has one) and its precomputed encoder features."""
-    return (INPUT_NAMES[modality][0], *FEATURE_ENCODER_INPUT_NAMES.get(modality, ())[:1], FEATURE_INPUT_NAMES[modality][0])
+    feature_encoder_outputs = FEATURE_ENCODER_INPUT_NAMES.get(modality, ())[:1]
+    return (INPUT_NAMES[modality][0], *feature_encoder_outputs, FEATURE_INPUT_NAMES[modality][0])
 
 
 def _main_input(inputs: dict[str, torch.Tensor | None], modality: str) -> torch.Tensor | None:
@@ -690,7 +691,8 @@ class MultimodalModel(MultimodalPreTrainedModel):
         """(batch_size, num_modalities) bool mask of the modalities each example has; validates the inputs."""
         modalities = self.config.modalities
         for modality in MODALITIES:
-            names = (*INPUT_NAMES[modality], *FEATURE_ENCODER_INPUT_NAMES.get(modality, ()), *FEATURE_INPUT_NAMES[modality])
+            feature_encoder_names = FEATURE_ENCODER_INPUT_NAMES.get(modality, ())
+            names = (*INPUT_NAMES[modality], *feature_encoder_names, *FEATURE_INPUT_NAMES[modality])
             supplied = [name for name in names if inputs.get(name) is not None]
             stand_ins = [name for name in _stand_in_names(modality) if inputs.get(name) is not None]
             if modality in modalities and len(stand_ins) > 1:
@@ -698,7 +700,6 @@ class MultimodalModel(MultimodalPreTrainedModel):
                     f"got {' and '.join(stand_ins)} for {modality}: pass the inputs for the encoder to run, the "
                     "outputs of its feature encoder, or its precomputed features, one of them."
                 )
-            feature_encoder_names = FEATURE_ENCODER_INPUT_NAMES.get(modality, ())
             waveform_names = [name for name in INPUT_NAMES[modality][1:] if inputs.get(name) is not None]
             if feature_encoder_names and inputs.get(feature_encoder_names[0]) is not None and waveform_names:
                 raise ValueError(

@@ -376,7 +376,9 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         decibels = torch.maximum(decibels, decibels.amax(dim=(1, 2), keepdim=True) - 80.0)
         return decibels / 10 + 2
 
-    def feature_encoder_outputs(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def feature_encoder_outputs(
+        self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(batch, frames, 96) output of the pretrained stack: what `forward` projects. It does not depend on any
         trained weight while the stack is frozen, so it can be computed once per clip (`feature_cache`)."""
         features = self.log_mel(input_values, frame_mask)
@@ -602,8 +604,8 @@ class WaveNetModel(WaveNetPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_values is None) == (feature_encoder_outputs is None):
             raise ValueError(
-                "pass either input_values (waveforms) or feature_encoder_outputs (from compute_feature_encoder_outputs), "
-                "exactly one of them."
+                "pass either input_values (waveforms) or feature_encoder_outputs (from "
+                "compute_feature_encoder_outputs), exactly one of them."
             )
         if feature_encoder_outputs is not None:
             batch_size = feature_encoder_outputs.shape[0]

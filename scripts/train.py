@@ -74,6 +74,7 @@ from hf_multimodal.model_card import (
 )
 from hf_multimodal.modeling_fusion import FUSION_CLASSES
 from hf_multimodal.modeling_multimodal import FEATURE_ENCODER_INPUT_NAMES
+from hf_multimodal.modeling_wavenet import feature_encoder_of
 from hf_multimodal.processing_multimodal import bucket_multiples, is_missing
 from hf_multimodal.trainer import (
     FUSION_PART,
@@ -872,7 +873,7 @@ def build_model_and_processor(
         else None
     )  # fmt: skip
     audio_encoder = model.get_encoder("audio") if "audio" in model.config.modalities else None
-    if feature_encoder_option and getattr(getattr(audio_encoder, "frontend", None), "feature_encoder", None) is None:
+    if feature_encoder_option and feature_encoder_of(audio_encoder) is None:
         found = "no audio encoder" if audio_encoder is None else f"a {type(audio_encoder).__name__}"
         if hasattr(getattr(audio_encoder, "config", None), "frontend"):
             found += f" with frontend={audio_encoder.config.frontend!r}"

@@ -32,6 +32,7 @@ from transformers.utils import logging
 from .configuration_multimodal import MODALITIES
 from .data_augmentation import INDEX_COLUMN
 from .modeling_multimodal import FEATURE_ENCODER_INPUT_NAMES, FEATURE_INPUT_NAMES, INPUT_NAMES, PRESENCE_NAMES
+from .modeling_wavenet import feature_encoder_of
 from .processing_multimodal import is_missing
 
 
@@ -185,7 +186,7 @@ def frozen_module(model: PreTrainedModel, modality: str, part: str = ENCODER) ->
     encoder = model.get_encoder(modality)
     if part == ENCODER:
         return encoder
-    feature_encoder = getattr(getattr(encoder, "frontend", None), "feature_encoder", None)
+    feature_encoder = feature_encoder_of(encoder)
     if part != FEATURE_ENCODER or modality not in FEATURE_ENCODER_INPUT_NAMES or feature_encoder is None:
         raise ValueError(
             f"cannot cache the {part} of the {modality} encoder: the parts are {ENCODER!r} (any frozen encoder) and "

@@ -411,6 +411,12 @@ FRONTEND_CLASSES: dict[str, type[nn.Module]] = {
 """`WaveNetConfig.frontend` name -> front-end module."""
 
 
+def feature_encoder_of(encoder: nn.Module | None) -> nn.Module | None:
+    """The pretrained feature encoder of an audio encoder (the `"speech_embedding"` stack of a WaveNet encoder's
+    front-end), or None for an encoder without one (another front-end, another model, no encoder)."""
+    return getattr(getattr(encoder, "frontend", None), "feature_encoder", None)
+
+
 class WaveNetResidualLayer(GradientCheckpointingLayer):
     """One gated dilated layer: `z = tanh(W_f * x) * sigmoid(W_g * x)`, then a residual and a skip projection."""
 
@@ -515,19 +521,16 @@ class WaveNetModel(WaveNetPreTrainedModel):
         """Keep the weights of the front-end's feature encoder (the pretrained `"speech_embedding"` stack) fixed in
         training, as `Wav2Vec2Model.freeze_feature_encoder` does; its layer norm and projection, the dilated stacks
         and the pooling still learn. `scripts/train.py --freeze_feature_encoder` calls it."""
-        encoder = getattr(self.frontend, "feature_encoder", None)
-        if encoder is None:
-            raise ValueError(
-                f"frontend={self.config.frontend!r} has no feature encoder to freeze: only 'speech_embedding' has one. "
-                "Freeze the whole encoder instead (scripts/train.py --freeze_modalities audio)."
-            )
-        encoder.requires_grad_(False)
+        self._feature_encoding_frontend(
+            "to freeze", "Freeze the whole encoder instead (scripts/train.py --freeze_modalities audio)."
+        ).feature_encoder.requires_grad_(False)
 
-    def _feature_encoding_frontend(self) -> WaveNetSpeechEmbeddingFrontend:
-        if not isinstance(self.frontend, WaveNetSpeechEmbeddingFrontend):
+    def _feature_encoding_frontend(self, purpose: str, fix: str) -> WaveNetSpeechEmbeddingFrontend:
+        """The front-end, which must have a feature encoder; else an error saying what for (`purpose`) and the fix."""
+        if feature_encoder_of(self) is None:
             raise ValueError(
-                f"frontend={self.config.frontend!r} has no feature encoder: only 'speech_embedding' has one. Pass "
-                "input_values instead of feature_encoder_outputs."
+                f"frontend={self.config.frontend!r} has no feature encoder {purpose}: only 'speech_embedding' has "
+                f"one. {fix}"
             )
         return self.frontend
 
@@ -556,7 +559,7 @@ class WaveNetModel(WaveNetPreTrainedModel):
         True
         ```
         """
-        frontend = self._feature_encoding_frontend()
+        frontend = self._feature_encoding_frontend("to run", "Pass input_values to forward instead.")
         input_values, frame_mask = self._frames(input_values, attention_mask)
         return frontend.feature_encoder_outputs(input_values, frame_mask), frame_mask
 
@@ -610,7 +613,10 @@ class WaveNetModel(WaveNetPreTrainedModel):
         if feature_encoder_outputs is not None:
             batch_size = feature_encoder_outputs.shape[0]
             frame_mask = None if attention_mask is None else attention_mask.bool()
-            features = self._feature_encoding_frontend().project(feature_encoder_outputs)
+            frontend = self._feature_encoding_frontend(
+                "for feature_encoder_outputs to come from", "Pass input_values instead of feature_encoder_outputs."
+            )
+            features = frontend.project(feature_encoder_outputs)
         else:
             input_values, frame_mask = self._frames(input_values, attention_mask)
             batch_size = input_values.shape[0]
@@ -645,4 +651,4 @@ class WaveNetModel(WaveNetPreTrainedModel):
         )
 
 
-__all__ = ["WaveNetModel", "WaveNetPreTrainedModel", "frame_mask_from_samples"]
+__all__ = ["WaveNetModel", "WaveNetPreTrainedModel", "feature_encoder_of", "frame_mask_from_samples"]

@@ -1,7 +1,7 @@
 """`bash scripts/demo.sh`, the README's main command, end to end at a tiny size (the set-up step and the pretrained
-MiniLM are swapped for the current environment and a tiny BERT): data, the pretrained speech front-end converted,
-training with progress shown, the results table printed once, the reload through the pipeline, and the reuse of a
-finished run."""
+MiniLM are swapped for the current environment and a tiny BERT): both datasets, the pretrained speech front-end
+converted, the two stages (digit readers, then the classifier over them, frozen) with progress shown, each results
+table printed once, the reload through the pipeline, and the reuse of finished stages."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
 from hf_multimodal.processing_multimodal import default_tokenizer
@@ -20,12 +22,7 @@ from conftest import TINY_TEXT, TINY_VISION
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ARGS = [
-    "--num_train_epochs", "1",
-    "--image_config", json.dumps(TINY_VISION),
-    "--fusion_hidden_size", "32",
-    "--per_device_train_batch_size", "8",
-]
+TINY_ARGS = ["--num_train_epochs", "1", "--fusion_hidden_size", "32", "--per_device_train_batch_size", "8"]
 
 
 @pytest.mark.slow
@@ -40,6 +37,9 @@ def test_demo_script_end_to_end(tmp_path):
         "TEXT_MODEL": str(text_model),
         "DATA": str(tmp_path / "data"),
         "OUTPUT": str(tmp_path / "model"),
+        "READERS": str(tmp_path / "readers"),
+        "PAIRS": str(tmp_path / "pairs"),
+        "READERS_ARGS": " ".join([*TINY_ARGS, "--image_config", json.dumps(TINY_VISION, separators=(",", ":"))]),
         "AUDIO_MODEL": str(tmp_path / "speech_embedding"),
         "DATA_ARGS": "--num_train 40 --num_validation 10 --num_test 10",
         "OMP_NUM_THREADS": "1",
@@ -47,15 +47,21 @@ def test_demo_script_end_to_end(tmp_path):
     first = subprocess.run(["bash", "scripts/demo.sh", *TINY_ARGS], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
-    assert first.stdout.count("| all modalities |") == 1  # the results table, printed once
-    assert "| test_unseen_speaker split |" in first.stdout
+    assert first.stdout.count("| all modalities |") == 2  # the readers' results, then the classifier's, once each
+    assert first.stdout.count("| test_unseen_speaker split |") == 1  # the classifier's only
+    readers_at = first.stdout.index("Stage 1, digit readers: training into")
+    assert readers_at < first.stdout.index("Stage 2, the demo's classifier: training into")
     assert "%|" in first.stderr and "it/s" in first.stderr  # Trainer's progress bar: the newcomer sees progress
     assert "Reloaded" in first.stdout and "Predicted: " in first.stdout
     audio_config = json.loads((tmp_path / "model" / "config.json").read_text())["audio_config"]
     assert audio_config["frontend"] == "speech_embedding"  # converted by the script, then trained around
+    readers = load_file(tmp_path / "readers" / "model.safetensors")
+    classifier = load_file(tmp_path / "model" / "model.safetensors")
+    encoders = [name for name in readers if name.startswith(("multimodal.vision_model.", "multimodal.audio_model."))]
+    assert encoders and all(torch.equal(readers[name], classifier[name]) for name in encoders)  # stage 2 kept them
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["dataset"] == "hf_multimodal-digits" and metrics["dataset_local"] is True
 
     again = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "holds a finished run: reusing it" in again.stdout
+    assert again.returncode == 0 and again.stdout.count("holds a finished run: reusing it") == 2
     assert "| all modalities |" not in again.stdout and "Predicted: " in again.stdout

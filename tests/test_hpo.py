@@ -45,8 +45,9 @@ def test_bad_search_spaces_are_refused_with_what_is_allowed(space, message):
 
 
 def test_space_files_are_read_checked_and_drawn_from(tmp_path):
-    example = load_search_space(SCRIPTS / "hpo_space.json")  # the README's example file
-    assert set(example) <= set(SEARCHABLE) and set(example["fusion_type"].choices) <= set(FUSION_TYPES)
+    for name in ("hpo_space.json", "hpo_space_head.json"):  # the README's example files
+        example = load_search_space(SCRIPTS / name)
+        assert set(example) <= set(SEARCHABLE) and set(example["fusion_type"].choices) <= set(FUSION_TYPES)
     trial = optuna.trial.FixedTrial({"fusion_hidden_size": 128, "modality_dropout": 0.25, "fusion_type": "concat"})
     space = parse_search_space(
         {"fusion_hidden_size": {"choices": [64, 128]}, "modality_dropout": {"low": 0.0, "high": 0.5},

@@ -149,6 +149,23 @@ def test_an_encoder_copied_from_a_local_folder_is_no_base_model(tmp_path):
     assert "local checkpoint `speech_embedding`" in card.text and "huggingface.co/speech_embedding" not in card.text
 
 
+def test_encoders_of_a_run_started_from_a_saved_model_are_said_to_come_from_it(tmp_path):
+    """A classifier trained from a saved model (--model_name_or_path, e.g. scripts/demo.sh's digit readers) took every
+    encoder from it: an encoder first trained there is no longer "random weights", a pretrained one went through it."""
+    write_trained_output_folder(tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics["hyperparameters"]["model_name_or_path"] = "/home/someone/outputs/demo/readers"
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    card = model_card_from_output_folder(tmp_path, repo_id="alice/x")
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in card.text.splitlines()
+            if line.startswith(("| text |", "| image |", "| audio |"))}
+    assert set(rows) == {"text", "image", "audio"}
+    assert rows["image"] == "`readers`, the model its training started from"
+    assert rows["text"].startswith("[sentence-transformers/all-MiniLM-L6-v2](")
+    assert rows["text"].endswith(", through `readers`, the model its training started from")
+    assert "random weights" not in card.text and "/home/someone" not in card.content
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

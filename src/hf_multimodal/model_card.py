@@ -334,7 +334,10 @@ def build_model_card(
             "hidden_size": config.fusion_hidden_size,
             "modality_dropout": config.modality_dropout,
         },
-        "encoders": [_encoder_row(config, m, base_models, counts) for m in modalities],
+        "encoders": [
+            _encoder_row(config, m, base_models, counts, (report.hyperparameters or {}).get("model_name_or_path"))
+            for m in modalities
+        ],
         "num_parameters": _format_count(counts["total"]) if "total" in counts else None,
         "input_notes": _input_notes(modalities, processor),
         "sampling_rate": sampling_rate,
@@ -416,7 +419,11 @@ def _eval_results(report: TrainingReport, dataset: dict[str, Any] | None) -> lis
     ]
 
 
-def _encoder_row(config: MultimodalConfig, modality: str, base_models: dict, counts: dict) -> dict[str, str]:
+def _encoder_row(
+    config: MultimodalConfig, modality: str, base_models: dict, counts: dict, started_from: str | None = None
+) -> dict[str, str]:
+    """One row of the card's encoder table. `started_from`: the saved model a training run started from
+    (`--model_name_or_path`), whose weights every encoder took, whatever their first origin."""
     sub_config = config.sub_config(modality)
     details = [f"width {encoder_output_size(sub_config)}"]
     for attribute, label in (("num_hidden_layers", "layers"), ("depths", "stages")):
@@ -432,6 +439,9 @@ def _encoder_row(config: MultimodalConfig, modality: str, base_models: dict, cou
         origin = f"local checkpoint `{Path(source).name}`"
     else:
         origin = "random weights"
+    if started_from:
+        checkpoint = f"`{Path(started_from).name}`, the model its training started from"
+        origin = checkpoint if origin == "random weights" else f"{origin}, through {checkpoint}"
     return {
         "modality": modality,
         "architecture": f"{sub_config.model_type} ({', '.join(details)})",

@@ -302,6 +302,7 @@ def build_model_card(
     base_models = _base_models(config, report, backbones)
     dataset = _dataset_info(report)
     counts = parameter_counts or {}
+    started_from = (report.hyperparameters or {}).get("model_name_or_path")
 
     card_data = ModelCardData(
         model_name=model_name,
@@ -334,10 +335,7 @@ def build_model_card(
             "hidden_size": config.fusion_hidden_size,
             "modality_dropout": config.modality_dropout,
         },
-        "encoders": [
-            _encoder_row(config, m, base_models, counts, (report.hyperparameters or {}).get("model_name_or_path"))
-            for m in modalities
-        ],
+        "encoders": [_encoder_row(config, m, base_models, counts, started_from) for m in modalities],
         "num_parameters": _format_count(counts["total"]) if "total" in counts else None,
         "input_notes": _input_notes(modalities, processor),
         "sampling_rate": sampling_rate,
@@ -438,14 +436,14 @@ def _encoder_row(
     elif source:
         origin = f"local checkpoint `{Path(source).name}`"
     else:
-        origin = "random weights"
+        origin = None  # trained from random weights, unless a saved model's run trained it first
     if started_from:
         checkpoint = f"`{Path(started_from).name}`, the model its training started from"
-        origin = checkpoint if origin == "random weights" else f"{origin}, through {checkpoint}"
+        origin = f"{origin}, through {checkpoint}" if origin else checkpoint
     return {
         "modality": modality,
         "architecture": f"{sub_config.model_type} ({', '.join(details)})",
-        "source": origin,
+        "source": origin or "random weights",
         "parameters": _format_count(counts[modality]) if modality in counts else "-",
     }
 

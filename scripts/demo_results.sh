@@ -3,8 +3,9 @@
 # three seeds, without modality dropout, and on text + image only) and every single modality; contrastive alignment on
 # paired digits, with retrieval and zero-shot results; the relational task (does the scan show what the recording
 # says?) for every fusion head with and without alignment pre-training, and the image + text variant; each modality's
-# accuracy and importance inside the demo's models; the scikit-learn baselines. Writes outputs/results/results.md
-# (summarised by scripts/summarize_results.py).
+# accuracy and importance inside the demo's models; the scikit-learn baselines; the relational task on digit readers
+# over the pretrained speech stack, frozen or adapted (README: Where the relation's last points go).
+# Writes outputs/results/results.md (summarised by scripts/summarize_results.py).
 #
 # Two lanes of one thread each run side by side (2 CPU cores); a few hours in all. Finished runs are reused and
 # interrupted ones resumed, so the script can be rerun after a stop. Usage: bash scripts/demo_results.sh
@@ -51,11 +52,23 @@ SCRATCH=("${NEW[@]}" --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_lea
 ALIGNED=(--model_name_or_path "$results/align/pairs" --learning_rate 1e-3 --image_learning_rate 5e-4
          --audio_learning_rate 5e-4)
 HEADS=(concat weighted_sum gated attention transformer bilstm low_rank_tensor comparator)
+# the relational task on digit readers: 1,500 synthetic voices in both datasets, the speech_embedding stack converted
+# once (as scripts/demo.sh does it)
+AUDIO_MODEL=outputs/demo/speech_embedding
+READER_DATA=outputs/match_readers
+READER_TRAINING=(--modalities image audio "${COMMON[@]}" --per_device_train_batch_size 32 --modality_dropout 0
+                 --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3)
 
 dataset outputs/demo/data
 dataset outputs/pairs/data --task pairs
 dataset outputs/match/data --task match
 dataset outputs/match_text_image/data --task match --match text image
+dataset "$READER_DATA/pairs" --task pairs --synthetic_voices 1500
+dataset "$READER_DATA/match" --task match --synthetic_voices 1500
+if [ ! -f "$AUDIO_MODEL/preprocessor_config.json" ]; then  # written last by the converter
+    "$python" scripts/convert_speech_embedding.py --output_dir "$AUDIO_MODEL" \
+        --audio_config '{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' > /dev/null
+fi
 
 lane_classification() {  # the default head's spread and ablations first, then the other heads
     train "$results/classify/gated" "${DEMO[@]}" --fusion_type gated
@@ -101,8 +114,26 @@ lane_relations() {
         --test_splits test test_unseen_speaker --output "$results/match_text_image/sklearn.json" > /dev/null
 }
 
+lane_readers() {  # digit readers with the stack frozen (cached) and with it adapted on augmented audio; heads over both
+    local readers="$results/match_readers"
+    local stage1=(--dataset "$READER_DATA/pairs" "${READER_TRAINING[@]}" --image_config "$IMAGE" --audio_model
+                  "$AUDIO_MODEL" --fusion_type concat --fusion_hidden_size 128 --modality_loss_weight 1.0
+                  --num_train_epochs 15 --early_stopping_patience 0 --load_best_model_at_end False)
+    train "$readers/frozen" "${stage1[@]}" --freeze_feature_encoder
+    train "$readers/adapted" "${stage1[@]}" --freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 \
+        --augment audio
+    for head in "${HEADS[@]}"; do
+        for stage in frozen adapted; do
+            train "$readers/${stage}_$head" --dataset "$READER_DATA/match" "${READER_TRAINING[@]}" \
+                --model_name_or_path "$readers/$stage" --freeze_modalities image audio --fusion_type "$head" \
+                --num_train_epochs 12
+        done
+    done
+}
+
 lane_classification &
 classification=$!
 lane_relations
+lane_readers
 wait "$classification"
 "$python" scripts/summarize_results.py "$results" | tee "$results/results.md"

@@ -8,7 +8,8 @@
 # Writes outputs/results/results.md (summarised by scripts/summarize_results.py).
 #
 # Two lanes of one thread each run side by side (2 CPU cores); a few hours in all. Finished runs are reused and
-# interrupted ones resumed, so the script can be rerun after a stop. Usage: bash scripts/demo_results.sh
+# interrupted ones resumed, so the script can be rerun after a stop. Usage: bash scripts/demo_results.sh; LANES names
+# the lanes to run (default: all three), e.g. LANES=readers bash scripts/demo_results.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${SETUP:-1}" != 0 ]; then
@@ -17,6 +18,14 @@ fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 SETUP=0
 python="${PYTHON:-.venv/bin/python}"
 results=outputs/results
+LANES="${LANES:-classification relations readers}"
+for lane in $LANES; do
+    case "$lane" in
+        classification | relations | readers) ;;
+        *) echo "LANES: unknown lane '$lane'; choose among classification, relations, readers." >&2; exit 2 ;;
+    esac
+done
+selected() { [[ " $LANES " == *" $1 "* ]]; }
 mkdir -p "$results"
 
 dataset() {  # dataset FOLDER [make_demo_dataset.py options]
@@ -55,19 +64,25 @@ HEADS=(concat weighted_sum gated attention transformer bilstm low_rank_tensor co
 # the relational task on digit readers: 1,500 synthetic voices in both datasets, the speech_embedding stack converted
 # once (as scripts/demo.sh does it)
 AUDIO_MODEL=outputs/demo/speech_embedding
+SPEECH_ENCODER='{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}'
 READER_DATA=outputs/match_readers
 READER_TRAINING=(--modalities image audio "${COMMON[@]}" --per_device_train_batch_size 32 --modality_dropout 0
                  --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3)
 
-dataset outputs/demo/data
-dataset outputs/pairs/data --task pairs
-dataset outputs/match/data --task match
-dataset outputs/match_text_image/data --task match --match text image
-dataset "$READER_DATA/pairs" --task pairs --synthetic_voices 1500
-dataset "$READER_DATA/match" --task match --synthetic_voices 1500
-if [ ! -f "$AUDIO_MODEL/preprocessor_config.json" ]; then  # written last by the converter
-    "$python" scripts/convert_speech_embedding.py --output_dir "$AUDIO_MODEL" \
-        --audio_config '{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}' > /dev/null
+# the data (and the converted stack) of the selected lanes
+if selected classification; then dataset outputs/demo/data; fi
+if selected relations; then
+    dataset outputs/pairs/data --task pairs
+    dataset outputs/match/data --task match
+    dataset outputs/match_text_image/data --task match --match text image
+fi
+if selected readers; then
+    dataset "$READER_DATA/pairs" --task pairs --synthetic_voices 1500
+    dataset "$READER_DATA/match" --task match --synthetic_voices 1500
+    if [ ! -f "$AUDIO_MODEL/preprocessor_config.json" ]; then  # written last by the converter
+        "$python" scripts/convert_speech_embedding.py --output_dir "$AUDIO_MODEL" --audio_config "$SPEECH_ENCODER" \
+            > /dev/null
+    fi
 fi
 
 lane_classification() {  # the default head's spread and ablations first, then the other heads
@@ -99,7 +114,8 @@ lane_relations() {
         train "$results/match/aligned_$head" "${MATCH[@]}" "${ALIGNED[@]}" --fusion_type "$head"
         train "$results/match/scratch_$head" "${MATCH[@]}" "${SCRATCH[@]}" --fusion_type "$head"
     done
-    train "$results/match/scratch_gated_dropout" "${MATCH[@]}" "${SCRATCH[@]}" --fusion_type gated --modality_dropout 0.5
+    train "$results/match/scratch_gated_dropout" "${MATCH[@]}" "${SCRATCH[@]}" --fusion_type gated \
+        --modality_dropout 0.5
     for modality in image audio; do
         train "$results/match/only_$modality" "${MATCH[@]}" "${SCRATCH[@]}" --modalities "$modality"
     done
@@ -114,16 +130,17 @@ lane_relations() {
         --test_splits test test_unseen_speaker --output "$results/match_text_image/sklearn.json" > /dev/null
 }
 
-lane_readers() {  # digit readers with the stack frozen (cached) and with it adapted on augmented audio; heads over both
-    local readers="$results/match_readers"
+lane_readers() {  # digit readers with the stack frozen (cached), its top 2 blocks or all of it adapted on augmented
+    local readers="$results/match_readers"  # audio; every head over each
     local stage1=(--dataset "$READER_DATA/pairs" "${READER_TRAINING[@]}" --image_config "$IMAGE" --audio_model
                   "$AUDIO_MODEL" --fusion_type concat --fusion_hidden_size 128 --modality_loss_weight 1.0
                   --num_train_epochs 15 --early_stopping_patience 0 --load_best_model_at_end False)
+    local adapting=(--freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 --augment audio)
     train "$readers/frozen" "${stage1[@]}" --freeze_feature_encoder
-    train "$readers/adapted" "${stage1[@]}" --freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 \
-        --augment audio
+    train "$readers/partial" "${stage1[@]}" "${adapting[@]}" --feature_encoder_trainable_blocks 2
+    train "$readers/adapted" "${stage1[@]}" "${adapting[@]}"
     for head in "${HEADS[@]}"; do
-        for stage in frozen adapted; do
+        for stage in frozen partial adapted; do
             train "$readers/${stage}_$head" --dataset "$READER_DATA/match" "${READER_TRAINING[@]}" \
                 --model_name_or_path "$readers/$stage" --freeze_modalities image audio --fusion_type "$head" \
                 --num_train_epochs 12
@@ -131,9 +148,12 @@ lane_readers() {  # digit readers with the stack frozen (cached) and with it ada
     done
 }
 
-lane_classification &
-classification=$!
-lane_relations
-lane_readers
-wait "$classification"
+classification=
+if selected classification; then
+    lane_classification &
+    classification=$!
+fi
+if selected relations; then lane_relations; fi
+if selected readers; then lane_readers; fi
+[ -z "$classification" ] || wait "$classification"
 "$python" scripts/summarize_results.py "$results" | tee "$results/results.md"

@@ -224,34 +224,36 @@ def relations(root: Path) -> list[str]:
     return lines + (text_image if len(text_image) > 3 else [])
 
 
+READER_STAGES = {
+    "frozen": "stack frozen",
+    "partial": "stack's top 2 blocks adapted",
+    "adapted": "whole stack adapted",
+}
+"""The digit readers of `lane_readers` in scripts/demo_results.sh: folder -> how their speech stack trained."""
+
+
 def relational_readers(root: Path) -> list[str]:
-    """The relational heads over digit readers whose speech stack stayed frozen and over readers that adapted it at its
-    own rate on augmented recordings (README: Where the relation's last points go); each modality alone is the test
-    split's ablation (chance for a relational label)."""
+    """The relational heads over digit readers whose speech stack stayed frozen, adapted its top two blocks or adapted
+    whole at its own rate on augmented recordings (README: Where the relation's last points go); each modality alone
+    is the test split's ablation (chance for a relational label)."""
     folder = root / "match_readers"
-    readers = {stage: metrics(folder / stage) for stage in ("frozen", "adapted")}
-    if not any(readers.values()):
-        return []
-    lines = [
-        "| fusion | frozen stack: test | unseen speaker | image alone / audio alone | adapted stack: test | "
-        "unseen speaker | image alone / audio alone | train min (frozen / adapted) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for head in FUSION_TYPES:
-        runs = [metrics(folder / f"{stage}_{head}") for stage in readers]
-        if not any(runs):
-            continue
-        cells = []
-        for run in runs:
+    rows = []
+    for stage, readers_name in READER_STAGES.items():
+        readers = metrics(folder / stage)
+        for head in FUSION_TYPES:
+            run = metrics(folder / f"{stage}_{head}")
             if run is None:
-                cells += ["-", "-", "-"]
                 continue
             alone = " / ".join(cell(run["ablation"][f"without_{m}"]["accuracy"]) for m in ("audio", "image"))
-            cells += [cell(run["test"]["accuracy"]), cell(run["extra_tests"][UNSEEN]["accuracy"]), alone]
-        times = " / ".join(minutes(run) if run else "-" for run in runs)
-        lines.append(f"| {head} | " + " | ".join(cells) + f" | {times} |")
-    trained = "; ".join(f"{stage} {minutes(run)} min" for stage, run in readers.items() if run)
-    return lines + ["", f"Digit readers trained (stage 1): {trained}."]
+            rows.append(
+                f"| {readers_name} | {head} | {cell(run['test']['accuracy'])} | "
+                f"{cell(run['extra_tests'][UNSEEN]['accuracy'])} | {alone} | {minutes(readers) if readers else '-'} "
+                f"+ {minutes(run)} |"
+            )
+    if not rows:
+        return []
+    header = "| digit readers | fusion | test | unseen speaker | image alone / audio alone | train min (readers + head) |"
+    return [header, "|---|---|---|---|---|---|", *rows]
 
 
 def main() -> None:

@@ -74,7 +74,7 @@ from hf_multimodal.model_card import (
 )
 from hf_multimodal.modeling_fusion import FUSION_CLASSES
 from hf_multimodal.modeling_multimodal import FEATURE_ENCODER_INPUT_NAMES
-from hf_multimodal.modeling_wavenet import feature_encoder_of
+from hf_multimodal.modeling_wavenet import SPEECH_EMBEDDING_BLOCKS, feature_encoder_of
 from hf_multimodal.processing_multimodal import bucket_multiples, is_missing
 from hf_multimodal.trainer import (
     FUSION_PART,
@@ -193,6 +193,13 @@ class ModelArguments:
                   "fine-tuning, e.g. 3e-4 under 3e-3 (README: Fine-tuning the pretrained speech stack). Default: "
                   "--audio_learning_rate."},
     )
+    feature_encoder_trainable_blocks: int | None = field(
+        default=None,
+        metadata={"help": "Where the audio encoder's pretrained feature encoder learns: only its top N convolution "
+                  f"blocks (1 to {SPEECH_EMBEDDING_BLOCKS - 1} of {SPEECH_EMBEDDING_BLOCKS}) do, the lower ones keep "
+                  "their pretrained weights and run without gradients, so a step costs less (README: Where the "
+                  "relation's last points go). Default: the whole stack learns."},
+    )
     activation_checkpointing_modalities: list[str] = field(
         default_factory=list,
         metadata={"help": "Encoders (text, audio) whose activations are recomputed in the backward pass instead of "
@@ -273,6 +280,18 @@ class ModelArguments:
                 "--feature_encoder_learning_rate with --freeze_feature_encoder: a frozen stack does not learn. Drop "
                 "one of them (--freeze_feature_encoder False fine-tunes the stack at that rate)."
             )
+        if self.feature_encoder_trainable_blocks is not None:
+            if self.freeze_feature_encoder:
+                raise ValueError(
+                    "--feature_encoder_trainable_blocks with --freeze_feature_encoder: a frozen stack has no learning "
+                    "blocks. Drop one of them."
+                )
+            if not 1 <= self.feature_encoder_trainable_blocks < SPEECH_EMBEDDING_BLOCKS:
+                raise ValueError(
+                    f"--feature_encoder_trainable_blocks must be between 1 and {SPEECH_EMBEDDING_BLOCKS - 1}, got "
+                    f"{self.feature_encoder_trainable_blocks}: for the whole stack leave it out, for none pass "
+                    "--freeze_feature_encoder."
+                )
         if self.hpo_trials < 0 or (self.hpo_epochs is not None and not self.hpo_epochs > 0):
             raise ValueError(
                 f"--hpo_trials must be >= 0 and --hpo_epochs positive; got {self.hpo_trials} and {self.hpo_epochs}."
@@ -870,6 +889,7 @@ def build_model_and_processor(
     feature_encoder_option = (  # the two exclude each other (ModelArguments)
         "--freeze_feature_encoder" if model_args.freeze_feature_encoder
         else "--feature_encoder_learning_rate" if model_args.feature_encoder_learning_rate
+        else "--feature_encoder_trainable_blocks" if model_args.feature_encoder_trainable_blocks
         else None
     )  # fmt: skip
     audio_encoder = model.get_encoder("audio") if "audio" in model.config.modalities else None
@@ -884,6 +904,8 @@ def build_model_and_processor(
         )
     if model_args.freeze_feature_encoder:
         audio_encoder.freeze_feature_encoder()
+    elif model_args.feature_encoder_trainable_blocks:
+        audio_encoder.freeze_feature_encoder(trainable_top_blocks=model_args.feature_encoder_trainable_blocks)
     if model_args.activation_checkpointing_modalities:
         model.activation_checkpointing_enable(modalities=model_args.activation_checkpointing_modalities)
     return model, processor

@@ -83,6 +83,16 @@ def test_train_freezes_the_pretrained_stack_and_trains_the_rest(converted, tmp_p
         build("--audio_config", '{"frontend": "mfcc", "hidden_size": 32}', "--feature_encoder_learning_rate", "3e-4")
     with pytest.raises(ValueError, match="a frozen stack does not learn. Drop one of them"):
         build("--audio_model", str(converted), "--freeze_feature_encoder", "--feature_encoder_learning_rate", "3e-4")
+    model, _ = build("--audio_model", str(converted), "--feature_encoder_trainable_blocks", "1")
+    learning = [any(p.requires_grad for p in block.parameters()) for block in
+                model.get_encoder("audio").frontend.feature_encoder_blocks()]  # fmt: skip
+    assert learning == [False, False, False, False, True]
+    with pytest.raises(ValueError, match="--feature_encoder_trainable_blocks must be between 1 and 4, got 5"):
+        build("--audio_model", str(converted), "--feature_encoder_trainable_blocks", "5")
+    with pytest.raises(ValueError, match="a frozen stack has no learning blocks. Drop one of them"):
+        build("--audio_model", str(converted), "--freeze_feature_encoder", "--feature_encoder_trainable_blocks", "2")
+    with pytest.raises(ValueError, match="--feature_encoder_trainable_blocks needs a WaveNet audio encoder"):
+        build("--audio_config", '{"frontend": "mfcc", "hidden_size": 32}', "--feature_encoder_trainable_blocks", "2")
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """`bash scripts/demo.sh`, the README's main command, end to end at a tiny size (the set-up step and the pretrained
 MiniLM are swapped for the current environment and a tiny BERT): both datasets, the pretrained speech front-end
 converted, the two stages (digit readers, then the classifier over them, frozen) with progress shown, each results
-table printed once, the reload through the pipeline, and the reuse of finished stages."""
+table printed once, the reload through the pipeline, and the reuse of finished stages; scripts/demo_results.sh
+refuses a lane it does not have."""
 
 from __future__ import annotations
 
@@ -65,3 +66,10 @@ def test_demo_script_end_to_end(tmp_path):
     again = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("holds a finished run: reusing it") == 2
     assert "| all modalities |" not in again.stdout and "Predicted: " in again.stdout
+
+
+def test_demo_results_refuses_an_unknown_lane_before_any_work():
+    env = {**os.environ, "SETUP": "0", "PYTHON": sys.executable, "LANES": "readers relation"}
+    run = subprocess.run(["bash", "scripts/demo_results.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout == ""
+    assert "LANES: unknown lane 'relation'; choose among classification, relations, readers." in run.stderr

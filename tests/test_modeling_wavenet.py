@@ -203,6 +203,20 @@ class TestSpeechEmbeddingFrontend:
         with pytest.raises(ValueError, match="only 'speech_embedding' has one.*--freeze_modalities audio"):
             tiny_wavenet(frontend="mfcc").freeze_feature_encoder()
 
+    def test_freeze_feature_encoder_can_keep_the_top_blocks_learning(self):
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000).train()
+        blocks = model.frontend.feature_encoder_blocks()
+        assert len(blocks) == 5 and sum(len(block) for block in blocks) == len(model.frontend.feature_encoder)
+        assert isinstance(blocks[0][-1], torch.nn.MaxPool2d) and isinstance(blocks[-1][-1], torch.nn.Conv2d)
+        model.freeze_feature_encoder(trainable_top_blocks=2)
+        model(torch.randn(2, 8000)).pooler_output.sum().backward()
+        for index, block in enumerate(blocks):
+            learns = index >= 3
+            assert all(p.requires_grad == learns and (p.grad is not None) == learns for p in block.parameters())
+        for bad in (-1, 5):
+            with pytest.raises(ValueError, match=f"trainable_top_blocks must be between 0 and 4 .*got {bad}"):
+                model.freeze_feature_encoder(trainable_top_blocks=bad)
+
     def test_the_stack_outputs_computed_once_stand_for_the_waveforms_in_training(self):
         model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)
         model.freeze_feature_encoder()

@@ -1,11 +1,13 @@
-"""The results tables of scripts/train.py and scripts/compare_runs.py show only what exists: the ablation of the
-modalities a model has, the extra test splits it was evaluated on, and an aligned model's retrieval results."""
+"""The results tables of scripts/train.py, scripts/compare_runs.py and scripts/summarize_results.py show only what
+exists: the ablation of the modalities a model has, the extra test splits it was evaluated on, an aligned model's
+retrieval results, the runs of a lane."""
 
 from __future__ import annotations
 
 import json
 
 from compare_runs import compare_runs
+from summarize_results import relational_readers
 from train import format_results_table
 
 
@@ -51,3 +53,16 @@ def test_compare_runs_leaves_absent_ablations_empty(tmp_path):
     table = compare_runs([tmp_path / "pair", tmp_path / "only_audio"])
     assert "| pair | image + audio | comparator | 0.900 | 0.750 | - | 0.900 | 0.900 |" in table
     assert "| only_audio | audio | - | 0.900 | 0.750 | - | - | - |" in table
+
+
+def test_the_readers_table_shows_each_head_over_each_kind_of_readers_with_both_stages_time(tmp_path):
+    assert relational_readers(tmp_path) == []  # no run of the lane yet: no table, not a bare header
+    runs = {"partial": 300.0, "partial_comparator": 30.0, "adapted_low_rank_tensor": 60.0}
+    for name, seconds in runs.items():
+        (tmp_path / "match_readers" / name).mkdir(parents=True)
+        results = {**classifier_results(["image", "audio"]), "hyperparameters": {"train_seconds": seconds}}
+        (tmp_path / "match_readers" / name / "metrics.json").write_text(json.dumps(results))
+    table = relational_readers(tmp_path)
+    assert len(table) == 4 and table[0].startswith("| digit readers | fusion |")
+    assert "| stack's top 2 blocks adapted | comparator | 0.900 | 0.900 | 0.900 / 0.900 | 5.0 + 0.5 |" in table
+    assert "| whole stack adapted | low_rank_tensor | 0.900 | 0.900 | 0.900 / 0.900 | - + 1.0 |" in table

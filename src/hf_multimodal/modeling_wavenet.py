@@ -284,6 +284,9 @@ SPEECH_EMBEDDING_LAYERS: tuple[tuple[int, int, int] | tuple[int, int], ...] = (
 (no padding along time, "same" padding along mel) and its activation, `(time, mel)` for a max-pooling; a last
 `(3, 1)` convolution with 96 channels and no activation follows."""
 
+SPEECH_EMBEDDING_BLOCKS = sum(len(spec) == 2 for spec in SPEECH_EMBEDDING_LAYERS)
+"""Convolution blocks of the stack, each ending in a max-pooling (5): what `WaveNetModel.freeze_feature_encoder`
+can keep learning from the top."""
 SPEECH_EMBEDDING_MEL_BANDS = 32
 SPEECH_EMBEDDING_SIZE = 96
 SPEECH_EMBEDDING_LEVEL = 2000.0
@@ -336,6 +339,14 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         self.context_frames = self.receptive_field() - SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME
         self.layer_norm = nn.LayerNorm(SPEECH_EMBEDDING_SIZE, eps=config.layer_norm_eps)
         self.projection = nn.Linear(SPEECH_EMBEDDING_SIZE, config.hidden_size)
+
+    def feature_encoder_blocks(self) -> list[nn.Sequential]:
+        """The `SPEECH_EMBEDDING_BLOCKS` blocks of `feature_encoder`, bottom first: its layers up to each max-pooling
+        (the last convolution joins the top block). They share the stack's modules."""
+        ends = [i + 1 for i, layer in enumerate(self.feature_encoder) if isinstance(layer, nn.MaxPool2d)]
+        starts = [0, *ends[:-1]]
+        ends[-1] = len(self.feature_encoder)
+        return [self.feature_encoder[start:end] for start, end in zip(starts, ends)]
 
     @staticmethod
     def receptive_field() -> int:
@@ -517,13 +528,38 @@ class WaveNetModel(WaveNetPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def freeze_feature_encoder(self) -> None:
+    def freeze_feature_encoder(self, trainable_top_blocks: int = 0) -> None:
         """Keep the weights of the front-end's feature encoder (the pretrained `"speech_embedding"` stack) fixed in
         training, as `Wav2Vec2Model.freeze_feature_encoder` does; its layer norm and projection, the dilated stacks
-        and the pooling still learn. `scripts/train.py --freeze_feature_encoder` calls it."""
-        self._feature_encoding_frontend(
+        and the pooling still learn. `scripts/train.py --freeze_feature_encoder` calls it.
+
+        Args:
+            trainable_top_blocks (`int`, *optional*, defaults to 0): How many of the stack's convolution blocks
+                (`SPEECH_EMBEDDING_BLOCKS`, each ending in a max-pooling; the last conv with the top one), counted
+                from its output, keep learning. The blocks below them run without building a graph, so a training
+                step costs less (2 of 5: about a third of the stack's forward and backward;
+                `scripts/train.py --feature_encoder_trainable_blocks`).
+
+        Example:
+
+        ```python
+        >>> from hf_multimodal import WaveNetConfig, WaveNetModel
+        >>> model = WaveNetModel(WaveNetConfig(frontend="speech_embedding", hidden_size=32, num_stacks=1))
+        >>> model.freeze_feature_encoder(trainable_top_blocks=2)
+        >>> [any(p.requires_grad for p in block.parameters()) for block in model.frontend.feature_encoder_blocks()]
+        [False, False, False, True, True]
+        ```
+        """
+        frontend = self._feature_encoding_frontend(
             "to freeze", "Freeze the whole encoder instead (scripts/train.py --freeze_modalities audio)."
-        ).feature_encoder.requires_grad_(False)
+        )
+        if not 0 <= trainable_top_blocks < SPEECH_EMBEDDING_BLOCKS:
+            raise ValueError(
+                f"trainable_top_blocks must be between 0 and {SPEECH_EMBEDDING_BLOCKS - 1} (the stack has "
+                f"{SPEECH_EMBEDDING_BLOCKS} blocks; to train all of them, do not freeze it), got {trainable_top_blocks!r}."
+            )
+        for block in frontend.feature_encoder_blocks()[: SPEECH_EMBEDDING_BLOCKS - trainable_top_blocks]:
+            block.requires_grad_(False)
 
     def _feature_encoding_frontend(self, purpose: str, fix: str) -> WaveNetSpeechEmbeddingFrontend:
         """The front-end, which must have a feature encoder; else an error saying what for (`purpose`) and the fix."""

@@ -89,6 +89,22 @@ class TestWaveNetFeatureExtractor:
         assert loaded.max_length_seconds == 4.0 and loaded.do_normalize is False
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("up", "down"), [(2, 1), (147, 160), (10, 11), (91, 100), (1, 1), (4, 2)])
+def test_resample_polyphase_is_resample_poly_with_its_filter_designed_once(up, down, dtype):
+    from scipy.signal import resample_poly
+
+    from hf_multimodal.feature_extraction_wavenet import _polyphase_filter, resample_polyphase
+
+    waveform = np.random.default_rng(0).standard_normal(3001).astype(dtype)
+    expected = resample_poly(waveform, up, down)
+    designed = _polyphase_filter.cache_info().misses
+    for _ in range(2):
+        resampled = resample_polyphase(waveform, up, down)
+        assert resampled.dtype == expected.dtype and np.array_equal(resampled, expected)
+    assert _polyphase_filter.cache_info().misses <= designed + 1  # the second call reuses the filter
+
+
 def test_resample_audio_keeps_duration_and_pitch():
     rate = 8000
     tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from transformers import TrainerCallback
 
+from .feature_extraction_wavenet import resample_polyphase
+
 
 AUGMENTABLE_MODALITIES = ("audio", "image", "text")
 INDEX_COLUMN = "augmentation_index"
@@ -84,10 +86,8 @@ def change_speed(waveform: np.ndarray, factor: float) -> np.ndarray:
     (1000,)
     ```
     """
-    from scipy.signal import resample_poly  # here: scipy.signal takes ~1 s to import, and only speed changes need it
-
     ratio = Fraction(1.0 / factor).limit_denominator(100)
-    resampled = resample_poly(waveform, ratio.numerator, ratio.denominator).astype(waveform.dtype)
+    resampled = resample_polyphase(waveform, ratio.numerator, ratio.denominator).astype(waveform.dtype)
     kept = np.zeros_like(waveform)
     kept[: min(len(waveform), len(resampled))] = resampled[: len(waveform)]
     return kept

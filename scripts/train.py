@@ -886,7 +886,7 @@ def build_model_and_processor(
     for modality in model_args.freeze_modalities:
         if modality in model.config.modalities:
             model.get_encoder(modality).requires_grad_(False)
-    feature_encoder_option = (  # the two exclude each other (ModelArguments)
+    feature_encoder_option = (  # the option that needs a feature encoder, for the error below
         "--freeze_feature_encoder" if model_args.freeze_feature_encoder
         else "--feature_encoder_learning_rate" if model_args.feature_encoder_learning_rate
         else "--feature_encoder_trainable_blocks" if model_args.feature_encoder_trainable_blocks

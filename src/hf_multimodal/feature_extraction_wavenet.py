@@ -49,14 +49,22 @@ def check_sampling_rate(sampling_rate, name: str = "sampling_rate") -> int:
     return int(sampling_rate)
 
 
+def _scipy_signal():
+    """`scipy.signal`, imported at first use in a try block: transformers' remote-code loader requires every package
+    that a file imports outside one, and only resampling needs scipy."""
+    try:
+        import scipy.signal
+    except ImportError as error:
+        raise ImportError("resampling audio needs scipy: pip install scipy.") from error
+    return scipy.signal
+
+
 @functools.lru_cache(maxsize=1024)
 def _polyphase_filter(up: int, down: int, dtype: np.dtype) -> np.ndarray:
     """The low-pass FIR filter `scipy.signal.resample_poly` designs by default for `up` / `down` (Kaiser window, beta
     5, 10 zero crossings per side), read-only."""
-    from scipy.signal import firwin
-
     max_rate = max(up, down)
-    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(dtype)
+    taps = _scipy_signal().firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(dtype)
     taps.setflags(write=False)
     return taps
 
@@ -74,14 +82,12 @@ def resample_polyphase(waveform: np.ndarray, up: int, down: int) -> np.ndarray:
     (150,)
     ```
     """
-    from scipy.signal import resample_poly
-
     common = math.gcd(up, down)
     up, down = up // common, down // common
     if up == down == 1:
         return np.array(waveform, copy=True)
     dtype = waveform.dtype if np.issubdtype(waveform.dtype, np.floating) else np.dtype(np.float64)
-    return resample_poly(waveform, up, down, window=_polyphase_filter(up, down, dtype))
+    return _scipy_signal().resample_poly(waveform, up, down, window=_polyphase_filter(up, down, dtype))
 
 
 def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, target_sampling_rate: int) -> np.ndarray:

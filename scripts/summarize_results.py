@@ -252,7 +252,9 @@ def relational_readers(root: Path) -> list[str]:
             )
     if not rows:
         return []
-    header = "| digit readers | fusion | test | unseen speaker | image alone / audio alone | train min (readers + head) |"
+    header = (
+        "| digit readers | fusion | test | unseen speaker | image alone / audio alone | train min (readers + head) |"
+    )
     return [header, "|---|---|---|---|---|---|", *rows]
 
 

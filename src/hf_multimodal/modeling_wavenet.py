@@ -556,7 +556,8 @@ class WaveNetModel(WaveNetPreTrainedModel):
         if not 0 <= trainable_top_blocks < SPEECH_EMBEDDING_BLOCKS:
             raise ValueError(
                 f"trainable_top_blocks must be between 0 and {SPEECH_EMBEDDING_BLOCKS - 1} (the stack has "
-                f"{SPEECH_EMBEDDING_BLOCKS} blocks; to train all of them, do not freeze it), got {trainable_top_blocks!r}."
+                f"{SPEECH_EMBEDDING_BLOCKS} blocks; to train all of them, do not freeze it), got "
+                f"{trainable_top_blocks!r}."
             )
         for block in frontend.feature_encoder_blocks()[: SPEECH_EMBEDDING_BLOCKS - trainable_top_blocks]:
             block.requires_grad_(False)

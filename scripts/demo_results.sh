@@ -18,14 +18,13 @@ fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 SETUP=0
 python="${PYTHON:-.venv/bin/python}"
 results=outputs/results
-LANES="${LANES:-classification relations readers}"
+ALL_LANES="classification relations readers"
+LANES="${LANES:-$ALL_LANES}"
+listed() { [[ " $2 " == *" $1 "* ]]; }  # listed WORD "WORDS..."
 for lane in $LANES; do
-    case "$lane" in
-        classification | relations | readers) ;;
-        *) echo "LANES: unknown lane '$lane'; choose among classification, relations, readers." >&2; exit 2 ;;
-    esac
+    listed "$lane" "$ALL_LANES" || { echo "LANES: unknown lane '$lane'; choose among ${ALL_LANES// /, }." >&2; exit 2; }
 done
-selected() { [[ " $LANES " == *" $1 "* ]]; }
+selected() { listed "$1" "$LANES"; }
 mkdir -p "$results"
 
 dataset() {  # dataset FOLDER [make_demo_dataset.py options]

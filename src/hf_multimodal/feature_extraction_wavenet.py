@@ -105,16 +105,15 @@ def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, target_samplin
     target_sampling_rate = check_sampling_rate(target_sampling_rate, "target_sampling_rate")
     if orig_sampling_rate == target_sampling_rate:
         return waveform
-    try:  # imported here, in a try block, so that remote code loads where scipy is absent (only resampling needs it)
-        import scipy.signal  # noqa: F401
+    ratio = Fraction(int(target_sampling_rate), int(orig_sampling_rate))
+    try:  # the only ImportError of resample_polyphase: scipy missing (`_scipy_signal`); said here with the rates
+        resampled = resample_polyphase(waveform, ratio.numerator, ratio.denominator)
     except ImportError as error:
         raise ImportError(
             f"resampling audio from {orig_sampling_rate} Hz to {target_sampling_rate} Hz needs scipy: pip install "
             f"scipy, or pass audio at {target_sampling_rate} Hz."
         ) from error
-
-    ratio = Fraction(int(target_sampling_rate), int(orig_sampling_rate))
-    return resample_polyphase(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
+    return resampled.astype(np.float32)
 
 
 def to_mono_float32(waveform, index: int = 0) -> np.ndarray:

@@ -134,7 +134,8 @@ lane_readers() {  # digit readers with the stack frozen (cached), its top 2 bloc
     local stage1=(--dataset "$READER_DATA/pairs" "${READER_TRAINING[@]}" --image_config "$IMAGE" --audio_model
                   "$AUDIO_MODEL" --fusion_type concat --fusion_hidden_size 128 --modality_loss_weight 1.0
                   --num_train_epochs 15 --early_stopping_patience 0 --load_best_model_at_end False)
-    local adapting=(--freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 --augment audio)
+    local adapting=(--freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 --augment audio
+                    --train_sampling_strategy group_by_length)
     train "$readers/frozen" "${stage1[@]}" --freeze_feature_encoder
     train "$readers/partial" "${stage1[@]}" "${adapting[@]}" --feature_encoder_trainable_blocks 2
     train "$readers/adapted" "${stage1[@]}" "${adapting[@]}"

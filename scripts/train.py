@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallb
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.feature_cache import cache_frozen_features
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
+from hf_multimodal.media_loading import audio_duration
 from hf_multimodal.metrics import (
     DEFAULT_MULTI_LABEL_THRESHOLD,
     METRIC_NAMES,
@@ -1077,11 +1079,13 @@ def build_trainer(
         if isinstance(splits.train, datasets.IterableDataset):  # a stream's examples are numbered as they come
             train_dataset = splits.train.map(lambda _, index: {INDEX_COLUMN: index}, with_indices=True)
         else:
-            train = splits.train
-            if train._indices is not None:  # filtered: add_column would write a flattened copy beside the user's data
-                train = train.flatten_indices(keep_in_memory=True)
-            train_dataset = train.add_column(INDEX_COLUMN, list(range(len(train))))
+            train_dataset = _with_column(splits.train, INDEX_COLUMN, list(range(len(splits.train))))
         all_callbacks.append(AugmentationEpochCallback(augmentation))
+    if training_args.train_sampling_strategy in LENGTH_STRATEGIES:  # every split the trainer batches is measured
+        measured = partial(_with_lengths, name=training_args.length_column_name, data_args=data_args,
+                           modalities=collator.modalities, processor=processor)  # fmt: skip
+        train_dataset, splits.validation, splits.test = map(measured, (train_dataset, splits.validation, splits.test))
+        splits.extra_tests = {name: measured(part) for name, part in splits.extra_tests.items()}
     if training_args.disable_tqdm:  # logs without progress bars (CI, files): one line per evaluation instead
         all_callbacks.append(ProgressLineCallback())
     if training_args.early_stopping_patience:
@@ -1112,6 +1116,55 @@ def build_trainer(
         reads.add(trainer.model.base_model.fusion.uses_sequences)
         _use_feature_cache(trainer, splits, model_args, whole_encoders=len(reads) == 1)
     return trainer, splits
+
+
+def _with_column(dataset: datasets.Dataset, name: str, values: list) -> datasets.Dataset:
+    """`dataset` with one more column, in memory: a filtered split is flattened first (add_column would write a
+    flattened copy beside the user's data)."""
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices(keep_in_memory=True)
+    return dataset.add_column(name, values)
+
+
+LENGTH_STRATEGIES = ("group_by_length", "batch_rebalance")
+"""`--train_sampling_strategy` values whose sampler reads each example's length."""
+
+
+def _with_lengths(
+    split: datasets.Dataset | datasets.IterableDataset | None,
+    name: str,
+    data_args: DataArguments,
+    modalities: Sequence[str],
+    processor: MultimodalProcessor,
+) -> datasets.Dataset | datasets.IterableDataset | None:
+    """`split` with a column `name` of lengths (unless it has one), for transformers' length-grouped samplers
+    (`--train_sampling_strategy group_by_length` / `batch_rebalance`, `--length_column_name`): each example's audio
+    samples at the model's rate, up to `--max_audio_seconds` (read from the files' headers), when the run reads audio,
+    the longest input and the costliest one to pad; else its text tokens. Examples of similar lengths then share
+    batches and pad little (README: Length-grouped batches). A stream is left as it is: no sampler applies to one."""
+    if not isinstance(split, datasets.Dataset) or name in split.column_names:
+        return split
+    if "audio" in modalities:
+        column, rate = data_args.audio_column, processor.feature_extractor.sampling_rate
+
+        def length(value: Any) -> int:
+            return int(min(audio_duration(value), data_args.max_audio_seconds) * rate)
+
+    elif "text" in modalities:
+        column = data_args.text_column
+
+        def length(value: Any) -> int:
+            return len(processor.tokenizer(value, truncation=True, max_length=data_args.max_text_tokens).input_ids)
+
+    else:
+        raise ValueError(
+            "--train_sampling_strategy group_by_length / batch_rebalance batch examples of similar lengths, and "
+            "images have one size: use it in a run that reads text or audio, or give the dataset's splits a "
+            f"{name!r} column (--length_column_name) of lengths."
+        )
+    batches = split.select_columns([column]).iter(batch_size=1000)
+    lengths = [0 if is_missing(value) else length(value) for batch in batches for value in batch[column]]
+    return _with_column(split, name, lengths)
 
 
 def _bucket_multiples(

@@ -1,22 +1,27 @@
 """Decoding in DataLoader workers: the Trainer's training loader gives the same batches, in the same order, with 0
 and with 2 worker processes (images and 8 kHz audio decoded and resampled in the workers, augmentation of the
 current epoch included), the workers run one torch thread each, and the collator survives pickling (spawned
-workers)."""
+workers). Length-grouped batches: `--train_sampling_strategy group_by_length` measures each training example (its
+audio from the files' headers, else its text tokens) for transformers' sampler."""
 
 from __future__ import annotations
 
 import pickle
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from conftest import random_audio, random_image, tiny_model
 from fuzz_strategies import _png_bytes, _wav_bytes
+from test_training import tiny_arguments
+from train import Splits, build_trainer, parse_arguments
 from transformers import set_seed
 
 from hf_multimodal import MODALITIES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, DataAugmentation
 from hf_multimodal.data_collator import MultimodalDataCollator
+from hf_multimodal.media_loading import audio_duration
 from hf_multimodal.trainer import MultimodalTrainer
 from hf_multimodal.training_args import MultimodalTrainingArguments
 
@@ -113,3 +118,51 @@ def test_collator_survives_pickling_as_spawned_workers_receive_it(processor, raw
     copy = pickle.loads(pickle.dumps(collator))
     rows = [raw_rows[index] for index in range(BATCH_SIZE)]
     assert_same_batches([collator(rows)], [copy(rows)], count=1)
+
+
+def _grouped_trainer(data, tmp_path, *options: str) -> tuple[MultimodalTrainer, Splits]:
+    arguments = tiny_arguments(data, tmp_path / "run", train_sampling_strategy="group_by_length")
+    return build_trainer(*parse_arguments([*arguments, *options]))
+
+
+def test_group_by_length_batches_clips_of_similar_lengths(data, tmp_path):
+    trainer, splits = _grouped_trainer(data, tmp_path, "--modalities", "text", "audio", "--max_audio_seconds", "0.5")
+    rate = trainer.processing_class.feature_extractor.sampling_rate
+
+    def lengths(split: datasets.Dataset) -> list[int]:
+        return [0 if clip is None else int(min(audio_duration(clip), 0.5) * rate) for clip in split["audio"]]
+
+    expected = lengths(trainer.train_dataset)
+    assert trainer.train_dataset["length"] == expected and len(set(expected)) > 10  # clips under and over the cap
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == "LengthGroupedSampler" and sampler.lengths == expected
+
+    def spread(order: list[int]) -> float:  # mean of (longest - shortest) over batches of 8
+        batches = [[expected[i] for i in order[start : start + 8]] for start in range(0, len(order), 8)]
+        return float(np.mean([max(batch) - min(batch) for batch in batches]))
+
+    # the sampler sorts "megabatches" (of 24 examples here, of 576 in a demo-sized run) and cuts them into batches
+    shuffled = torch.randperm(len(expected), generator=torch.Generator().manual_seed(0)).tolist()
+    assert spread(list(sampler)) < 0.5 * spread(shuffled)
+    first = next(iter(trainer.get_train_dataloader()))  # transformers' sampler puts the longest batch first
+    assert first["input_values"].shape[-1] >= max(expected)
+    # evaluation is grouped too (transformers' way), so every split the trainer batches is measured
+    for split in (trainer.eval_dataset, splits.test):
+        assert list(split["length"]) == lengths(split)
+    assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1  # transformers would fail to measure them itself
+
+    text_only, _ = _grouped_trainer(data, tmp_path, "--modalities", "text")
+    tokens = trainer.processing_class.tokenizer(list(text_only.train_dataset["text"]), truncation=True, max_length=16)
+    assert text_only.train_dataset["length"] == [len(ids) for ids in tokens.input_ids]
+
+
+def test_group_by_length_refuses_a_run_of_images_and_keeps_a_given_length_column(data, tmp_path):
+    with pytest.raises(ValueError, match="images have one size: use it in a run that reads text or audio, or give"):
+        _grouped_trainer(data, tmp_path, "--modalities", "image")
+    given = datasets.load_from_disk(data)
+    for name, split in given.items():
+        given[name] = split.add_column("size", list(range(len(split))))
+    given.save_to_disk(tmp_path / "given")
+    trainer, _ = _grouped_trainer(tmp_path / "given", tmp_path, "--modalities", "image", "--length_column_name", "size")
+    lengths = trainer._get_train_sampler().lengths  # the given column's, of the examples that have an image
+    assert lengths == list(trainer.train_dataset["size"]) and lengths == sorted(set(lengths)) and len(lengths) > 100

@@ -15,7 +15,7 @@ import soundfile
 from PIL import Image
 
 from hf_multimodal import media_loading
-from hf_multimodal.media_loading import load_audio, load_image
+from hf_multimodal.media_loading import audio_duration, load_audio, load_image
 
 
 def png(width: int, height: int) -> bytes:
@@ -83,6 +83,22 @@ def test_missing_and_empty_audio_files_are_named(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty.wav' is empty \(0 bytes\)"):
         load_audio(str(tmp_path / "empty.wav"))
+
+
+def test_audio_duration_reads_a_files_header_not_its_samples(tmp_path, monkeypatch):
+    clip = np.zeros(12000, np.float32)
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, clip, 8000)
+    data = path.read_bytes()
+    monkeypatch.setattr(soundfile.SoundFile, "read", lambda *args, **kwargs: pytest.fail("the samples were decoded"))
+    for form in (str(path), path, data, {"bytes": data, "path": None}, {"bytes": None, "path": str(path)}):
+        assert audio_duration(form) == 1.5
+    assert audio_duration({"array": clip[:4000], "sampling_rate": 8000}) == 0.5
+    assert audio_duration(clip, sampling_rate=16000) == 0.75
+    with pytest.raises(ValueError, match="raw waveform without a sampling rate: pass .*'sampling_rate': rate"):
+        audio_duration(clip)
+    with pytest.raises(ValueError, match="could not decode audio from 4 bytes"):
+        audio_duration(b"RIFF")
 
 
 @pytest.fixture

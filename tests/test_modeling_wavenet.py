@@ -177,6 +177,35 @@ class TestSpeechEmbeddingFrontend:
         torch.testing.assert_close(after[:, :5], before[:, :5])
         assert not torch.allclose(after[:, 5], before[:, 5])
 
+    @pytest.mark.parametrize("trainable_top_blocks", [None, 2])
+    def test_the_stack_over_a_few_context_frames_computes_what_it_computes_over_all_68(self, trainable_top_blocks):
+        """`feature_encoder_outputs` materialises only the silent columns each layer's outputs read: outputs and
+        weight gradients equal those of `feature_encoder` run over the whole context, at lengths that put the clip
+        at every offset of the stack's three time poolings."""
+        frontend = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000).train().frontend
+        if trainable_top_blocks is not None:
+            for block in frontend.feature_encoder_blocks()[:-trainable_top_blocks]:
+                block.requires_grad_(False)
+        def gradients(outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+            outputs.square().sum().backward()
+            named = frontend.feature_encoder.named_parameters()
+            grads = {name: p.grad.clone() for name, p in named if p.grad is not None}
+            frontend.zero_grad(set_to_none=True)
+            return grads
+
+        learning = [name for name, p in frontend.feature_encoder.named_parameters() if p.requires_grad]
+        assert len(learning) == (18 if trainable_top_blocks else 40)
+        for samples in (640, 1280, 1920, 3200, 3840, 8000):
+            waveforms = torch.randn(2, samples)
+            full = frontend.feature_encoder(frontend.log_mel(waveforms, None).unsqueeze(1)).squeeze(-1).transpose(1, 2)
+            compact = frontend.feature_encoder_outputs(waveforms)
+            assert compact.shape == full.shape == (2, samples // 640, 96)
+            torch.testing.assert_close(compact, full, rtol=1e-4, atol=1e-4)
+            expected, given = gradients(full), gradients(compact)
+            assert list(given) == list(expected) == learning
+            for name, gradient in expected.items():
+                torch.testing.assert_close(given[name], gradient, rtol=1e-3, atol=1e-3)
+
     def test_8_khz_audio_reads_as_the_same_clip_upsampled_to_16_khz(self):
         from scipy.signal import resample_poly
 

@@ -5,12 +5,14 @@ Used by the pipeline and by the training data collator."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -193,24 +195,8 @@ def load_audio(
     """
     if isinstance(audio, dict):
         audio, sampling_rate = _audio_from_dict(audio, sampling_rate)
-    if isinstance(audio, (str, os.PathLike)):
-        source = os.fspath(audio)
-        # a local file is decoded from disk, only as far as it is kept; a download is bounded by MAX_DOWNLOAD_BYTES
-        if _is_url(source):
-            data = _download(source, "audio", timeout or DEFAULT_TIMEOUT)
-        else:
-            data = _existing_file(source, "audio")
-        audio, sampling_rate = _decode_audio(data, repr(source), max_seconds)
-    elif isinstance(audio, (bytes, bytearray, memoryview)):
-        audio, sampling_rate = _decode_audio(audio, f"from {len(audio)} bytes", max_seconds)
-    elif hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder, as `datasets` 5 decodes Audio() columns
-        samples = audio.get_all_samples()
-        audio, sampling_rate = samples.data, samples.sample_rate
-    elif sampling_rate is None:
-        raise ValueError(
-            "audio is a raw waveform without a sampling rate: pass {'array': waveform, 'sampling_rate': rate}, or "
-            "sampling_rate=rate to the pipeline call."
-        )
+    file = _audio_file(audio, timeout)
+    audio, sampling_rate = _decode_audio(*file, max_seconds) if file else _decoded_audio(audio, sampling_rate)
     sampling_rate = check_sampling_rate(sampling_rate)
     waveform = to_mono_float32(audio)
     if max_seconds is not None:
@@ -234,6 +220,56 @@ def _audio_from_dict(audio: dict, sampling_rate: int | None) -> tuple[Any, int |
     return audio[keys[0]], audio["sampling_rate"]
 
 
+def audio_duration(audio: Any, sampling_rate: int | None = None, timeout: float | None = None) -> float:
+    """Seconds of one clip, given in any form `load_audio` takes: a file's are read from its header, without decoding
+    it (a URL is downloaded first).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> audio_duration({"array": np.zeros(4000, dtype=np.float32), "sampling_rate": 8000})
+    0.5
+    ```
+    """
+    if isinstance(audio, dict):
+        audio, sampling_rate = _audio_from_dict(audio, sampling_rate)
+    file = _audio_file(audio, timeout)
+    if file:
+        with _sound_file(*file) as sound:
+            return sound.frames / sound.samplerate
+    waveform, sampling_rate = _decoded_audio(audio, sampling_rate)
+    return to_mono_float32(waveform).shape[0] / check_sampling_rate(sampling_rate)
+
+
+def _audio_file(audio: Any, timeout: float | None) -> tuple[bytes | bytearray | memoryview | str, str] | None:
+    """A clip given as a path, an http(s) URL or a file's bytes: what soundfile reads (a local path or bytes) and how
+    errors name it; None for a clip in another form. A local file is read from disk only as far as it is kept; a
+    download is bounded by MAX_DOWNLOAD_BYTES."""
+    if isinstance(audio, (str, os.PathLike)):
+        source = os.fspath(audio)
+        if _is_url(source):
+            return _download(source, "audio", timeout or DEFAULT_TIMEOUT), repr(source)
+        return _existing_file(source, "audio"), repr(source)
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return audio, f"from {len(audio)} bytes"
+    return None
+
+
+def _decoded_audio(audio: Any, sampling_rate: int | None) -> tuple[Any, int]:
+    """The samples and rate of a clip given decoded: a torchcodec `AudioDecoder` (as `datasets` 5 decodes `Audio()`
+    columns) or a waveform at `sampling_rate`."""
+    if hasattr(audio, "get_all_samples"):
+        samples = audio.get_all_samples()
+        return samples.data, samples.sample_rate
+    if sampling_rate is None:
+        raise ValueError(
+            "audio is a raw waveform without a sampling rate: pass {'array': waveform, 'sampling_rate': rate}, or "
+            "sampling_rate=rate to the pipeline call."
+        )
+    return audio, sampling_rate
+
+
 def _samples_to_keep(max_seconds: float, sampling_rate: int) -> int:
     return int(math.ceil((max_seconds + 1.0) * sampling_rate))
 
@@ -241,6 +277,17 @@ def _samples_to_keep(max_seconds: float, sampling_rate: int) -> int:
 def _decode_audio(data: bytes | bytearray | memoryview | str, source: str, max_seconds: float | None = None
                   ) -> tuple[np.ndarray, int]:
     """Decode a file's bytes or a local file's path with soundfile, reading only the frames that are kept."""
+    with _sound_file(data, source) as sound:
+        sampling_rate = sound.samplerate
+        count = -1 if max_seconds is None else _samples_to_keep(max_seconds, sampling_rate)
+        frames = sound.read(count, dtype="float32", always_2d=True)
+    return frames.mean(axis=1), sampling_rate  # (frames, channels) -> mono
+
+
+@contextlib.contextmanager
+def _sound_file(data: bytes | bytearray | memoryview | str, source: str) -> Iterator[Any]:
+    """A `soundfile.SoundFile` over a file's bytes or a local file's path; a failure to read it (an empty, corrupt,
+    truncated or unknown file) raises a ValueError that names the clip."""
     is_path = isinstance(data, str)
     if (os.path.getsize(data) if is_path else len(data)) == 0:
         raise ValueError(f"audio {source} is empty (0 bytes).")
@@ -250,16 +297,13 @@ def _decode_audio(data: bytes | bytearray | memoryview | str, source: str, max_s
         raise ImportError("decoding audio files needs soundfile: pip install soundfile") from error
     try:
         with soundfile.SoundFile(data if is_path else io.BytesIO(data)) as sound:
-            sampling_rate = sound.samplerate
-            count = -1 if max_seconds is None else _samples_to_keep(max_seconds, sampling_rate)
-            frames = sound.read(count, dtype="float32", always_2d=True)
+            yield sound
     except MemoryError:
         raise
     except Exception as error:  # libsndfile errors for corrupt, truncated or unknown formats
         raise ValueError(
             f"could not decode audio {source}: {error}. Pass a valid WAV / FLAC / OGG file or a waveform array."
         ) from error
-    return frames.mean(axis=1), sampling_rate  # (frames, channels) -> mono
 
 
-__all__ = ["load_audio", "load_image"]
+__all__ = ["audio_duration", "load_audio", "load_image"]

@@ -1,8 +1,8 @@
 """Decoding in DataLoader workers: the Trainer's training loader gives the same batches, in the same order, with 0
 and with 2 worker processes (images and 8 kHz audio decoded and resampled in the workers, augmentation of the
 current epoch included), the workers run one torch thread each, and the collator survives pickling (spawned
-workers). Length-grouped batches: `--train_sampling_strategy group_by_length` measures each training example (its
-audio from the files' headers, else its text tokens) for transformers' sampler."""
+workers). Length-grouped batches: `--train_sampling_strategy group_by_length` measures the examples of every split
+(their audio from the files' headers, else their text tokens) for transformers' samplers."""
 
 from __future__ import annotations
 

@@ -243,9 +243,9 @@ def audio_duration(audio: Any, sampling_rate: int | None = None, timeout: float 
 
 
 def _audio_file(audio: Any, timeout: float | None) -> tuple[bytes | bytearray | memoryview | str, str] | None:
-    """A clip given as a path, an http(s) URL or a file's bytes: what soundfile reads (a local path or bytes) and how
-    errors name it; None for a clip in another form. A local file is read from disk only as far as it is kept; a
-    download is bounded by MAX_DOWNLOAD_BYTES."""
+    """A clip given as a path, an http(s) URL or a file's bytes: what soundfile reads (a local path, decoded from disk
+    only as far as it is kept, or bytes; a download is bounded by MAX_DOWNLOAD_BYTES) and how errors name it; None for
+    a clip in another form."""
     if isinstance(audio, (str, os.PathLike)):
         source = os.fspath(audio)
         if _is_url(source):

@@ -58,7 +58,7 @@ from hf_multimodal import (
 from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallback, DataAugmentation
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
-from hf_multimodal.feature_cache import cache_frozen_features
+from hf_multimodal.feature_cache import cache_frozen_features, with_column
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.media_loading import audio_duration
 from hf_multimodal.metrics import (
@@ -1079,7 +1079,7 @@ def build_trainer(
         if isinstance(splits.train, datasets.IterableDataset):  # a stream's examples are numbered as they come
             train_dataset = splits.train.map(lambda _, index: {INDEX_COLUMN: index}, with_indices=True)
         else:
-            train_dataset = _with_column(splits.train, INDEX_COLUMN, list(range(len(splits.train))))
+            train_dataset = with_column(splits.train, INDEX_COLUMN, list(range(len(splits.train))))
         all_callbacks.append(AugmentationEpochCallback(augmentation))
     if training_args.train_sampling_strategy in LENGTH_STRATEGIES:  # every split the trainer batches is measured
         measured = partial(_with_lengths, name=training_args.length_column_name, data_args=data_args,
@@ -1116,14 +1116,6 @@ def build_trainer(
         reads.add(trainer.model.base_model.fusion.uses_sequences)
         _use_feature_cache(trainer, splits, model_args, whole_encoders=len(reads) == 1)
     return trainer, splits
-
-
-def _with_column(dataset: datasets.Dataset, name: str, values: list) -> datasets.Dataset:
-    """`dataset` with one more column, in memory: a filtered split is flattened first (add_column would write a
-    flattened copy beside the user's data)."""
-    if dataset._indices is not None:
-        dataset = dataset.flatten_indices(keep_in_memory=True)
-    return dataset.add_column(name, values)
 
 
 LENGTH_STRATEGIES = ("group_by_length", "batch_rebalance")
@@ -1164,7 +1156,7 @@ def _with_lengths(
         )
     batches = split.select_columns([column]).iter(batch_size=1000)
     lengths = [0 if is_missing(value) else length(value) for batch in batches for value in batch[column]]
-    return _with_column(split, name, lengths)
+    return with_column(split, name, lengths)
 
 
 def _bucket_multiples(

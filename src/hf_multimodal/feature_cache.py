@@ -125,6 +125,23 @@ class EncoderFeatureTable:
         return {features_name: self.features[index, :length], mask_name: mask[:, :length], **inputs}
 
 
+def with_column(dataset: datasets.Dataset, name: str, values: list) -> datasets.Dataset:
+    """`dataset` with one more column, in memory: a filtered or selected split is flattened first (add_column would
+    otherwise write a flattened copy beside the user's data).
+
+    Example:
+
+    ```python
+    >>> import datasets
+    >>> with_column(datasets.Dataset.from_dict({"a": [1, 2, 3]}).select([2, 0]), "b", [0, 1]).to_dict()
+    {'a': [3, 1], 'b': [0, 1]}
+    ```
+    """
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices(keep_in_memory=True)
+    return dataset.add_column(name, values)
+
+
 def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
     """`tensor` zero-padded along dimension 1 to `length`."""
     missing = length - tensor.shape[1]
@@ -312,9 +329,7 @@ class FrozenEncoderCache:
                 offset = tables[modality].extend(table)
             else:
                 offset, tables[modality] = 0, table
-            if dataset._indices is not None:  # a filtered or selected split: else add_column writes a copy by the data
-                dataset = dataset.flatten_indices(keep_in_memory=True)
-            dataset = dataset.add_column(FEATURE_ROW_COLUMNS[modality], list(range(offset, offset + len(table))))
+            dataset = with_column(dataset, FEATURE_ROW_COLUMNS[modality], list(range(offset, offset + len(table))))
         return dataset
 
     def load_or_compute(self, dataset: datasets.Dataset, modality: str) -> EncoderFeatureTable | None:
@@ -477,4 +492,5 @@ __all__ = [
     "default_cache_dir",
     "frozen_module",
     "weights_fingerprint",
+    "with_column",
 ]

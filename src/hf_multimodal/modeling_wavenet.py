@@ -368,14 +368,13 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         ends[-1] = len(self.feature_encoder)
         return [self.feature_encoder[start:end] for start, end in zip(starts, ends)]
 
-    @staticmethod
-    def receptive_field() -> int:
-        """Mel frames one output frame reads (76)."""
+    def receptive_field(self) -> int:
+        """Mel frames one output frame of `feature_encoder` reads (76)."""
         field, step = 1, 1
-        for spec in (*SPEECH_EMBEDDING_LAYERS, (SPEECH_EMBEDDING_SIZE, 3, 1)):
-            time_kernel = spec[0] if len(spec) == 2 else spec[1]
-            field += (time_kernel - 1) * step
-            step *= spec[0] if len(spec) == 2 else 1
+        for layer in self.feature_encoder:
+            reach, stride = _time_window(layer)
+            field += (reach - 1) * step
+            step *= stride
         return field
 
     def compute_mel_filters(self) -> torch.Tensor:

@@ -129,8 +129,10 @@ lane_relations() {
         --test_splits test test_unseen_speaker --output "$results/match_text_image/sklearn.json" > /dev/null
 }
 
-lane_readers() {  # digit readers with the stack frozen (cached), its top 2 blocks or all of it adapted on augmented
-    local readers="$results/match_readers"  # audio; every head over each
+# digit readers with the stack frozen (cached), its top 2 blocks adapted on audio augmented anew every epoch or from 3
+# copies (the lower blocks' outputs over them cached), or all of it adapted on augmented audio; every head over each
+lane_readers() {
+    local readers="$results/match_readers"
     local stage1=(--dataset "$READER_DATA/pairs" "${READER_TRAINING[@]}" --image_config "$IMAGE" --audio_model
                   "$AUDIO_MODEL" --fusion_type concat --fusion_hidden_size 128 --modality_loss_weight 1.0
                   --num_train_epochs 15 --early_stopping_patience 0 --load_best_model_at_end False)
@@ -138,9 +140,10 @@ lane_readers() {  # digit readers with the stack frozen (cached), its top 2 bloc
                     --train_sampling_strategy group_by_length)
     train "$readers/frozen" "${stage1[@]}" --freeze_feature_encoder
     train "$readers/partial" "${stage1[@]}" "${adapting[@]}" --feature_encoder_trainable_blocks 2
+    train "$readers/copies" "${stage1[@]}" "${adapting[@]}" --feature_encoder_trainable_blocks 2 --augment_copies 3
     train "$readers/adapted" "${stage1[@]}" "${adapting[@]}"
     for head in "${HEADS[@]}"; do
-        for stage in frozen partial adapted; do
+        for stage in frozen partial copies adapted; do
             train "$readers/${stage}_$head" --dataset "$READER_DATA/match" "${READER_TRAINING[@]}" \
                 --model_name_or_path "$readers/$stage" --freeze_modalities image audio --fusion_type "$head" \
                 --num_train_epochs 12

@@ -227,15 +227,17 @@ def relations(root: Path) -> list[str]:
 READER_STAGES = {
     "frozen": "stack frozen",
     "partial": "stack's top 2 blocks adapted",
+    "copies": "stack's top 2 blocks adapted, 3 augmented copies cached",
     "adapted": "whole stack adapted",
 }
 """The digit readers of `lane_readers` in scripts/demo_results.sh: folder -> how their speech stack trained."""
 
 
 def relational_readers(root: Path) -> list[str]:
-    """The relational heads over digit readers whose speech stack stayed frozen, adapted its top two blocks or adapted
-    whole at its own rate on augmented recordings (README: Where the relation's last points go); each modality alone
-    is the test split's ablation (chance for a relational label)."""
+    """The relational heads over digit readers whose speech stack stayed frozen, adapted its top two blocks (on
+    recordings augmented anew every epoch, or from 3 copies whose lower blocks' outputs are cached) or adapted whole at
+    its own rate on augmented recordings (README: Where the relation's last points go); each modality alone is the
+    test split's ablation (chance for a relational label)."""
     folder = root / "match_readers"
     rows = []
     for stage, readers_name in READER_STAGES.items():

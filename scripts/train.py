@@ -210,10 +210,11 @@ class ModelArguments:
     )
     cache_frozen_features: bool = field(
         default=True,
-        metadata={"help": "Compute the output of each frozen encoder (and of a --freeze_feature_encoder stack) once "
-                  "per split (stored under the datasets cache, keyed by the data, the encoder's weights and the "
-                  "preprocessing) and train and evaluate the rest from it; not for a modality in --augment on the "
-                  "training split. README: Frozen-encoder cache."},
+        metadata={"help": "Compute the output of each frozen encoder (and of a --freeze_feature_encoder stack, or the "
+                  "frozen lower blocks of a --feature_encoder_trainable_blocks one) once per split (stored under the "
+                  "datasets cache, keyed by the data, the encoder's weights and the preprocessing) and train and "
+                  "evaluate the rest from it; on the training split, a modality in --augment is cached once per "
+                  "--augment_copies copy, or not at all without them. README: Frozen-encoder cache."},
     )
     feature_cache_dir: str | None = field(
         default=None,
@@ -421,6 +422,14 @@ class DataArguments:
         metadata={"help": "Augment these modalities of the training examples (never evaluation), any of: audio image "
                   "text. Seeded by (--seed, epoch, example index): runs and resumes stay reproducible. Off by default."},
     )
+    augment_copies: int | None = field(
+        default=None,
+        metadata={"help": "Draw each training example's --augment from only N fixed copies, cycled over the epochs "
+                  "(the epoch modulo N), instead of anew every epoch: with --cache_frozen_features, frozen encoders and "
+                  "the frozen lower blocks of a --feature_encoder_trainable_blocks stack then read each copy once "
+                  "(cached) instead of every batch (README: Augmented copies in the cache). Default: a new draw every "
+                  "epoch."},
+    )
     audio_gain_db: float = field(
         default=DataAugmentation.audio_gain_db, metadata={"help": "Audio augmentation: random gain within +/- this (dB)."}
     )
@@ -479,6 +488,11 @@ class DataArguments:
             raise ValueError(f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"--class_names must be distinct class names, got {self.class_names}.")
+        if self.augment_copies is not None and (self.augment_copies < 1 or not self.augment):
+            raise ValueError(
+                f"--augment_copies must be >= 1 and goes with --augment (the modalities to augment); got "
+                f"--augment_copies {self.augment_copies} with --augment {' '.join(self.augment) or '(none)'}."
+            )
 
     def columns(self) -> dict[str, str]:
         """Column name per modality."""
@@ -490,7 +504,9 @@ class DataArguments:
             return None
         strengths = ("audio_gain_db", "audio_shift_seconds", "audio_noise_snr_db", "audio_speed", "image_shift",
                      "image_rotation_degrees", "text_word_dropout")
-        return DataAugmentation(self.augment, seed, **{name: getattr(self, name) for name in strengths})
+        return DataAugmentation(
+            self.augment, seed, copies=self.augment_copies, **{name: getattr(self, name) for name in strengths}
+        )
 
     @property
     def name(self) -> str:
@@ -1174,14 +1190,16 @@ def _use_feature_cache(
     trainer: MultimodalTrainer, splits: Splits, model_args: ModelArguments, whole_encoders: bool = True
 ) -> None:
     """`--cache_frozen_features`: the output of each frozen encoder (and of the audio encoder's feature encoder under
-    `--freeze_feature_encoder`) over every map-style split is computed once (or read from the cache), and the trainer
-    and `splits` take the splits carrying its rows (README: Frozen-encoder cache). A streamed training split, and a
-    training split that `--augment` changes, run the encoder as usual. Without `whole_encoders` (a search whose
+    `--freeze_feature_encoder`, or of its frozen lower blocks under `--feature_encoder_trainable_blocks`) over every
+    map-style split is computed once (or read from the cache), and the trainer and `splits` take the splits carrying
+    its rows (README: Frozen-encoder cache). A training split that `--augment` changes is cached once per
+    `--augment_copies` copy, or, without them, runs the encoder as usual, as a streamed one does. Without `whole_encoders` (a search whose
     trials may try a head over sequences while the run's head reads pooled features, or the other way round) only
     feature encoders are cached: their outputs do not depend on the head."""
     modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities and whole_encoders]
     feature_encoder_modalities = [
-        m for m in FEATURE_ENCODER_INPUT_NAMES if model_args.freeze_feature_encoder
+        m for m in FEATURE_ENCODER_INPUT_NAMES
+        if (model_args.freeze_feature_encoder or model_args.feature_encoder_trainable_blocks)
         and m in trainer.data_collator.modalities and m not in modalities
     ]  # fmt: skip
     if not modalities and not feature_encoder_modalities:

@@ -12,9 +12,10 @@ import pytest
 import torch
 from convert_speech_embedding import convert, default_onnx_file
 from torch.nn import functional as F
-from train import FEATURE_ENCODER_PART, build_model_and_processor, parse_arguments
+from train import FEATURE_ENCODER_PART, build_model_and_processor, build_trainer, parse_arguments
 from transformers import AutoFeatureExtractor, AutoModel
 
+from hf_multimodal.feature_cache import FEATURE_ROW_COLUMNS
 from hf_multimodal.trainer import encoder_part
 
 ort = pytest.importorskip("onnxruntime")
@@ -124,6 +125,34 @@ def test_training_reads_the_frozen_stack_from_the_cache_with_the_metrics_of_the_
     cached.train()  # the rest of the audio encoder learns from the cached outputs; the stack's weights are checked
     assert all(torch.equal(value, before[name]) for name, value in stack.state_dict().items())
     assert not torch.equal(cached.model.get_encoder("audio").frontend.projection.weight, projection)
+
+
+@pytest.mark.slow
+def test_training_reads_the_lower_blocks_over_augmented_copies_from_the_cache(converted, data, tmp_path):
+    """`--feature_encoder_trainable_blocks 2 --augment audio --augment_copies 2`: the lower blocks' outputs over each
+    copy of the training split and over the evaluation splits are cached (4 tables), the epochs read the copies in
+    turn, and the top blocks learn while the lower ones keep their weights."""
+    from test_training import tiny_arguments
+
+    options = ["--audio_model", str(converted), "--feature_encoder_trainable_blocks", "2", "--augment", "audio",
+               "--augment_copies", "2", "--feature_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    arguments = tiny_arguments(data, tmp_path / "run", max_steps=3, eval_strategy="no", save_strategy="no", audio_config=None)
+    trainer, _ = build_trainer(*parse_arguments([*arguments, *options]))
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # train twice, validation, test
+    rows = trainer.train_dataset[FEATURE_ROW_COLUMNS["audio"]]
+    assert all(len(copies) == 2 for copies in rows)
+    batches = []
+    for epoch in (0, 1, 2):
+        trainer.data_collator.augmentation.epoch = epoch
+        batches.append(trainer.data_collator([trainer.train_dataset[row] for row in range(4)]))
+    outputs = [batch["audio_feature_encoder_outputs"] for batch in batches]
+    assert outputs[0].shape[2:] == (72, 4) and "input_values" not in batches[0]
+    assert torch.equal(outputs[0], outputs[2]) and not torch.equal(outputs[0], outputs[1])
+    blocks = trainer.model.get_encoder("audio").frontend.feature_encoder_blocks()
+    before = [[p.clone() for p in block.parameters()] for block in blocks]
+    trainer.train()
+    changed = [any(not torch.equal(p, q) for p, q in zip(block.parameters(), old)) for block, old in zip(blocks, before)]
+    assert changed == [False, False, False, True, True]
 
 
 def test_feature_encoder_learning_rate_names_the_stack_that_learns(converted, tmp_path):

@@ -108,6 +108,24 @@ def test_draws_depend_on_seed_epoch_and_index_only_and_leave_the_global_rng_alon
     assert same(first, augmented_values(augmentation, 6)) == [False] * 3
 
 
+def test_fixed_copies_cycle_over_the_epochs():
+    """With `copies`, epoch e draws copy e mod copies: the first epochs draw as without them, then repeat."""
+    fresh = DataAugmentation(["audio", "image", "text"], seed=3, text_word_dropout=0.3)
+    cycled = DataAugmentation(["audio", "image", "text"], seed=3, text_word_dropout=0.3, copies=2)
+    draws, copies = [], []
+    for epoch in range(4):
+        fresh.epoch = cycled.epoch = epoch
+        draws.append(augmented_values(cycled, 5))
+        copies.append(cycled.draw)
+        if epoch < 2:
+            assert all(np.array_equal(a, b) for a, b in zip(draws[-1], augmented_values(fresh, 5)))
+    assert copies == [0, 1, 0, 1]
+    assert all(np.array_equal(a, b) for a, b in zip(draws[0], draws[2]))
+    assert not np.array_equal(draws[0][0], draws[1][0])
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        DataAugmentation(["audio"], copies=0)
+
+
 def test_only_the_chosen_modalities_are_augmented_and_bad_settings_are_refused():
     augmentation = DataAugmentation(["image"])
     assert augmentation("text", TEXT, 0) == TEXT
@@ -154,6 +172,10 @@ def test_augment_options_build_the_augmentation(tmp_path):
     augmentation = data_args.augmentation(seed=7)
     assert list(augmentation.modalities) == ["audio", "text"] and augmentation.seed == 7
     assert augmentation.audio_noise_snr_db == 15.0 and augmentation.image_shift == DataAugmentation.image_shift
+    assert augmentation.copies is None
+    assert parse_arguments([*options, "--augment", "audio", "--augment_copies", "3"])[1].augmentation(0).copies == 3
+    with pytest.raises(ValueError, match="--augment_copies must be >= 1 and goes with --augment"):
+        parse_arguments([*options, "--augment_copies", "3"])
     # persistent workers keep their first collator: the epoch's augmentation would never change
     persistent = ["--augment", "audio", "--dataloader_num_workers", "2", "--dataloader_persistent_workers", "True"]
     with pytest.raises(ValueError, match="--augment with --dataloader_persistent_workers"):

@@ -1,7 +1,8 @@
 """The frozen-encoder feature cache: cached features give the logits of the encoder itself (pooled heads and the
 transformer head's token features), are read back instead of recomputed, are invalidated by another dataset, other
-weights or other preprocessing, and are refused for trained encoders and skipped for augmented inputs. The frozen
-feature encoder of a trained audio encoder is cached the same way."""
+weights or other preprocessing, and are refused for trained encoders and skipped for inputs augmented afresh every
+epoch (cached once per copy when augmented from fixed copies). The frozen feature encoder of a trained audio encoder,
+or its frozen lower blocks, are cached the same way."""
 
 from __future__ import annotations
 
@@ -115,6 +116,60 @@ def test_a_frozen_feature_encoder_is_cached_and_the_rest_of_its_encoder_trains_o
     model(**batch).loss.backward()
     audio = model.get_encoder("audio")
     assert audio.frontend.projection.weight.grad is not None and audio.layers[0].dilated_conv.weight.grad is not None
+
+
+def test_the_frozen_lower_blocks_of_a_stack_whose_top_blocks_learn_are_cached(examples, processor, tmp_path):
+    model = tiny_model(audio_config={**TINY_AUDIO, "frontend": "speech_embedding"})
+    model.get_encoder("text").requires_grad_(False)
+    audio = model.get_encoder("audio")
+    audio.freeze_feature_encoder(trainable_top_blocks=2)
+    collator = MultimodalDataCollator(processor, model.config.modalities)
+    cache = FrozenEncoderCache(model, collator, [], cache_dir=tmp_path, batch_size=4, feature_encoder_modalities=["audio"])
+    cached = cache.add(examples)
+    assert collator.encoder_features["audio"].features.shape[1:] == (72, 4)  # the third block's output, packed
+    plain = dataclasses.replace(collator, encoder_features={})
+    lowest, top = count_calls(audio.frontend.feature_encoder[0]), count_calls(audio.frontend.feature_encoder[-1])
+    for rows in ([0, 1, 2], [3, 4, 5], [5, 1]):
+        batch = collator([cached[row] for row in rows])
+        reference = plain([examples[row] for row in rows])
+        assert batch["audio_feature_encoder_outputs"].dim() == 4 and "input_values" not in batch
+        torch.testing.assert_close(logits(model, batch), logits(model, reference), atol=1e-5, rtol=1e-5)
+    assert len(lowest) == 3 and len(top) == 6  # the lower blocks ran for the references only
+    model.train()
+    model(**collator([cached[row] for row in range(6)])).loss.backward()
+    stack = list(audio.frontend.feature_encoder.parameters())
+    assert [p.grad is not None for p in stack] == [False] * 22 + [True] * 18  # the top 2 blocks learn, 3 below not
+
+
+def test_augmented_inputs_drawn_from_fixed_copies_are_cached_once_per_copy(examples, processor, tmp_path):
+    """The training split of a run augmenting audio from 2 copies: a table per copy, a row per copy in its row
+    column, and each epoch's batches read the copy it draws, as the lower blocks would compute it."""
+    model = tiny_model(audio_config={**TINY_AUDIO, "frontend": "speech_embedding"})
+    model.get_encoder("text").requires_grad_(False)
+    model.get_encoder("audio").freeze_feature_encoder(trainable_top_blocks=2)
+    augmentation = DataAugmentation(["audio"], seed=0, copies=2)
+    collator = MultimodalDataCollator(processor, model.config.modalities, augmentation=augmentation)
+    cache = FrozenEncoderCache(model, collator, [], cache_dir=tmp_path, feature_encoder_modalities=["audio"])
+    train = examples.add_column(INDEX_COLUMN, list(range(6)))
+    assert cache.key(train, "audio", 0) != cache.key(train, "audio", 1) != cache.key(train, "audio")
+    cached = cache.add(train)
+    assert len(cache.computed) == 2
+    assert cached[FEATURE_ROW_COLUMNS["audio"]] == [[row, row + 6] for row in range(6)]
+    plain = dataclasses.replace(collator, encoder_features={})  # the same augmentation object, epoch and all
+    epochs = []
+    for epoch in range(3):
+        augmentation.epoch = epoch
+        batch = collator([cached[row] for row in range(6)])
+        torch.testing.assert_close(logits(model, batch), logits(model, plain([train[row] for row in range(6)])))
+        epochs.append(batch["audio_feature_encoder_outputs"])
+    assert torch.equal(epochs[0], epochs[2]) and not torch.equal(epochs[0], epochs[1])
+    again = FrozenEncoderCache(model, dataclasses.replace(collator, encoder_features={}), [], cache_dir=tmp_path,
+                               feature_encoder_modalities=["audio"])
+    again.add(train)
+    assert again.computed == [] and len(again.read) == 2
+    other = dataclasses.replace(collator, augmentation=DataAugmentation(["audio"], seed=0, copies=3))
+    with pytest.raises(ValueError, match="list 2 augmentation copies but the collator's augmentation has copies=3"):
+        other([cached[0]])
 
 
 def test_a_feature_encoder_cache_is_refused_while_the_stack_trains_and_checked_against_its_weights(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hf_multimodal import WaveNetConfig, WaveNetModel
 from hf_multimodal.modeling_wavenet import WaveNetCausalConv1d, warp_frequency_axis
@@ -205,6 +206,50 @@ class TestSpeechEmbeddingFrontend:
             assert list(given) == list(expected) == learning
             for name, gradient in expected.items():
                 torch.testing.assert_close(given[name], gradient, rtol=1e-3, atol=1e-3)
+
+    @pytest.mark.parametrize("blocks", [1, 2, 3, 4])
+    def test_the_output_of_the_lower_blocks_stands_for_the_waveforms(self, blocks):
+        """`compute_feature_encoder_outputs(blocks=N)`, each clip's columns past its real ones zeroed as a cache holds
+        them, fed back with the mask of its real columns: the blocks above run on it and give the encoder's real
+        frames, pooled output and frame mask of the waveforms, and the learning top blocks the same gradients."""
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)
+        model.freeze_feature_encoder(trainable_top_blocks=5 - blocks)
+        attention_mask = torch.ones(3, 4000, dtype=torch.long)
+        attention_mask[1, 2500:] = 0
+        attention_mask[2, 1100:] = 0
+        waveforms = torch.randn(3, 4000) * attention_mask
+        outputs, mask = model.compute_feature_encoder_outputs(waveforms, attention_mask, blocks=blocks)
+        assert outputs.shape[2:] == model.frontend.block_output_shapes()[blocks - 1]
+        frames = model._get_feature_vector_attention_mask(7, attention_mask).bool()  # 80 ms frames (640 samples)
+        assert frames.sum(-1).tolist() == [7, 4, 2]
+        assert mask.sum(-1).tolist() == model.frontend.output_columns(
+            1 + 8 * frames.sum(-1), 0, model.frontend.block_bounds()[blocks - 1][1]
+        ).tolist()  # a frame is 8 mel columns, after one silent column
+        stored = outputs * mask[:, :, None, None]
+        assert torch.equal(model.feature_encoder_frame_mask(stored, mask), frames)
+
+        def run(**inputs) -> tuple[BaseModelOutputWithPooling, dict[str, torch.Tensor]]:
+            output = model(**inputs)
+            output.pooler_output.square().sum().backward()
+            grads = {name: p.grad.clone() for name, p in model.frontend.feature_encoder.named_parameters() if p.grad is not None}
+            model.zero_grad(set_to_none=True)
+            return output, grads
+
+        expected, expected_grads = run(input_values=waveforms, attention_mask=attention_mask)
+        given, given_grads = run(feature_encoder_outputs=stored, attention_mask=mask)
+        torch.testing.assert_close(given.pooler_output, expected.pooler_output, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(given.last_hidden_state[frames], expected.last_hidden_state[frames], rtol=1e-4, atol=1e-5)
+        assert list(given_grads) == list(expected_grads) and expected_grads  # the top blocks' weights only
+        for name, gradient in expected_grads.items():
+            torch.testing.assert_close(given_grads[name], gradient, rtol=1e-3, atol=1e-4)
+
+    def test_lower_blocks_out_of_range_or_of_another_shape_are_refused(self):
+        model = tiny_wavenet(frontend="speech_embedding", sampling_rate=8000)
+        for blocks in (0, 6):
+            with pytest.raises(ValueError, match="blocks must be between 1 and 5"):
+                model.compute_feature_encoder_outputs(torch.randn(1, 800), blocks=blocks)
+        with pytest.raises(ValueError, match=r"\(channels, mel bands\) one of \[\(24, 16\)"):
+            model(feature_encoder_outputs=torch.randn(1, 9, 72, 8))
 
     def test_8_khz_audio_reads_as_the_same_clip_upsampled_to_16_khz(self):
         from scipy.signal import resample_poly

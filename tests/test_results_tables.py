@@ -57,12 +57,14 @@ def test_compare_runs_leaves_absent_ablations_empty(tmp_path):
 
 def test_the_readers_table_shows_each_head_over_each_kind_of_readers_with_both_stages_time(tmp_path):
     assert relational_readers(tmp_path) == []  # no run of the lane yet: no table, not a bare header
-    runs = {"partial": 300.0, "partial_comparator": 30.0, "adapted_low_rank_tensor": 60.0}
+    runs = {"partial": 300.0, "partial_comparator": 30.0, "copies_transformer": 42.0, "adapted_low_rank_tensor": 60.0}
     for name, seconds in runs.items():
         (tmp_path / "match_readers" / name).mkdir(parents=True)
         results = {**classifier_results(["image", "audio"]), "hyperparameters": {"train_seconds": seconds}}
         (tmp_path / "match_readers" / name / "metrics.json").write_text(json.dumps(results))
     table = relational_readers(tmp_path)
-    assert len(table) == 4 and table[0].startswith("| digit readers | fusion |")
+    assert len(table) == 5 and table[0].startswith("| digit readers | fusion |")
     assert "| stack's top 2 blocks adapted | comparator | 0.900 | 0.900 | 0.900 / 0.900 | 5.0 + 0.5 |" in table
     assert "| whole stack adapted | low_rank_tensor | 0.900 | 0.900 | 0.900 / 0.900 | - + 1.0 |" in table
+    copies = "| stack's top 2 blocks adapted, 3 augmented copies cached | transformer | 0.900 | 0.900 | 0.900 / 0.900 |"
+    assert f"{copies} - + 0.7 |" in table

@@ -143,6 +143,9 @@ class DataAugmentation:
         image_shift (`float`, *optional*, defaults to 0.1): Shift drawn uniformly in +/- this share of width / height.
         image_rotation_degrees (`float`, *optional*, defaults to 10.0): Rotation drawn uniformly in +/- this.
         text_word_dropout (`float`, *optional*, defaults to 0.1): Probability of dropping each word.
+        copies (`int`, *optional*): Draw each example's augmentation from only this many fixed copies, cycled over the
+            epochs (`draw`: the epoch modulo `copies`), instead of a new one every epoch: a frozen encoder (or the
+            frozen blocks of a feature encoder) then reads each copy once, and [`FrozenEncoderCache`] caches it.
         epoch (`int`, *optional*, defaults to 0): The current training epoch.
 
     Example:
@@ -163,6 +166,7 @@ class DataAugmentation:
     image_shift: float = 0.1
     image_rotation_degrees: float = 10.0
     text_word_dropout: float = 0.1
+    copies: int | None = None
     epoch: int = 0
 
     def __post_init__(self):
@@ -177,10 +181,18 @@ class DataAugmentation:
             raise ValueError(
                 f"audio_speed and text_word_dropout must be in [0, 1); got {self.audio_speed}, {self.text_word_dropout}."
             )
+        if self.copies is not None and self.copies < 1:
+            raise ValueError(f"copies must be >= 1 (or None for a new draw every epoch), got {self.copies}.")
+
+    @property
+    def draw(self) -> int:
+        """Which draw of each example's augmentation the current epoch uses: the epoch, or the epoch modulo
+        `copies`."""
+        return self.epoch if self.copies is None else self.epoch % self.copies
 
     def generator(self, modality: str, index: int) -> np.random.Generator:
         """The generator of one example's augmentation of `modality` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, index, AUGMENTABLE_MODALITIES.index(modality)])
+        return np.random.default_rng([self.seed, self.draw, index, AUGMENTABLE_MODALITIES.index(modality)])
 
     def __call__(self, modality: str, value: Any, index: int, sampling_rate: int | None = None) -> Any:
         """The augmented `value` (a waveform at `sampling_rate`, a PIL image or a text) of example `index`; values of

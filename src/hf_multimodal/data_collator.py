@@ -61,7 +61,8 @@ class MultimodalDataCollator:
             `augmentation_index` (added to the training split only, so evaluation batches are never augmented).
         encoder_features (`dict[str, EncoderFeatureTable]`, *optional*): Precomputed features of frozen encoders
             per modality (filled by [`FrozenEncoderCache`]): a batch whose examples all carry that modality's row
-            column (`feature_cache.FEATURE_ROW_COLUMNS`) gets `{modality}_encoder_features` instead of decoded inputs.
+            column (`feature_cache.FEATURE_ROW_COLUMNS`; a row, or a row per augmentation copy, of which the
+            current epoch's is read) gets `{modality}_encoder_features` instead of decoded inputs.
         pad_to_multiple_of (`Mapping[str, int]`, *optional*): Pad each batch's text to a multiple of
             `pad_to_multiple_of["text"]` tokens and its audio to a multiple of `pad_to_multiple_of["audio"]` samples
             (instead of the longest example's length): a bounded set of shapes, so that a `torch.compile`d model
@@ -102,7 +103,7 @@ class MultimodalDataCollator:
             m for m in used
             if m in self.encoder_features and all(FEATURE_ROW_COLUMNS[m] in example for example in examples)
         ]
-        feature_rows = {m: [example[FEATURE_ROW_COLUMNS[m]] for example in examples] for m in cached}
+        feature_rows = {m: [self._feature_row(example[FEATURE_ROW_COLUMNS[m]]) for example in examples] for m in cached}
         decoded = [m for m in used if m not in cached]
         values = {m: [self._decode(m, example, index) for index, example in enumerate(examples)] for m in decoded}
         for m in cached:  # the row of a cached example stands for its value; None where it lacks the modality
@@ -131,6 +132,19 @@ class MultimodalDataCollator:
         if self.return_loss:
             batch["return_loss"] = True
         return batch
+
+    def _feature_row(self, row: int | Sequence[int]) -> int:
+        """An example's row in a cached table: the row itself, or for a training example cached once per augmentation
+        copy (a row per copy), the current epoch's copy."""
+        if isinstance(row, int):
+            return row
+        if self.augmentation is None or self.augmentation.copies != len(row):
+            copies = None if self.augmentation is None else self.augmentation.copies
+            raise ValueError(
+                f"an example's cached features list {len(row)} augmentation copies but the collator's augmentation "
+                f"has copies={copies}: cache the split with the collator's own augmentation (FrozenEncoderCache)."
+            )
+        return row[self.augmentation.draw]
 
     def _decode(self, modality: str, example: Mapping[str, Any], index: int) -> Any:
         value = self._decode_value(modality, example, index)

@@ -1,9 +1,11 @@
 """Frozen-encoder feature cache: a frozen encoder whose inputs are not augmented gives the same output for an example
 every epoch, so its features are computed once per dataset split, stored on disk, and fed to the model instead of
 running the encoder (`{modality}_encoder_features`, see [`MultimodalModel.encoder_features`]). The same holds for the
-frozen feature encoder of a trained audio encoder (the `"speech_embedding"` stack under `--freeze_feature_encoder`):
-its outputs are cached and the rest of the encoder runs on them (`audio_feature_encoder_outputs`, see
-[`WaveNetModel.compute_feature_encoder_outputs`]).
+frozen feature encoder of a trained audio encoder (the `"speech_embedding"` stack under `--freeze_feature_encoder`),
+or for its frozen lower blocks when its top blocks learn (`--feature_encoder_trainable_blocks`): their outputs are
+cached and the rest of the encoder runs on them (`audio_feature_encoder_outputs`, see
+[`WaveNetModel.compute_feature_encoder_outputs`]). Inputs augmented from a few fixed copies
+([`DataAugmentation`]'s `copies`) are cached once per copy.
 
 A cache entry is keyed by the split's `datasets` fingerprint, the encoder's weights and config, and the preprocessing
 that makes its inputs (tokenizer and `max_text_length`, image processor, feature extractor and `max_audio_seconds`):
@@ -31,6 +33,7 @@ from transformers.utils import logging
 
 from .configuration_multimodal import MODALITIES
 from .data_augmentation import INDEX_COLUMN
+from .media_loading import audio_duration
 from .modeling_multimodal import FEATURE_ENCODER_INPUT_NAMES, FEATURE_INPUT_NAMES, INPUT_NAMES, PRESENCE_NAMES
 from .modeling_wavenet import feature_encoder_of
 from .processing_multimodal import is_missing
@@ -38,7 +41,7 @@ from .processing_multimodal import is_missing
 
 logger = logging.get_logger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 """Part of every cache key: a new layout of the cached files invalidates the old ones."""
 
 ENCODER, FEATURE_ENCODER = "encoder", "feature_encoder"
@@ -65,12 +68,17 @@ class EncoderFeatureTable:
     r"""
     The precomputed encoder features of one modality for the rows of every split added to a [`FrozenEncoderCache`];
     [`MultimodalDataCollator`] looks the rows of a batch up (`FEATURE_ROW_COLUMNS`) instead of decoding that modality.
+    Sequences are stored packed, each row up to its last real position, and padded per batch: a table holds no
+    padding to its longest row.
 
     Args:
-        features (`torch.FloatTensor`): `(rows, hidden_size)` pooled features, or `(rows, length, hidden_size)`
-            sequences; zeros for examples without the modality.
+        features (`torch.FloatTensor`): `(rows, hidden_size)` pooled features, or the positions of every row's
+            sequence one after the other, `(positions, hidden_size)` (`(positions, channels, mel bands)` for the lower
+            blocks of a feature encoder); zeros for examples without pooled features.
         present (`torch.BoolTensor` of shape `(rows,)`): Whether each example has the modality.
-        mask (`torch.BoolTensor` of shape `(rows, length)`, *optional*): The real positions of sequences.
+        mask (`torch.BoolTensor` of shape `(positions,)`, *optional*): The real positions of sequences.
+        offsets (`torch.LongTensor` of shape `(rows + 1,)`, *optional*): Where each row's sequence starts in
+            `features`, then where the last one ends (sequences only).
         part (`str`, *optional*, defaults to `"encoder"`): Whose output `features` are: `"encoder"` (fed to the model
             as `{modality}_encoder_features`) or `"feature_encoder"` (the frozen feature encoder of an audio encoder,
             fed as `audio_feature_encoder_outputs`).
@@ -82,13 +90,30 @@ class EncoderFeatureTable:
     >>> batch = table.batch("text", [2, 1])
     >>> batch["text_encoder_features"].shape, batch["has_text"].tolist()
     (torch.Size([2, 4]), [True, False])
+    >>> sequences = EncoderFeatureTable.from_padded(torch.ones(2, 5, 4), torch.tensor([True, True]),
+    ...                                             torch.tensor([[True] * 5, [True, True, False, False, False]]))
+    >>> sequences.features.shape, sequences.batch("text", [1])["text_encoder_features"].shape
+    (torch.Size([7, 4]), torch.Size([1, 2, 4]))
     ```
     """
 
     features: torch.Tensor
     present: torch.Tensor
     mask: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
     part: str = ENCODER
+
+    @classmethod
+    def from_padded(
+        cls, features: torch.Tensor, present: torch.Tensor, mask: torch.Tensor, part: str = ENCODER
+    ) -> EncoderFeatureTable:
+        """A table of sequences from `(rows, length, ...)` padded `features` and their `(rows, length)` `mask`, each
+        row kept up to its last real position."""
+        positions = torch.arange(1, mask.shape[1] + 1)
+        lengths = (mask * positions).amax(dim=1) if mask.shape[1] else torch.zeros(len(mask), dtype=torch.long)
+        keep = positions - 1 < lengths[:, None]
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        return cls(features[keep], present, mask[keep], offsets, part)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to store (the part is in the cache key)."""
@@ -97,32 +122,34 @@ class EncoderFeatureTable:
         }
 
     def __len__(self) -> int:
-        return self.features.shape[0]
+        return self.present.shape[0]
 
     def extend(self, other: EncoderFeatureTable) -> int:
-        """Append the rows of `other` (sequences are padded to the longer length); returns the row of its first."""
+        """Append the rows of `other`; returns the row of its first."""
         offset = len(self)
-        if self.mask is not None:
-            length = max(self.mask.shape[1], other.mask.shape[1])
-            self.features = torch.cat([_pad(self.features, length), _pad(other.features, length)])
-            self.mask = torch.cat([_pad(self.mask, length), _pad(other.mask, length)])
-        else:
-            self.features = torch.cat([self.features, other.features])
+        if self.offsets is not None:
+            self.offsets = torch.cat([self.offsets, other.offsets[1:] + self.offsets[-1]])
+            self.mask = torch.cat([self.mask, other.mask])
+        self.features = torch.cat([self.features, other.features])
         self.present = torch.cat([self.present, other.present])
         return offset
 
     def batch(self, modality: str, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The model inputs of `rows`: the features (sequences cut to the longest real length among them), their mask
-        and the presence flags of `modality`."""
+        """The model inputs of `rows`: the features (sequences padded to the longest among them), their mask and the
+        presence flags of `modality`."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         features_name, mask_name = CACHED_INPUT_NAMES[self.part][modality]
         inputs = {PRESENCE_NAMES[modality]: self.present[index]}
-        if self.mask is None:
+        if self.offsets is None:
             return {features_name: self.features[index], **inputs}
-        mask = self.mask[index]
-        real = mask.any(dim=0).nonzero()
-        length = int(real.max()) + 1 if len(real) else 1
-        return {features_name: self.features[index, :length], mask_name: mask[:, :length], **inputs}
+        starts, ends = self.offsets[index].tolist(), self.offsets[index + 1].tolist()
+        length = max(1, *(end - start for start, end in zip(starts, ends)))
+        features = self.features.new_zeros((len(index), length, *self.features.shape[1:]))
+        mask = torch.zeros(len(index), length, dtype=torch.bool)
+        for position, (start, end) in enumerate(zip(starts, ends)):
+            features[position, : end - start] = self.features[start:end]
+            mask[position, : end - start] = self.mask[start:end]
+        return {features_name: features, mask_name: mask, **inputs}
 
 
 def with_column(dataset: datasets.Dataset, name: str, values: list) -> datasets.Dataset:
@@ -140,14 +167,6 @@ def with_column(dataset: datasets.Dataset, name: str, values: list) -> datasets.
     if dataset._indices is not None:
         dataset = dataset.flatten_indices(keep_in_memory=True)
     return dataset.add_column(name, values)
-
-
-def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """`tensor` zero-padded along dimension 1 to `length`."""
-    missing = length - tensor.shape[1]
-    if missing == 0:
-        return tensor
-    return torch.cat([tensor, tensor.new_zeros((tensor.shape[0], missing, *tensor.shape[2:]))], dim=1)
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -198,8 +217,9 @@ def _preprocessing_settings(collator: Any, modality: str) -> dict[str, Any]:
 
 
 def frozen_module(model: PreTrainedModel, modality: str, part: str = ENCODER) -> torch.nn.Module:
-    """The module of `model` whose output a cache entry of `modality` holds: its encoder, or the encoder's feature
-    encoder (`part="feature_encoder"`, the WaveNet encoder's `"speech_embedding"` stack)."""
+    """The module of `model` whose output a cache entry of `modality` holds: its encoder, or the frozen part of the
+    encoder's feature encoder (`part="feature_encoder"`, the WaveNet encoder's `"speech_embedding"` stack: its lower
+    blocks that do not learn; the whole stack when none is frozen)."""
     encoder = model.get_encoder(modality)
     if part == ENCODER:
         return encoder
@@ -210,7 +230,8 @@ def frozen_module(model: PreTrainedModel, modality: str, part: str = ENCODER) ->
             f"{FEATURE_ENCODER!r} (an audio encoder with a feature encoder: a WaveNet with "
             "frontend='speech_embedding')."
         )
-    return feature_encoder
+    blocks = encoder.frontend.frozen_blocks()
+    return feature_encoder[: encoder.frontend.block_bounds()[blocks - 1][1]] if blocks else feature_encoder
 
 
 class FrozenEncoderCache:
@@ -219,11 +240,14 @@ class FrozenEncoderCache:
     mode), stores them on disk, and gives them to a [`MultimodalDataCollator`], which then feeds them to the model
     instead of decoding that modality; the encoder no longer runs in training, evaluation or ablations.
 
-    [`add`] returns the split with a row column per cached modality. A modality is left uncached in a split whose rows
-    the collator's augmentation changes (the training split, when `--augment` names the modality). Heads over
+    [`add`] returns the split with a row column per cached modality. In a split whose rows the collator's augmentation
+    changes (the training split, when `--augment` names the modality), a modality is cached once per augmentation copy
+    when the augmentation draws from a few fixed ones (`DataAugmentation.copies`; its row column then lists a row per
+    copy, and the collator reads the current epoch's), and left uncached when it draws anew every epoch. Heads over
     sequences (`fusion_type="transformer"`) get the encoders' token features, the others pooled ones. For the
-    modalities of `feature_encoder_modalities` only the frozen feature encoder's outputs are cached (frame sequences),
-    and the rest of that encoder, which trains, runs on them.
+    modalities of `feature_encoder_modalities` only the outputs of the feature encoder's frozen part are cached (the
+    whole stack's frame sequences, or those of its frozen lower blocks when its top blocks learn), and the rest of
+    that encoder, which trains, runs on them.
 
     Args:
         model ([`MultimodalPreTrainedModel`]): The model; the encoders of `modalities` must be frozen (no parameter
@@ -234,7 +258,8 @@ class FrozenEncoderCache:
         cache_dir (`str` or `os.PathLike`, *optional*): Where the features are stored; default `default_cache_dir()`.
         batch_size (`int`, *optional*, defaults to 64): Examples per encoder call while computing.
         feature_encoder_modalities (`Sequence[str]`, *optional*): Modalities whose encoder is trained but has a frozen
-            feature encoder (`WaveNetModel.freeze_feature_encoder`), whose outputs are cached.
+            feature encoder, or frozen lower blocks of one (`WaveNetModel.freeze_feature_encoder`), whose outputs are
+            cached.
 
     Example:
 
@@ -282,7 +307,9 @@ class FrozenEncoderCache:
         self.weights = {m: weights_fingerprint(frozen_module(model, m, part)) for m, part in self.parts.items()}
         self.preprocessing = {m: _digest(_preprocessing_settings(collator, m)) for m in self.modalities}
         self.computed: list[str] = []
-        """Cache keys computed by this object (the others were read from disk)."""
+        """Cache keys computed by this object."""
+        self.read: list[str] = []
+        """Cache keys read from disk by this object."""
 
     def stores_sequences(self, modality: str) -> bool:
         """Whether `modality`'s entries are sequences (with their mask): for a head over sequences, and always for a
@@ -295,9 +322,18 @@ class FrozenEncoderCache:
         augmented = augmentation is not None and modality in augmentation.modalities
         return augmented and INDEX_COLUMN in dataset.column_names
 
-    def key(self, dataset: datasets.Dataset, modality: str) -> str:
-        """The cache key of `modality`'s features over `dataset`: a SHA-256 of the dataset fingerprint and length, the
-        encoder's weights and config, the preprocessing settings and whether sequences are stored."""
+    def draws(self, modality: str, dataset: datasets.Dataset) -> list[int | None]:
+        """The augmentation draws of `modality` whose features `dataset` needs: `[None]` when its rows are not
+        augmented, each of the augmentation's fixed copies when it has some, none (not cached) when it draws anew
+        every epoch."""
+        if not self.is_augmented(modality, dataset):
+            return [None]
+        return list(range(self.collator.augmentation.copies or 0))
+
+    def key(self, dataset: datasets.Dataset, modality: str, draw: int | None = None) -> str:
+        """The cache key of `modality`'s features over `dataset` (augmented as `draw` of the augmentation's copies,
+        or not): a SHA-256 of the dataset fingerprint and length, the encoder's weights and config, the preprocessing
+        settings, whether sequences are stored, and the augmentation's settings and draw."""
         config = self.model.get_encoder(modality).config.to_dict()
         for name in ("_name_or_path", "transformers_version"):
             config.pop(name, None)
@@ -312,6 +348,10 @@ class FrozenEncoderCache:
             "config": config,
             "preprocessing": self.preprocessing[modality],
         }
+        if draw is not None:
+            settings = dataclasses.asdict(self.collator.augmentation)
+            settings.pop("epoch")
+            parts["augmentation"] = {**settings, "draw": draw}
         return _digest(parts)[:32]
 
     def add(self, dataset: datasets.Dataset) -> datasets.Dataset:
@@ -319,27 +359,37 @@ class FrozenEncoderCache:
         append them to the collator's tables and return `dataset` with their row columns."""
         tables = self.collator.encoder_features
         for modality in self.modalities:
-            if self.is_augmented(modality, dataset):
-                logger.info(f"{modality} is augmented in this split: its encoder runs on every batch.")
+            draws = self.draws(modality, dataset)
+            if not draws:
+                logger.info(f"{modality} is augmented afresh every epoch in this split: its encoder runs on every batch.")
                 continue
-            table = self.load_or_compute(dataset, modality)
-            if table is None:  # no example has it: nothing to encode
-                continue
-            if modality in tables:
-                offset = tables[modality].extend(table)
-            else:
-                offset, tables[modality] = 0, table
-            dataset = with_column(dataset, FEATURE_ROW_COLUMNS[modality], list(range(offset, offset + len(table))))
+            rows = []  # per draw, the table rows of the split's examples
+            for draw in draws:
+                table = self.load_or_compute(dataset, modality, draw)
+                if table is None:  # no example has it: nothing to encode
+                    break
+                if modality in tables:
+                    offset = tables[modality].extend(table)
+                else:
+                    offset, tables[modality] = 0, table
+                rows.append(range(offset, offset + len(table)))
+            if rows:
+                values = list(rows[0]) if draws == [None] else [list(copies) for copies in zip(*rows)]
+                dataset = with_column(dataset, FEATURE_ROW_COLUMNS[modality], values)
         return dataset
 
-    def load_or_compute(self, dataset: datasets.Dataset, modality: str) -> EncoderFeatureTable | None:
-        """The features of `modality` over `dataset`: read from the cache when its key is there, else computed and
-        written (atomically: a killed run leaves no partial file). None when no example has the modality."""
-        key = self.key(dataset, modality)
+    def load_or_compute(
+        self, dataset: datasets.Dataset, modality: str, draw: int | None = None
+    ) -> EncoderFeatureTable | None:
+        """The features of `modality` over `dataset` (augmented as `draw` of the augmentation's copies, or not): read
+        from the cache when its key is there, else computed and written (atomically: a killed run leaves no partial
+        file). None when no example has the modality."""
+        key = self.key(dataset, modality, draw)
         path = self.cache_dir / f"{modality}-{key}.safetensors"
         if path.is_file():
+            self.read.append(key)
             return EncoderFeatureTable(**load_file(path), part=self.parts[modality])
-        table = self.compute(dataset, modality)
+        table = self.compute(dataset, modality, draw)
         if table is None:
             return None
         self.computed.append(key)
@@ -350,33 +400,35 @@ class FrozenEncoderCache:
         return table
 
     @torch.no_grad()
-    def compute(self, dataset: datasets.Dataset, modality: str) -> EncoderFeatureTable | None:
-        """Run the encoder (or feature encoder) of `modality` over `dataset` (eval mode, no gradients), `batch_size`
-        examples at a time; examples without the modality get zeros. None when no example has it."""
+    def compute(self, dataset: datasets.Dataset, modality: str, draw: int | None = None) -> EncoderFeatureTable | None:
+        """Run the encoder (or the frozen part of the feature encoder) of `modality` over `dataset` (eval mode, no
+        gradients; the inputs augmented as `draw` of the augmentation's copies, or not), `batch_size` examples at a
+        time; examples without the modality get zeros. None when no example has it."""
         encoder = self.model.get_encoder(modality)
         was_training = encoder.training
         encoder.eval()
+        augmentation = None if draw is None else dataclasses.replace(self.collator.augmentation, epoch=draw)
         decoder = dataclasses.replace(
             self.collator, modalities=[modality], label_column=None, drop_modalities=(), return_loss=False,
-            augmentation=None, encoder_features={},
+            augmentation=augmentation, encoder_features={},
         )
         sequences = self.stores_sequences(modality)
         column = self.collator.columns[modality]
-        values = dataset.select_columns([column])
+        values = dataset.select_columns([column] if draw is None else [column, INDEX_COLUMN])
         present = torch.tensor([not is_missing(value) for value in values[column]], dtype=torch.bool)
         encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # rows, features, mask
         try:
-            for start in range(0, len(values), self.batch_size):
-                stop = min(start + self.batch_size, len(values))
-                rows = torch.arange(start, stop)[present[start:stop]]
-                if len(rows) == 0:
-                    continue
+            order = present.nonzero().flatten().tolist()
+            if modality == "audio":  # batches of clips of similar lengths, which pad little
+                order.sort(key=lambda row: audio_duration(values[row][column]))
+            for start in range(0, len(order), self.batch_size):
+                rows = torch.tensor(order[start : start + self.batch_size], dtype=torch.long)
                 batch = decoder([values[int(row)] for row in rows])
                 inputs = {name: batch[name].to(self.model.device) for name in INPUT_NAMES[modality] if name in batch}
                 if self.parts[modality] == FEATURE_ENCODER:
                     values_name, mask_name = INPUT_NAMES[modality]
                     features, mask = encoder.compute_feature_encoder_outputs(
-                        inputs[values_name], inputs.get(mask_name)
+                        inputs[values_name], inputs.get(mask_name), blocks=encoder.frontend.frozen_blocks()
                     )
                 else:
                     features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)
@@ -387,24 +439,28 @@ class FrozenEncoderCache:
             encoder.train(was_training)
         if not encoded:
             return None
-        size = encoded[0][1].shape[-1]
         if not sequences:
-            table = EncoderFeatureTable(torch.zeros(len(values), size), present)
-        else:
-            length = max(features.shape[1] for _, features, _ in encoded)
-            table = EncoderFeatureTable(
-                torch.zeros(len(values), length, size),
-                present,
-                torch.zeros(len(values), length, dtype=torch.bool),
-                part=self.parts[modality],
-            )
-        for rows, features, mask in encoded:
-            if mask is None:
+            table = EncoderFeatureTable(torch.zeros(len(values), *encoded[0][1].shape[1:]), present)
+            for rows, features, _ in encoded:
                 table.features[rows] = features
-            else:
-                table.features[rows, : features.shape[1]] = features
-                table.mask[rows, : mask.shape[1]] = mask
-        return table
+            return table
+        # each row's sequence up to its last real position, in row order
+        empty = (encoded[0][1].new_zeros((0, *encoded[0][1].shape[2:])), torch.zeros(0, dtype=torch.bool))
+        pieces = [empty] * len(values)
+        for rows, features, mask in encoded:
+            packed = EncoderFeatureTable.from_padded(features, present[rows], mask)
+            bounds = packed.offsets.tolist()
+            for position, row in enumerate(rows.tolist()):
+                start, end = bounds[position], bounds[position + 1]
+                pieces[row] = (packed.features[start:end], packed.mask[start:end])
+        lengths = torch.tensor([len(mask) for _, mask in pieces], dtype=torch.long)
+        return EncoderFeatureTable(
+            torch.cat([features for features, _ in pieces]),
+            present,
+            torch.cat([mask for _, mask in pieces]),
+            torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+            part=self.parts[modality],
+        )
 
 
 class FrozenEncoderCheckCallback(TrainerCallback):
@@ -475,8 +531,8 @@ def cache_frozen_features(
         cached = {name: cache.add(split) for name, split in splits.items()}
     parts = ", ".join(f"{m} ({part})" for m, part in cache.parts.items())
     logger.warning(
-        f"Frozen-encoder features of {parts}: {len(cache.computed)} split(s) computed, "
-        f"{len(splits) * len(cache.parts) - len(cache.computed)} read from {cache.cache_dir}."
+        f"Frozen-encoder features of {parts}: {len(cache.computed)} table(s) computed, {len(cache.read)} read from "
+        f"{cache.cache_dir} (a table per split, or per augmentation copy)."
     )
     trainer.add_callback(FrozenEncoderCheckCallback(cache))
     return cached

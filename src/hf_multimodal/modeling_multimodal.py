@@ -593,9 +593,10 @@ class MultimodalModel(MultimodalPreTrainedModel):
         audio_feature_encoder_outputs (`torch.FloatTensor` of shape `(batch_size, frames, 96)`):
             The output of the audio encoder's feature encoder (the `"speech_embedding"` stack) computed beforehand by
             [`WaveNetModel.compute_feature_encoder_outputs`] (e.g. cached once for a frozen stack), given instead of
-            `input_values`: the rest of the audio encoder runs on it.
-        audio_feature_encoder_mask (`torch.BoolTensor` of shape `(batch_size, frames)`):
-            The real frames of `audio_feature_encoder_outputs` (default: every frame).
+            `input_values`: the rest of the audio encoder runs on it. Or the output of the stack's lower blocks,
+            `(batch_size, columns, channels, mel bands)` (cached for a stack whose top blocks learn).
+        audio_feature_encoder_mask (`torch.BoolTensor` of shape `(batch_size, frames)` or `(batch_size, columns)`):
+            The real frames (columns) of `audio_feature_encoder_outputs` (default: every one).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
@@ -898,7 +899,9 @@ class MultimodalModel(MultimodalPreTrainedModel):
             mask = encoder._get_feature_vector_attention_mask(hidden.shape[1], select(inputs["audio_attention_mask"]))
             mask = mask.bool()
         elif modality == "audio" and inputs.get("audio_feature_encoder_mask") is not None:
-            mask = select(inputs["audio_feature_encoder_mask"]).bool()
+            mask = encoder.feature_encoder_frame_mask(
+                select(inputs["audio_feature_encoder_outputs"]), select(inputs["audio_feature_encoder_mask"])
+            )
         return hidden, mask, outputs.hidden_states if output_hidden_states else None
 
     def _precomputed(

@@ -357,16 +357,43 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         layers.append(nn.Conv2d(channels, SPEECH_EMBEDDING_SIZE, (3, 1)))
         self.feature_encoder = nn.Sequential(*layers)
         self.context_frames = self.receptive_field() - SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME
+        self.context_columns = self._plan_context_columns()
         self.layer_norm = nn.LayerNorm(SPEECH_EMBEDDING_SIZE, eps=config.layer_norm_eps)
         self.projection = nn.Linear(SPEECH_EMBEDDING_SIZE, config.hidden_size)
 
-    def feature_encoder_blocks(self) -> list[nn.Sequential]:
-        """The `SPEECH_EMBEDDING_BLOCKS` blocks of `feature_encoder`, bottom first: its layers up to each max-pooling
-        (the last convolution joins the top block). They share the stack's modules."""
+    def block_bounds(self) -> list[tuple[int, int]]:
+        """(first layer, end) in `feature_encoder` of each of its `SPEECH_EMBEDDING_BLOCKS` blocks, bottom first: its
+        layers up to each max-pooling (the last convolution joins the top block)."""
         ends = [i + 1 for i, layer in enumerate(self.feature_encoder) if isinstance(layer, nn.MaxPool2d)]
-        starts = [0, *ends[:-1]]
         ends[-1] = len(self.feature_encoder)
-        return [self.feature_encoder[start:end] for start, end in zip(starts, ends)]
+        return list(zip([0, *ends[:-1]], ends))
+
+    def feature_encoder_blocks(self) -> list[nn.Sequential]:
+        """The `SPEECH_EMBEDDING_BLOCKS` blocks of `feature_encoder`, bottom first (`block_bounds`). They share the
+        stack's modules."""
+        return [self.feature_encoder[start:end] for start, end in self.block_bounds()]
+
+    def frozen_blocks(self) -> int:
+        """How many of the stack's blocks, from the bottom, have no weight that learns
+        (`WaveNetModel.freeze_feature_encoder`): all 5 for a frozen stack, 3 with its top 2 learning."""
+        blocks = 0
+        for block in self.feature_encoder_blocks():
+            if any(parameter.requires_grad for parameter in block.parameters()):
+                break
+            blocks += 1
+        return blocks
+
+    def block_output_shapes(self) -> list[tuple[int, int]]:
+        """(channels, mel bands) of each block's output, bottom first: (24, 16), (48, 8), (72, 4), (96, 2), (96, 1)."""
+        shapes, channels, bands = [], 1, SPEECH_EMBEDDING_MEL_BANDS
+        for layer in self.feature_encoder:
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+            elif isinstance(layer, nn.MaxPool2d):
+                bands //= layer.kernel_size[1]
+                shapes.append((channels, bands))
+        shapes[-1] = (channels, bands)  # the last convolution joins the top block
+        return shapes
 
     def receptive_field(self) -> int:
         """Mel frames one output frame of `feature_encoder` reads (76)."""
@@ -376,6 +403,52 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
             field += (reach - 1) * step
             step *= stride
         return field
+
+    def _plan_context_columns(self) -> tuple[tuple[int, int], ...]:
+        """Per layer of `feature_encoder`: (kept, needed), the silent left-context columns its input holds and those
+        it is given (`feature_encoder_outputs`), for a log-mel input holding one.
+
+        The silent left context is one column repeated along time at every layer of the stack (each layer reads
+        time alike everywhere), so each layer is given only the columns of it that its outputs over the clip read,
+        repeated from the first: the outputs of the whole 68-frame context, computed over a few frames of it (1.4x
+        faster on 0.8 s clips, 3x on 0.4 s ones: the context is most of a short clip's frames).
+        """
+        plan = []
+        silent, kept = self.context_frames, 1  # context columns the full computation has / this one holds
+        for layer in self.feature_encoder:
+            reach, stride = _time_window(layer)
+            if reach == 1:
+                plan.append((kept, kept))
+                continue
+            silent_after = (silent - reach) // stride + 1 if silent >= reach else 0
+            kept_after = min(silent_after, 1)  # one silent column, to repeat for the next layers
+            # the last `needed` columns of the context give the last `kept_after` silent outputs and every output
+            # over the clip, in the full computation's windows
+            plan.append((kept, silent - stride * (silent_after - kept_after)))
+            silent, kept = silent_after, kept_after
+        return tuple(plan)
+
+    def output_columns(self, columns: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Time columns out of the layers `start:stop` of `feature_encoder` for `columns` in (their silent context
+        columns included, as `context_columns` plans them): `1 + 8 * frames` log-mel columns give `frames` output
+        frames."""
+        for index in range(start, len(self.feature_encoder) if stop is None else stop):
+            kept, needed = self.context_columns[index]
+            reach, stride = _time_window(self.feature_encoder[index])
+            columns = (columns - kept + needed - reach) // stride + 1
+        return columns
+
+    def run_layers(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The layers `start:stop` of `feature_encoder` over `hidden` (batch, channels, columns, mel bands), whose
+        first columns are the silent context `context_columns` plans for layer `start`."""
+        for index in range(start, stop):
+            hidden = _resize_left_context(hidden, *self.context_columns[index])
+            hidden = self.feature_encoder[index](hidden)
+            if index == 0:
+                # The convolutions run channels-last, the layout oneDNN's CPU kernels are fastest in (1.3-1.5x
+                # for the stack on 2 EPYC cores, forward and backward); the one-channel input cannot carry it.
+                hidden = hidden.contiguous(memory_format=torch.channels_last)
+        return hidden
 
     def compute_mel_filters(self) -> torch.Tensor:
         """`(n_fft // 2 + 1, 32)` mel filters from 60 to 3800 Hz (Slaney scale and area normalisation), scaled by
@@ -411,34 +484,39 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         return decibels / 10 + 2
 
     def feature_encoder_outputs(
-        self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None
+        self, input_values: torch.Tensor, frame_mask: torch.Tensor | None = None, blocks: int | None = None
     ) -> torch.Tensor:
         """(batch, frames, 96) output of the pretrained stack: what `forward` projects. It does not depend on any
-        trained weight while the stack is frozen, so it can be computed once per clip (`feature_cache`)."""
-        # The silent left context is one column repeated along time at every layer of the stack (each layer reads
-        # time alike everywhere), so each layer is given only the columns of it that its outputs over the clip read,
-        # repeated from the first: the outputs of the whole 68-frame context, computed over a few frames of it
-        # (1.4x faster on 0.8 s clips, 3x on 0.4 s ones: the context is most of a short clip's frames).
+        trained weight while the stack is frozen, so it can be computed once per clip (`feature_cache`). With
+        `blocks`, the output of the stack's lower `blocks` only, (batch, columns, channels, mel bands) time first
+        (`block_output_shapes`; its first columns silent context), which `top_blocks_outputs` continues."""
         hidden = self.log_mel(input_values, frame_mask, context_frames=1).to(self.projection.weight.dtype).unsqueeze(1)
-        silent, kept = self.context_frames, 1  # context columns the full computation has / this one holds
-        trainable = any(parameter.requires_grad for parameter in self.feature_encoder.parameters())
+        stop = self.block_bounds()[blocks - 1][1] if blocks else len(self.feature_encoder)
+        trainable = any(parameter.requires_grad for parameter in self.feature_encoder[:stop].parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            for index, layer in enumerate(self.feature_encoder):
-                reach, stride = _time_window(layer)
-                if reach > 1:
-                    silent_after = (silent - reach) // stride + 1 if silent >= reach else 0
-                    kept_after = min(silent_after, 1)  # one silent column, to repeat for the next layers
-                    # the last `needed` columns of the context give the last `kept_after` silent outputs and every
-                    # output over the clip, in the full computation's windows
-                    needed = silent - stride * (silent_after - kept_after)
-                    hidden = _resize_left_context(hidden, kept, needed)
-                    silent, kept = silent_after, kept_after
-                hidden = layer(hidden)
-                if index == 0:
-                    # The convolutions run channels-last, the layout oneDNN's CPU kernels are fastest in (1.3-1.5x
-                    # for the stack on 2 EPYC cores, forward and backward); the one-channel input cannot carry it.
-                    hidden = hidden.contiguous(memory_format=torch.channels_last)
+            hidden = self.run_layers(hidden, 0, stop)
+        if stop < len(self.feature_encoder):
+            return hidden.permute(0, 2, 1, 3)
         return hidden.squeeze(-1).transpose(1, 2)
+
+    def blocks_of(self, block_outputs: torch.Tensor) -> int:
+        """How many of the stack's blocks gave `block_outputs` (batch, columns, channels, mel bands), by their
+        (channels, mel bands); an error naming the shapes the blocks give otherwise."""
+        shapes = self.block_output_shapes()[:-1]
+        if block_outputs.dim() != 4 or tuple(block_outputs.shape[2:]) not in shapes:
+            raise ValueError(
+                f"feature encoder block outputs must be (batch_size, columns, channels, mel bands) with (channels, mel "
+                f"bands) one of {shapes} (the output of the stack's lower 1-{len(shapes)} blocks, from "
+                f"compute_feature_encoder_outputs(..., blocks=N)); got {tuple(block_outputs.shape)}."
+            )
+        return shapes.index(tuple(block_outputs.shape[2:])) + 1
+
+    def top_blocks_outputs(self, block_outputs: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, 96) output of the stack from the output of its lower blocks (`feature_encoder_outputs`
+        with `blocks`): the blocks above them run on it."""
+        start = self.block_bounds()[self.blocks_of(block_outputs) - 1][1]
+        hidden = block_outputs.permute(0, 2, 1, 3).contiguous(memory_format=torch.channels_last)
+        return self.run_layers(hidden, start, len(self.feature_encoder)).squeeze(-1).transpose(1, 2)
 
     def project(self, feature_encoder_outputs: torch.Tensor) -> torch.Tensor:
         """(batch, hidden, frames) features from the stack's (batch, frames, 96) output."""
@@ -608,13 +686,18 @@ class WaveNetModel(WaveNetPreTrainedModel):
 
     @torch.no_grad()
     def compute_feature_encoder_outputs(
-        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, blocks: int | None = None
     ) -> tuple[torch.FloatTensor, torch.BoolTensor | None]:
         r"""
         The pretrained stack's output for `input_values` (the arguments of `forward`): `(batch_size, frames, 96)`
         features and the bool mask of the real frames, `(batch_size, frames)` (None without `attention_mask`). Passed
         back to `forward` as `feature_encoder_outputs` (and `attention_mask`), they stand for the waveforms: a frozen
         stack's outputs can be computed once per clip (`hf_multimodal.feature_cache` does it in training).
+
+        With `blocks` (1 to 4), the output of the stack's lower `blocks` only: `(batch_size, columns, channels, mel
+        bands)` (`frontend.block_output_shapes()`, its first columns silent left context) and the mask of its real
+        columns, `(batch_size, columns)`; passed back the same way, the blocks above them run on it (the lower
+        blocks of a stack whose top blocks learn, `freeze_feature_encoder(trainable_top_blocks=...)`).
 
         Example:
 
@@ -629,11 +712,44 @@ class WaveNetModel(WaveNetPreTrainedModel):
         torch.Size([2, 13, 96])
         >>> torch.allclose(model(feature_encoder_outputs=features).pooler_output, model(waveforms).pooler_output)
         True
+        >>> lower, _ = model.compute_feature_encoder_outputs(waveforms, blocks=3)
+        >>> lower.shape  # 40 ms columns (and a silent one), 72 channels, 4 mel bands
+        torch.Size([2, 27, 72, 4])
+        >>> torch.allclose(model(feature_encoder_outputs=lower).pooler_output, model(waveforms).pooler_output)
+        True
         ```
         """
         frontend = self._feature_encoding_frontend("to run", "Pass input_values to forward instead.")
+        if blocks is not None and not 1 <= blocks <= SPEECH_EMBEDDING_BLOCKS:
+            raise ValueError(
+                f"blocks must be between 1 and {SPEECH_EMBEDDING_BLOCKS} (the stack's blocks, from the bottom), got "
+                f"{blocks!r}."
+            )
         input_values, frame_mask = self._frames(input_values, attention_mask)
-        return frontend.feature_encoder_outputs(input_values, frame_mask), frame_mask
+        outputs = frontend.feature_encoder_outputs(input_values, frame_mask, blocks=blocks)
+        if frame_mask is None or outputs.dim() == 3:
+            return outputs, frame_mask
+        stop = frontend.block_bounds()[blocks - 1][1]
+        columns = frontend.output_columns(1 + SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME * frame_mask.sum(-1), 0, stop)
+        return outputs, torch.arange(outputs.shape[1], device=columns.device) < columns[:, None]
+
+    def feature_encoder_frame_mask(
+        self, feature_encoder_outputs: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.BoolTensor | None:
+        """The `(batch_size, frames)` mask of the real output frames of `feature_encoder_outputs` and their
+        `attention_mask` (`compute_feature_encoder_outputs`'s): that mask itself for the stack's output, derived from
+        the real columns for the output of its lower blocks. None without a mask."""
+        if attention_mask is None:
+            return None
+        if feature_encoder_outputs.dim() == 3:
+            return attention_mask.bool()
+        frontend = self._feature_encoding_frontend(
+            "for feature_encoder_outputs to come from", "Pass input_values instead of feature_encoder_outputs."
+        )
+        start = frontend.block_bounds()[frontend.blocks_of(feature_encoder_outputs) - 1][1]
+        frames = frontend.output_columns(torch.tensor(feature_encoder_outputs.shape[1]), start)
+        real = frontend.output_columns(attention_mask.sum(-1), start)
+        return torch.arange(int(frames), device=real.device) < real[:, None]
 
     def _frames(
         self, input_values: torch.Tensor, attention_mask: torch.Tensor | None
@@ -666,7 +782,9 @@ class WaveNetModel(WaveNetPreTrainedModel):
             (`audio_attention_mask`, its name before hf_multimodal 0.2, is still accepted, with a warning.)
         feature_encoder_outputs (`torch.FloatTensor` of shape `(batch_size, frames, 96)`, *optional*):
             The `"speech_embedding"` stack's output from [`compute_feature_encoder_outputs`], instead of
-            `input_values`: the rest of the encoder runs on it as on the waveforms it was computed from.
+            `input_values`: the rest of the encoder runs on it as on the waveforms it was computed from. Or the output
+            of its lower blocks, `(batch_size, columns, channels, mel bands)` (`blocks=N` there), with the mask of its
+            real columns as `attention_mask`: the blocks above them run on it first.
         """
         if "audio_attention_mask" in kwargs:
             if attention_mask is not None:
@@ -684,10 +802,12 @@ class WaveNetModel(WaveNetPreTrainedModel):
             )
         if feature_encoder_outputs is not None:
             batch_size = feature_encoder_outputs.shape[0]
-            frame_mask = None if attention_mask is None else attention_mask.bool()
             frontend = self._feature_encoding_frontend(
                 "for feature_encoder_outputs to come from", "Pass input_values instead of feature_encoder_outputs."
             )
+            frame_mask = self.feature_encoder_frame_mask(feature_encoder_outputs, attention_mask)
+            if feature_encoder_outputs.dim() == 4:  # the output of the stack's lower blocks: the others run on it
+                feature_encoder_outputs = frontend.top_blocks_outputs(feature_encoder_outputs)
             features = frontend.project(feature_encoder_outputs)
         else:
             input_values, frame_mask = self._frames(input_values, attention_mask)

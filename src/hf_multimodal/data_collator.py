@@ -136,8 +136,8 @@ class MultimodalDataCollator:
     def _feature_row(self, row: int | Sequence[int]) -> int:
         """An example's row in a cached table: the row itself, or for a training example cached once per augmentation
         copy (a row per copy), the current epoch's copy."""
-        if isinstance(row, int):
-            return row
+        if isinstance(row, (int, np.integer)):
+            return int(row)
         if self.augmentation is None or self.augmentation.copies != len(row):
             copies = None if self.augmentation is None else self.augmentation.copies
             raise ValueError(

@@ -45,8 +45,8 @@ CACHE_FORMAT_VERSION = 2
 """Part of every cache key: a new layout of the cached files invalidates the old ones."""
 
 ENCODER, FEATURE_ENCODER = "encoder", "feature_encoder"
-"""What a cache entry holds of a modality's encoder: the output of the whole (frozen) encoder, or of its frozen
-feature encoder only."""
+"""What a cache entry holds of a modality's encoder: the output of the whole (frozen) encoder, or of the frozen part of
+its feature encoder only (the whole stack, or its lower blocks when the top ones learn)."""
 
 CACHED_INPUT_NAMES: dict[str, dict[str, tuple[str, str]]] = {
     ENCODER: FEATURE_INPUT_NAMES,
@@ -81,7 +81,7 @@ class EncoderFeatureTable:
             `features`, then where the last one ends (sequences only).
         part (`str`, *optional*, defaults to `"encoder"`): Whose output `features` are: `"encoder"` (fed to the model
             as `{modality}_encoder_features`) or `"feature_encoder"` (the frozen feature encoder of an audio encoder,
-            fed as `audio_feature_encoder_outputs`).
+            or its frozen lower blocks, fed as `audio_feature_encoder_outputs`).
 
     Example:
 

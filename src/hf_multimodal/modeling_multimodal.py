@@ -54,8 +54,9 @@ FEATURE_ENCODER_INPUT_NAMES: dict[str, tuple[str, str]] = {
     "audio": ("audio_feature_encoder_outputs", "audio_feature_encoder_mask"),
 }
 """Per modality whose encoder has a feature encoder (the WaveNet encoder's `"speech_embedding"` stack), the inputs
-that stand for that part's output (from [`WaveNetModel.compute_feature_encoder_outputs`], e.g. cached for a frozen
-stack): the outputs, then the mask of their real frames. The rest of the encoder runs on them."""
+that stand for that part's output, or for the output of its lower blocks (from
+[`WaveNetModel.compute_feature_encoder_outputs`], e.g. cached for a frozen stack or its frozen lower blocks): the
+outputs, then the mask of their real frames (columns). The rest of the encoder runs on them."""
 
 ENCODER_ATTRIBUTES: dict[str, str] = {"text": "text_model", "image": "vision_model", "audio": "audio_model"}
 

@@ -425,8 +425,8 @@ class DataArguments:
     augment_copies: int | None = field(
         default=None,
         metadata={"help": "Draw each training example's --augment from only N fixed copies, cycled over the epochs "
-                  "(the epoch modulo N), instead of anew every epoch: with --cache_frozen_features, frozen encoders and "
-                  "the frozen lower blocks of a --feature_encoder_trainable_blocks stack then read each copy once "
+                  "(the epoch modulo N), instead of anew every epoch: with --cache_frozen_features, frozen encoders "
+                  "and the frozen lower blocks of a --feature_encoder_trainable_blocks stack then read each copy once "
                   "(cached) instead of every batch (README: Augmented copies in the cache). Default: a new draw every "
                   "epoch."},
     )
@@ -1193,9 +1193,9 @@ def _use_feature_cache(
     `--freeze_feature_encoder`, or of its frozen lower blocks under `--feature_encoder_trainable_blocks`) over every
     map-style split is computed once (or read from the cache), and the trainer and `splits` take the splits carrying
     its rows (README: Frozen-encoder cache). A training split that `--augment` changes is cached once per
-    `--augment_copies` copy, or, without them, runs the encoder as usual, as a streamed one does. Without `whole_encoders` (a search whose
-    trials may try a head over sequences while the run's head reads pooled features, or the other way round) only
-    feature encoders are cached: their outputs do not depend on the head."""
+    `--augment_copies` copy, or, without them, runs the encoder as usual, as a streamed one does. Without
+    `whole_encoders` (a search whose trials may try a head over sequences while the run's head reads pooled features,
+    or the other way round) only feature encoders are cached: their outputs do not depend on the head."""
     modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities and whole_encoders]
     feature_encoder_modalities = [
         m for m in FEATURE_ENCODER_INPUT_NAMES

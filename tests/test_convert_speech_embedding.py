@@ -136,7 +136,9 @@ def test_training_reads_the_lower_blocks_over_augmented_copies_from_the_cache(co
 
     options = ["--audio_model", str(converted), "--feature_encoder_trainable_blocks", "2", "--augment", "audio",
                "--augment_copies", "2", "--feature_cache_dir", str(tmp_path / "cache")]  # fmt: skip
-    arguments = tiny_arguments(data, tmp_path / "run", max_steps=3, eval_strategy="no", save_strategy="no", audio_config=None)
+    arguments = tiny_arguments(
+        data, tmp_path / "run", max_steps=3, eval_strategy="no", save_strategy="no", audio_config=None
+    )
     trainer, _ = build_trainer(*parse_arguments([*arguments, *options]))
     assert len(list((tmp_path / "cache").iterdir())) == 4  # train twice, validation, test
     rows = trainer.train_dataset[FEATURE_ROW_COLUMNS["audio"]]
@@ -151,7 +153,9 @@ def test_training_reads_the_lower_blocks_over_augmented_copies_from_the_cache(co
     blocks = trainer.model.get_encoder("audio").frontend.feature_encoder_blocks()
     before = [[p.clone() for p in block.parameters()] for block in blocks]
     trainer.train()
-    changed = [any(not torch.equal(p, q) for p, q in zip(block.parameters(), old)) for block, old in zip(blocks, before)]
+    changed = [
+        any(not torch.equal(p, q) for p, q in zip(block.parameters(), old)) for block, old in zip(blocks, before)
+    ]
     assert changed == [False, False, False, True, True]
 
 

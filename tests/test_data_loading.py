@@ -163,6 +163,7 @@ def test_group_by_length_refuses_a_run_of_images_and_keeps_a_given_length_column
     for name, split in given.items():
         given[name] = split.add_column("size", list(range(len(split))))
     given.save_to_disk(tmp_path / "given")
-    trainer, _ = _grouped_trainer(tmp_path / "given", tmp_path, "--modalities", "image", "--length_column_name", "size")
+    options = ("--modalities", "image", "--length_column_name", "size")
+    trainer, _ = _grouped_trainer(tmp_path / "given", tmp_path, *options)
     lengths = trainer._get_train_sampler().lengths  # the given column's, of the examples that have an image
     assert lengths == list(trainer.train_dataset["size"]) and lengths == sorted(set(lengths)) and len(lengths) > 100

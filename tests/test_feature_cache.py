@@ -124,7 +124,9 @@ def test_the_frozen_lower_blocks_of_a_stack_whose_top_blocks_learn_are_cached(ex
     audio = model.get_encoder("audio")
     audio.freeze_feature_encoder(trainable_top_blocks=2)
     collator = MultimodalDataCollator(processor, model.config.modalities)
-    cache = FrozenEncoderCache(model, collator, [], cache_dir=tmp_path, batch_size=4, feature_encoder_modalities=["audio"])
+    cache = FrozenEncoderCache(
+        model, collator, [], cache_dir=tmp_path, batch_size=4, feature_encoder_modalities=["audio"]
+    )
     cached = cache.add(examples)
     assert collator.encoder_features["audio"].features.shape[1:] == (72, 4)  # the third block's output, packed
     plain = dataclasses.replace(collator, encoder_features={})

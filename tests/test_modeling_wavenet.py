@@ -231,14 +231,17 @@ class TestSpeechEmbeddingFrontend:
         def run(**inputs) -> tuple[BaseModelOutputWithPooling, dict[str, torch.Tensor]]:
             output = model(**inputs)
             output.pooler_output.square().sum().backward()
-            grads = {name: p.grad.clone() for name, p in model.frontend.feature_encoder.named_parameters() if p.grad is not None}
+            named = model.frontend.feature_encoder.named_parameters()
+            grads = {name: p.grad.clone() for name, p in named if p.grad is not None}
             model.zero_grad(set_to_none=True)
             return output, grads
 
         expected, expected_grads = run(input_values=waveforms, attention_mask=attention_mask)
         given, given_grads = run(feature_encoder_outputs=stored, attention_mask=mask)
         torch.testing.assert_close(given.pooler_output, expected.pooler_output, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(given.last_hidden_state[frames], expected.last_hidden_state[frames], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            given.last_hidden_state[frames], expected.last_hidden_state[frames], rtol=1e-4, atol=1e-5
+        )
         assert list(given_grads) == list(expected_grads) and expected_grads  # the top blocks' weights only
         for name, gradient in expected_grads.items():
             torch.testing.assert_close(given_grads[name], gradient, rtol=1e-3, atol=1e-4)

@@ -66,5 +66,5 @@ def test_the_readers_table_shows_each_head_over_each_kind_of_readers_with_both_s
     assert len(table) == 5 and table[0].startswith("| digit readers | fusion |")
     assert "| stack's top 2 blocks adapted | comparator | 0.900 | 0.900 | 0.900 / 0.900 | 5.0 + 0.5 |" in table
     assert "| whole stack adapted | low_rank_tensor | 0.900 | 0.900 | 0.900 / 0.900 | - + 1.0 |" in table
-    copies = "| stack's top 2 blocks adapted, 3 augmented copies cached | transformer | 0.900 | 0.900 | 0.900 / 0.900 |"
-    assert f"{copies} - + 0.7 |" in table
+    copies = "| stack's top 2 blocks adapted, 3 augmented copies cached | transformer |"
+    assert f"{copies} 0.900 | 0.900 | 0.900 / 0.900 | - + 0.7 |" in table

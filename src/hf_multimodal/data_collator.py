@@ -103,7 +103,9 @@ class MultimodalDataCollator:
             m for m in used
             if m in self.encoder_features and all(FEATURE_ROW_COLUMNS[m] in example for example in examples)
         ]
-        feature_rows = {m: [self._feature_row(example[FEATURE_ROW_COLUMNS[m]]) for example in examples] for m in cached}
+        feature_rows = {
+            m: [self._feature_row(example[FEATURE_ROW_COLUMNS[m]]) for example in examples] for m in cached
+        }
         decoded = [m for m in used if m not in cached]
         values = {m: [self._decode(m, example, index) for index, example in enumerate(examples)] for m in decoded}
         for m in cached:  # the row of a cached example stands for its value; None where it lacks the modality

@@ -231,7 +231,7 @@ def frozen_module(model: PreTrainedModel, modality: str, part: str = ENCODER) ->
             "frontend='speech_embedding')."
         )
     blocks = encoder.frontend.frozen_blocks()
-    return feature_encoder[: encoder.frontend.block_bounds()[blocks - 1][1]] if blocks else feature_encoder
+    return feature_encoder[: encoder.frontend.blocks_end(blocks)] if blocks else feature_encoder
 
 
 class FrozenEncoderCache:
@@ -361,7 +361,9 @@ class FrozenEncoderCache:
         for modality in self.modalities:
             draws = self.draws(modality, dataset)
             if not draws:
-                logger.info(f"{modality} is augmented afresh every epoch in this split: its encoder runs on every batch.")
+                logger.info(
+                    f"{modality} is augmented afresh every epoch in this split: its encoder runs on every batch."
+                )
                 continue
             rows = []  # per draw, the table rows of the split's examples
             for draw in draws:
@@ -415,20 +417,22 @@ class FrozenEncoderCache:
         sequences = self.stores_sequences(modality)
         column = self.collator.columns[modality]
         values = dataset.select_columns([column] if draw is None else [column, INDEX_COLUMN])
-        present = torch.tensor([not is_missing(value) for value in values[column]], dtype=torch.bool)
+        entries = values[column]
+        present = torch.tensor([not is_missing(value) for value in entries], dtype=torch.bool)
+        frozen_blocks = encoder.frontend.frozen_blocks() if self.parts[modality] == FEATURE_ENCODER else None
         encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # rows, features, mask
         try:
             order = present.nonzero().flatten().tolist()
             if modality == "audio":  # batches of clips of similar lengths, which pad little
-                order.sort(key=lambda row: audio_duration(values[row][column]))
+                order.sort(key=lambda row: audio_duration(entries[row]))
             for start in range(0, len(order), self.batch_size):
                 rows = torch.tensor(order[start : start + self.batch_size], dtype=torch.long)
                 batch = decoder([values[int(row)] for row in rows])
                 inputs = {name: batch[name].to(self.model.device) for name in INPUT_NAMES[modality] if name in batch}
-                if self.parts[modality] == FEATURE_ENCODER:
+                if frozen_blocks is not None:
                     values_name, mask_name = INPUT_NAMES[modality]
                     features, mask = encoder.compute_feature_encoder_outputs(
-                        inputs[values_name], inputs.get(mask_name), blocks=encoder.frontend.frozen_blocks()
+                        inputs[values_name], inputs.get(mask_name), blocks=frozen_blocks
                     )
                 else:
                     features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)

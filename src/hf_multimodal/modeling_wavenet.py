@@ -368,6 +368,10 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         ends[-1] = len(self.feature_encoder)
         return list(zip([0, *ends[:-1]], ends))
 
+    def blocks_end(self, blocks: int) -> int:
+        """The index in `feature_encoder` of the first layer above its lower `blocks` blocks (its length for all 5)."""
+        return self.block_bounds()[blocks - 1][1]
+
     def feature_encoder_blocks(self) -> list[nn.Sequential]:
         """The `SPEECH_EMBEDDING_BLOCKS` blocks of `feature_encoder`, bottom first (`block_bounds`). They share the
         stack's modules."""
@@ -491,7 +495,7 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         `blocks`, the output of the stack's lower `blocks` only, (batch, columns, channels, mel bands) time first
         (`block_output_shapes`; its first columns silent context), which `top_blocks_outputs` continues."""
         hidden = self.log_mel(input_values, frame_mask, context_frames=1).to(self.projection.weight.dtype).unsqueeze(1)
-        stop = self.block_bounds()[blocks - 1][1] if blocks else len(self.feature_encoder)
+        stop = self.blocks_end(blocks) if blocks else len(self.feature_encoder)
         trainable = any(parameter.requires_grad for parameter in self.feature_encoder[:stop].parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
             hidden = self.run_layers(hidden, 0, stop)
@@ -505,8 +509,8 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
         shapes = self.block_output_shapes()[:-1]
         if block_outputs.dim() != 4 or tuple(block_outputs.shape[2:]) not in shapes:
             raise ValueError(
-                f"feature encoder block outputs must be (batch_size, columns, channels, mel bands) with (channels, mel "
-                f"bands) one of {shapes} (the output of the stack's lower 1-{len(shapes)} blocks, from "
+                f"feature encoder block outputs must be (batch_size, columns, channels, mel bands) with (channels, "
+                f"mel bands) one of {shapes} (the output of the stack's lower 1-{len(shapes)} blocks, from "
                 f"compute_feature_encoder_outputs(..., blocks=N)); got {tuple(block_outputs.shape)}."
             )
         return shapes.index(tuple(block_outputs.shape[2:])) + 1
@@ -514,7 +518,7 @@ class WaveNetSpeechEmbeddingFrontend(MelSpectrumFrontend):
     def top_blocks_outputs(self, block_outputs: torch.Tensor) -> torch.Tensor:
         """(batch, frames, 96) output of the stack from the output of its lower blocks (`feature_encoder_outputs`
         with `blocks`): the blocks above them run on it."""
-        start = self.block_bounds()[self.blocks_of(block_outputs) - 1][1]
+        start = self.blocks_end(self.blocks_of(block_outputs))
         hidden = block_outputs.permute(0, 2, 1, 3).contiguous(memory_format=torch.channels_last)
         return self.run_layers(hidden, start, len(self.feature_encoder)).squeeze(-1).transpose(1, 2)
 
@@ -729,8 +733,9 @@ class WaveNetModel(WaveNetPreTrainedModel):
         outputs = frontend.feature_encoder_outputs(input_values, frame_mask, blocks=blocks)
         if frame_mask is None or outputs.dim() == 3:
             return outputs, frame_mask
-        stop = frontend.block_bounds()[blocks - 1][1]
-        columns = frontend.output_columns(1 + SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME * frame_mask.sum(-1), 0, stop)
+        columns = frontend.output_columns(
+            1 + SPEECH_EMBEDDING_MEL_FRAMES_PER_FRAME * frame_mask.sum(-1), 0, frontend.blocks_end(blocks)
+        )
         return outputs, torch.arange(outputs.shape[1], device=columns.device) < columns[:, None]
 
     def feature_encoder_frame_mask(
@@ -746,7 +751,7 @@ class WaveNetModel(WaveNetPreTrainedModel):
         frontend = self._feature_encoding_frontend(
             "for feature_encoder_outputs to come from", "Pass input_values instead of feature_encoder_outputs."
         )
-        start = frontend.block_bounds()[frontend.blocks_of(feature_encoder_outputs) - 1][1]
+        start = frontend.blocks_end(frontend.blocks_of(feature_encoder_outputs))
         frames = frontend.output_columns(torch.tensor(feature_encoder_outputs.shape[1]), start)
         real = frontend.output_columns(attention_mask.sum(-1), start)
         return torch.arange(int(frames), device=real.device) < real[:, None]

@@ -4,7 +4,8 @@
 # paired digits, with retrieval and zero-shot results; the relational task (does the scan show what the recording
 # says?) for every fusion head with and without alignment pre-training, and the image + text variant; each modality's
 # accuracy and importance inside the demo's models; the scikit-learn baselines; the relational task on digit readers
-# over the pretrained speech stack, frozen or adapted (README: Where the relation's last points go).
+# over the pretrained speech stack, frozen or adapted (README: Where the relation's last points go), and two other
+# relations on such readers (does the note name the digit the recording says, the scan shows?).
 # Writes outputs/results/results.md (summarised by scripts/summarize_results.py).
 #
 # Two lanes of one thread each run side by side (2 CPU cores); a few hours in all. Finished runs are reused and
@@ -29,7 +30,9 @@ mkdir -p "$results"
 
 dataset() {  # dataset FOLDER [make_demo_dataset.py options]
     local folder=$1; shift
-    [ -f "$folder/dataset_dict.json" ] || "$python" scripts/make_demo_dataset.py --output_dir "$folder" "$@" > /dev/null
+    [ -f "$folder/dataset_dict.json" ] && return 0
+    # errors only in the lanes' output: no progress bars
+    HF_DATASETS_DISABLE_PROGRESS_BARS=1 "$python" scripts/make_demo_dataset.py --output_dir "$folder" "$@" > /dev/null
 }
 
 train() {  # train OUTPUT [scripts/train.py options]: one run, its log beside it; skipped when finished
@@ -65,8 +68,9 @@ HEADS=(concat weighted_sum gated attention transformer bilstm low_rank_tensor co
 AUDIO_MODEL=outputs/demo/speech_embedding
 SPEECH_ENCODER='{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}'
 READER_DATA=outputs/match_readers
-READER_TRAINING=(--modalities image audio "${COMMON[@]}" --per_device_train_batch_size 32 --modality_dropout 0
-                 --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_learning_rate 3e-3)
+READER_TRAINING=("${COMMON[@]}" --per_device_train_batch_size 32 --modality_dropout 0 --learning_rate 1e-3
+                 --image_learning_rate 2e-3 --audio_learning_rate 3e-3)
+OTHER_RELATIONS=("text audio" "text image")  # the note's reader is the frozen MiniLM
 
 # the data (and the converted stack) of the selected lanes
 if selected classification; then dataset outputs/demo/data; fi
@@ -78,6 +82,9 @@ fi
 if selected readers; then
     dataset "$READER_DATA/pairs" --task pairs --synthetic_voices 1500
     dataset "$READER_DATA/match" --task match --synthetic_voices 1500
+    for relation in "${OTHER_RELATIONS[@]}"; do
+        dataset "$READER_DATA/match_${relation// /_}" --task match --match $relation --synthetic_voices 1500
+    done
     if [ ! -f "$AUDIO_MODEL/preprocessor_config.json" ]; then  # written last by the converter
         "$python" scripts/convert_speech_embedding.py --output_dir "$AUDIO_MODEL" --audio_config "$SPEECH_ENCODER" \
             > /dev/null
@@ -130,7 +137,9 @@ lane_relations() {
 }
 
 # digit readers with the stack frozen (cached), its top 2 blocks adapted on audio augmented anew every epoch or from 3
-# copies (the lower blocks' outputs over them cached), or all of it adapted on augmented audio; every head over each
+# copies (the lower blocks' outputs over them cached), or all of it adapted on augmented audio; every head over each.
+# Then the other relations: readers of the note and the recording (the copies' recipe) or the note and the scan, and
+# the comparator, low-rank and transformer heads over them.
 lane_readers() {
     local readers="$results/match_readers"
     local stage1=(--dataset "$READER_DATA/pairs" "${READER_TRAINING[@]}" --image_config "$IMAGE" --audio_model
@@ -138,15 +147,30 @@ lane_readers() {
                   --num_train_epochs 15 --early_stopping_patience 0 --load_best_model_at_end False)
     local adapting=(--freeze_feature_encoder False --feature_encoder_learning_rate 1e-4 --augment audio
                     --train_sampling_strategy group_by_length)
-    train "$readers/frozen" "${stage1[@]}" --freeze_feature_encoder
-    train "$readers/partial" "${stage1[@]}" "${adapting[@]}" --feature_encoder_trainable_blocks 2
-    train "$readers/copies" "${stage1[@]}" "${adapting[@]}" --feature_encoder_trainable_blocks 2 --augment_copies 3
-    train "$readers/adapted" "${stage1[@]}" "${adapting[@]}"
+    local copies=("${adapting[@]}" --feature_encoder_trainable_blocks 2 --augment_copies 3)
+    train "$readers/frozen" --modalities image audio "${stage1[@]}" --freeze_feature_encoder
+    train "$readers/partial" --modalities image audio "${stage1[@]}" "${adapting[@]}" \
+        --feature_encoder_trainable_blocks 2
+    train "$readers/copies" --modalities image audio "${stage1[@]}" "${copies[@]}"
+    train "$readers/adapted" --modalities image audio "${stage1[@]}" "${adapting[@]}"
     for head in "${HEADS[@]}"; do
         for stage in frozen partial copies adapted; do
-            train "$readers/${stage}_$head" --dataset "$READER_DATA/match" "${READER_TRAINING[@]}" \
-                --model_name_or_path "$readers/$stage" --freeze_modalities image audio --fusion_type "$head" \
-                --num_train_epochs 12
+            train "$readers/${stage}_$head" --dataset "$READER_DATA/match" --modalities image audio \
+                "${READER_TRAINING[@]}" --model_name_or_path "$readers/$stage" --freeze_modalities image audio \
+                --fusion_type "$head" --num_train_epochs 12
+        done
+    done
+    local relation name speech
+    for relation in "${OTHER_RELATIONS[@]}"; do
+        name=${relation// /_} speech=()
+        if [[ $relation == *audio* ]]; then speech=("${copies[@]}"); fi
+        # shellcheck disable=SC2086
+        train "$readers/$name" --modalities $relation "${stage1[@]}" "${TEXT[@]}" "${speech[@]}"
+        for head in comparator low_rank_tensor transformer; do
+            # shellcheck disable=SC2086
+            train "$readers/${name}_$head" --dataset "$READER_DATA/match_$name" --modalities $relation \
+                "${READER_TRAINING[@]}" --model_name_or_path "$readers/$name" --freeze_modalities $relation \
+                --fusion_type "$head" --num_train_epochs 12
         done
     done
 }

@@ -238,26 +238,56 @@ def relational_readers(root: Path) -> list[str]:
     recordings augmented anew every epoch, or from 3 copies whose lower blocks' outputs are cached) or adapted whole at
     its own rate on augmented recordings (README: Where the relation's last points go); each modality alone is the
     test split's ablation (chance for a relational label)."""
-    folder = root / "match_readers"
-    rows = []
-    for stage, readers_name in READER_STAGES.items():
-        readers = metrics(folder / stage)
-        for head in FUSION_TYPES:
-            run = metrics(folder / f"{stage}_{head}")
-            if run is None:
-                continue
-            alone = " / ".join(cell(run["ablation"][f"without_{m}"]["accuracy"]) for m in ("audio", "image"))
-            rows.append(
-                f"| {readers_name} | {head} | {cell(run['test']['accuracy'])} | "
-                f"{cell(run['extra_tests'][UNSEEN]['accuracy'])} | {alone} | {minutes(readers) if readers else '-'} "
-                f"+ {minutes(run)} |"
-            )
+    rows = [
+        row
+        for stage, readers_name in READER_STAGES.items()
+        for row in _heads_over_readers(root / "match_readers", stage, readers_name, ("image", "audio"))
+    ]
     if not rows:
         return []
     header = (
         "| digit readers | fusion | test | unseen speaker | image alone / audio alone | train min (readers + head) |"
     )
     return [header, "|---|---|---|---|---|---|", *rows]
+
+
+OTHER_RELATIONS = {
+    "text_audio": ("text + audio: does the note name the digit spoken?", ("text", "audio")),
+    "text_image": ("text + image: does the note name the digit shown?", ("text", "image")),
+}
+"""The other relations of `lane_readers` in scripts/demo_results.sh: folder -> (question, its two modalities)."""
+
+
+def other_relations(root: Path) -> list[str]:
+    """The comparator, low-rank and transformer heads on the other relations, over readers of the note (the frozen
+    MiniLM) and of the recording (its speech stack's top 2 blocks adapted from 3 cached augmented copies) or the scan;
+    each modality alone is the test split's ablation (chance for a relational label)."""
+    rows = [
+        row
+        for name, (question, modalities) in OTHER_RELATIONS.items()
+        for row in _heads_over_readers(root / "match_readers", name, question, modalities)
+    ]
+    if not rows:
+        return []
+    header = "| relation | fusion | test | unseen speaker | each alone (in that order) | train min (readers + head) |"
+    return [header, "|---|---|---|---|---|---|", *rows]
+
+
+def _heads_over_readers(folder: Path, readers: str, label: str, modalities: tuple[str, str]) -> list[str]:
+    """A row per head trained over the readers in `folder / readers` (its runs `{readers}_{head}`): `label`, the head,
+    test and unseen-speaker accuracy, each of `modalities` alone, and both stages' train minutes."""
+    readers_run = metrics(folder / readers)
+    rows = []
+    for head in FUSION_TYPES:
+        run = metrics(folder / f"{readers}_{head}")
+        if run is None:
+            continue
+        alone = " / ".join(cell(run["ablation"][f"without_{other}"]["accuracy"]) for other in reversed(modalities))
+        rows.append(
+            f"| {label} | {head} | {cell(run['test']['accuracy'])} | {cell(run['extra_tests'][UNSEEN]['accuracy'])} "
+            f"| {alone} | {minutes(readers_run) if readers_run else '-'} + {minutes(run)} |"
+        )
+    return rows
 
 
 def main() -> None:
@@ -271,6 +301,7 @@ def main() -> None:
         ("Alignment (contrastive pre-training on paired digits)", alignment(root)),
         ("Relational task: do the scan and the recording show the same digit?", relations(root)),
         ("Relational task on digit readers over the pretrained speech stack", relational_readers(root)),
+        ("Other relations on digit readers", other_relations(root)),
     ]
     print(f"Measured on {machine()}.\n")
     for title, lines in sections:

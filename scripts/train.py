@@ -32,7 +32,6 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     AutoProcessor,
-    ConvNextImageProcessorPil,
     EarlyStoppingCallback,
     EvalPrediction,
     HfArgumentParser,
@@ -49,6 +48,7 @@ from hf_multimodal import (
     RETRIEVAL_TASK,
     ZERO_SHOT_TASK,
     MultimodalForSequenceClassification,
+    MultimodalImageProcessor,
     MultimodalModel,
     MultimodalPreTrainedModel,
     MultimodalProcessor,
@@ -844,9 +844,10 @@ def _with_modalities(
     return dataset.filter(enough, input_columns=list(columns), batched=True, **options)
 
 
-def resnet_image_processor(size: int) -> ConvNextImageProcessorPil:
-    """Square resize to `size` with ImageNet mean / std (no crop: small images such as digits keep every pixel)."""
-    return ConvNextImageProcessorPil(
+def resnet_image_processor(size: int) -> MultimodalImageProcessor:
+    """Square resize to `size` with ImageNet mean / std (no crop: small images such as digits keep every pixel), with
+    the package's fast path for the RGB images the processor hands over."""
+    return MultimodalImageProcessor(
         size={"shortest_edge": size}, crop_pct=1.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
     )
 

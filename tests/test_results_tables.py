@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from compare_runs import compare_runs
-from summarize_results import relational_readers
+from summarize_results import other_relations, relational_readers
 from train import format_results_table
 
 
@@ -68,3 +68,23 @@ def test_the_readers_table_shows_each_head_over_each_kind_of_readers_with_both_s
     assert "| whole stack adapted | low_rank_tensor | 0.900 | 0.900 | 0.900 / 0.900 | - + 1.0 |" in table
     copies = "| stack's top 2 blocks adapted, 3 augmented copies cached | transformer |"
     assert f"{copies} 0.900 | 0.900 | 0.900 / 0.900 | - + 0.7 |" in table
+
+
+def test_the_other_relations_table_shows_each_modality_alone_in_the_relations_order(tmp_path):
+    assert other_relations(tmp_path) == []
+    runs = {"text_audio": (["text", "audio"], 120.0), "text_audio_comparator": (["text", "audio"], 30.0),
+            "text_image_transformer": (["text", "image"], 60.0)}  # fmt: skip
+    for name, (modalities, seconds) in runs.items():
+        results = {**classifier_results(modalities), "hyperparameters": {"train_seconds": seconds}}
+        results["ablation"] = {
+            "without_text": {**SCORES, "accuracy": 0.6}, f"without_{modalities[1]}": {**SCORES, "accuracy": 0.4}
+        }
+        (tmp_path / "match_readers" / name).mkdir(parents=True)
+        (tmp_path / "match_readers" / name / "metrics.json").write_text(json.dumps(results))
+    table = other_relations(tmp_path)
+    assert len(table) == 4 and table[0].startswith("| relation | fusion |")
+    # text alone is the run without audio (0.400), audio alone the run without text (0.600)
+    spoken = "| text + audio: does the note name the digit spoken? | comparator |"
+    assert f"{spoken} 0.900 | 0.900 | 0.400 / 0.600 | 2.0 + 0.5 |" in table
+    shown = "| text + image: does the note name the digit shown? | transformer |"
+    assert f"{shown} 0.900 | 0.900 | 0.400 / 0.600 | - + 1.0 |" in table

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor, BertConfig, BertModel, TrainingArguments
 
-from hf_multimodal import MODALITIES
+from hf_multimodal import MODALITIES, MultimodalImageProcessor
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.metrics import ClassificationMetrics
 from hf_multimodal.processing_multimodal import default_tokenizer
@@ -168,6 +168,9 @@ def test_saved_model_reloads_and_reproduces_test_and_ablation_metrics(single_run
     model = AutoModelForSequenceClassification.from_pretrained(single_run).eval()
     processor = AutoProcessor.from_pretrained(single_run)
     assert processor.image_processor.size == {"shortest_edge": 16} and processor.max_text_length == 16
+    # --image_size builds the package's image processor (its fast path), saved and reloaded as such
+    assert type(processor.image_processor) is MultimodalImageProcessor
+    assert processor.image_processor.crop_pct == 1.0
     test = datasets.load_from_disk(str(data))["test"]
     for drop, expected in [((), metrics["test"]), (("text",), metrics["ablation"]["without_text"])]:
         collator = MultimodalDataCollator(processor, model.config.modalities, drop_modalities=drop)

@@ -83,6 +83,7 @@ if selected readers; then
     dataset "$READER_DATA/pairs" --task pairs --synthetic_voices 1500
     dataset "$READER_DATA/match" --task match --synthetic_voices 1500
     for relation in "${OTHER_RELATIONS[@]}"; do
+        # shellcheck disable=SC2086
         dataset "$READER_DATA/match_${relation// /_}" --task match --match $relation --synthetic_voices 1500
     done
     if [ ! -f "$AUDIO_MODEL/preprocessor_config.json" ]; then  # written last by the converter

@@ -852,6 +852,35 @@ def resnet_image_processor(size: int) -> MultimodalImageProcessor:
     )
 
 
+def parts_started_anew(model: MultimodalPreTrainedModel, loading: Mapping[str, Any]) -> list[str]:
+    """The parts of `model` (`classifier`, `modality_classifiers`, `multimodal.fusion`, `multimodal.audio_model`, ...)
+    some of whose weights a saved model did not give: missing from it, or of another shape (another label set, another
+    fusion head), from `from_pretrained(..., output_loading_info=True)`'s `loading` info.
+
+    Example:
+
+    ```python
+    >>> parts_started_anew(model, {"missing_keys": {"multimodal.fusion.output.weight"},
+    ...                            "mismatched_keys": {("classifier.bias", (10,), (2,))}})  # doctest: +SKIP
+    ['classifier', 'multimodal.fusion']
+    ```
+    """
+    keys = set(loading["missing_keys"]) | {mismatch[0] for mismatch in loading["mismatched_keys"]}
+    prefix = model.base_model_prefix
+    return sorted({".".join(key.split(".")[: 2 if key.startswith(f"{prefix}.") else 1]) for key in keys})
+
+
+def _log_parts_started_anew(model: MultimodalPreTrainedModel, source: str, loading: Mapping[str, Any]) -> None:
+    """One line on what a run started from `source` trains anew and keeps, above transformers' load report (which
+    lists every weight). A saved model that lacks an encoder's weights is refused as it loads (`modeling_safe_io`)."""
+    parts = parts_started_anew(model, loading)
+    if parts:
+        logger.warning(
+            f"Started from {source}: new weights for {', '.join(parts)} (the saved model has none that fit the head "
+            "or labels asked for; the load report lists them); every other weight is the saved model's."
+        )
+
+
 def build_model_and_processor(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -871,7 +900,10 @@ def build_model_and_processor(
     else:
         model_class, auto_class = MultimodalModel, AutoModel
     if model_args.model_name_or_path is not None:
-        model = auto_class.from_pretrained(model_args.model_name_or_path, ignore_mismatched_sizes=True, **overrides)
+        model, loading = auto_class.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=True, output_loading_info=True, **overrides
+        )
+        _log_parts_started_anew(model, model_args.model_name_or_path, loading)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         missing = [m for m in model_args.modalities if m not in model.config.modalities]
         if missing:

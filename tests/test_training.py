@@ -21,16 +21,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor, BertConfig, BertModel, TrainingArguments
 
-from hf_multimodal import MODALITIES, MultimodalImageProcessor
+from hf_multimodal import MODALITIES, MultimodalImageProcessor, MultimodalProcessor
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
 from hf_multimodal.metrics import ClassificationMetrics
 from hf_multimodal.processing_multimodal import default_tokenizer
 from hf_multimodal.trainer import MultimodalTrainer
 
 from compare_runs import compare_runs
-from conftest import AUDIO_DIR, HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_model
+from conftest import AUDIO_DIR, HUB_TOKENS, TINY_AUDIO, TINY_TEXT, TINY_VISION, tiny_image_processor, tiny_model
 from make_demo_dataset import build_match_dataset, build_pairs_dataset, save_demo_dataset
-from train import build_model_and_processor, build_trainer, load_splits, main, parse_arguments
+from train import build_model_and_processor, build_trainer, load_splits, main, parse_arguments, parts_started_anew
 
 
 pytestmark = pytest.mark.slow  # training runs, in-process or in subprocesses (DDP, kill and resume, Hub pushes)
@@ -632,3 +632,39 @@ def test_bf16_on_a_cpu_is_refused_without_bfloat16_units_and_trains_with_them(tm
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     arguments = MultimodalTrainingArguments(str(tmp_path / "run"), bf16=True)
     assert arguments.bf16 and arguments.use_cpu and arguments.device.type == "cpu"
+
+
+def test_a_run_started_from_a_saved_model_says_which_parts_start_anew(tmp_path, caplog):
+    """A relational head over digit readers: another label set and another fusion head start anew, the encoders and
+    projections are the saved model's, and the run says so in one line."""
+    readers = tiny_model(("image", "audio"), fusion_type="concat", id2label={i: str(i) for i in range(10)})
+    readers.save_pretrained(tmp_path / "readers")
+    MultimodalProcessor(image_processor=tiny_image_processor()).save_pretrained(tmp_path / "readers")
+    relation = {"fusion_type": "comparator", "id2label": {0: "different", 1: "same"}}
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "readers", ignore_mismatched_sizes=True, output_loading_info=True, **relation
+    )
+    assert parts_started_anew(model, loading) == ["classifier", "multimodal.fusion"]
+    kept = {**dict(readers.multimodal.audio_model.named_parameters(prefix="audio_model")),
+            **dict(readers.multimodal.projections.named_parameters(prefix="projections"))}  # fmt: skip
+    for name, parameter in kept.items():
+        assert torch.equal(model.multimodal.get_parameter(name), parameter), name
+
+    arguments = ["--model_name_or_path", str(tmp_path / "readers"), "--modalities", "image", "audio", "--fusion_type",
+                 "comparator", "--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        build_model_and_processor(*parse_arguments(arguments)[:2], labels=["different", "same"])
+    said = [record.getMessage() for record in caplog.records if record.name == "train"]
+    expected = (
+        f"Started from {tmp_path / 'readers'}: new weights for classifier, multimodal.fusion (the saved model has "
+        "none that fit the head or labels asked for; the load report lists them); every other weight is the saved "
+        "model's."
+    )
+    assert said == [expected]
+    # the same model asked for what it is: nothing starts anew, nothing is said
+    caplog.clear()
+    same = ["--model_name_or_path", str(tmp_path / "readers"), "--modalities", "image", "audio", "--fusion_type",
+            "concat", "--dataset", str(tmp_path), "--output_dir", str(tmp_path / "again")]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        build_model_and_processor(*parse_arguments(same)[:2], labels=[str(i) for i in range(10)])
+    assert not [record for record in caplog.records if record.name == "train"]

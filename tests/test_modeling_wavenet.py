@@ -223,7 +223,7 @@ class TestSpeechEmbeddingFrontend:
         frames = model._get_feature_vector_attention_mask(7, attention_mask).bool()  # 80 ms frames (640 samples)
         assert frames.sum(-1).tolist() == [7, 4, 2]
         assert mask.sum(-1).tolist() == model.frontend.output_columns(
-            1 + 8 * frames.sum(-1), 0, model.frontend.block_bounds()[blocks - 1][1]
+            1 + 8 * frames.sum(-1), 0, model.frontend.blocks_end(blocks)
         ).tolist()  # a frame is 8 mel columns, after one silent column
         stored = outputs * mask[:, :, None, None]
         assert torch.equal(model.feature_encoder_frame_mask(stored, mask), frames)

@@ -3,15 +3,16 @@
 `frontend="speech_embedding"` and its feature extractor) that `scripts/train.py --audio_model` copies in.
 
     python scripts/convert_speech_embedding.py --output_dir outputs/speech_embedding \
-        [--audio_config '{"sampling_rate": 8000, "hidden_size": 64}'] [--onnx_file embedding_model.onnx]
+        [--audio_config '{"sampling_rate": 8000, "hidden_size": 64}'] [--onnx_file embedding_model.onnx] [--seed 42]
 
 The weights come from the ONNX copy that the `openwakeword` package (version 0.5.1, Apache-2.0 code) ships in
 `openwakeword/resources/models/embedding_model.onnx`; `bash scripts/setup_env.sh demo` installs it without its
 dependencies, as only that file is read. The network is Google's `speech_embedding` (TF Hub, Apache-2.0; Lin et al.,
 2020, arXiv:2002.01322), trained on a large amount of speech to make keyword spotters from few examples. Only the
 front-end's convolution stack is pretrained: its layer norm, projection, the dilated stacks and the pooling start at
-random, to be trained (`scripts/train.py --freeze_feature_encoder` keeps the pretrained stack as it is). The ONNX
-file's 20 convolutions are copied in graph order, each checked against the shape `WaveNetModel` expects.
+random, to be trained (`scripts/train.py --freeze_feature_encoder` keeps the pretrained stack as it is), drawn from
+`--seed`: a conversion gives the same folder every time, so the runs that start from it repeat. The ONNX file's 20
+convolutions are copied in graph order, each checked against the shape `WaveNetModel` expects.
 """
 
 from __future__ import annotations
@@ -66,11 +67,16 @@ def load_speech_embedding(model: WaveNetModel, onnx_file: str | Path) -> None:
             conv.bias.copy_(torch.from_numpy(bias.copy()) if bias is not None else torch.zeros_like(conv.bias))
 
 
-def convert(output_dir: str | Path, audio_config: dict | None = None, onnx_file: str | Path | None = None) -> Path:
-    """Build a `WaveNetModel` with the `speech_embedding` front-end (`audio_config` sets the rest), load the pretrained
-    stack, save it with a `WaveNetFeatureExtractor` at its rate into `output_dir`; returns `output_dir`."""
+def convert(
+    output_dir: str | Path, audio_config: dict | None = None, onnx_file: str | Path | None = None, seed: int = 42
+) -> Path:
+    """Build a `WaveNetModel` with the `speech_embedding` front-end (`audio_config` sets the rest; the layers that are
+    not pretrained drawn from `seed`, the caller's random state left as it was), load the pretrained stack, save it
+    with a `WaveNetFeatureExtractor` at its rate into `output_dir`; returns `output_dir`."""
     config = WaveNetConfig(**{**(audio_config or {}), "frontend": "speech_embedding"})
-    model = WaveNetModel(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WaveNetModel(config)
     load_speech_embedding(model, onnx_file if onnx_file is not None else default_onnx_file())
     model.save_pretrained(output_dir)
     WaveNetFeatureExtractor(sampling_rate=config.sampling_rate).save_pretrained(output_dir)
@@ -84,11 +90,14 @@ def main() -> None:
         "--audio_config", default="{}", help="WaveNetConfig settings as a JSON dict (sampling_rate, hidden_size, ...)."
     )
     parser.add_argument("--onnx_file", default=None, help="embedding_model.onnx (default: openwakeword's copy).")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="Seed of the layers that start at random (projection, dilated stacks)."
+    )
     args = parser.parse_args()
     audio_config = json.loads(args.audio_config)
     if not isinstance(audio_config, dict):
         parser.error(f"--audio_config must be a JSON dict, got {args.audio_config!r}.")
-    print(f"wrote {convert(args.output_dir, audio_config, args.onnx_file)}")
+    print(f"wrote {convert(args.output_dir, audio_config, args.onnx_file, args.seed)}")
 
 
 if __name__ == "__main__":

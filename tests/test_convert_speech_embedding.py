@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from convert_speech_embedding import convert, default_onnx_file
+from safetensors.torch import load_file
 from torch.nn import functional as F
 from train import FEATURE_ENCODER_PART, build_model_and_processor, build_trainer, parse_arguments
 from transformers import AutoFeatureExtractor, AutoModel
@@ -58,6 +59,19 @@ def test_the_folder_holds_the_encoder_and_its_feature_extractor(converted):
     config = json.loads((converted / "config.json").read_text())
     assert config["frontend"] == "speech_embedding" and config["hidden_size"] == 32
     assert AutoFeatureExtractor.from_pretrained(converted).sampling_rate == 16000
+
+
+def test_a_conversion_repeats_with_its_seed_and_leaves_the_callers_random_state(converted, tmp_path):
+    """The layers above the stack start at random: drawn from the seed, so that the runs started from the folder
+    repeat (they differed from their first step before)."""
+    config = {"sampling_rate": 16000, "hidden_size": 32}
+    state = torch.random.get_rng_state()
+    again, other = convert(tmp_path / "again", config), convert(tmp_path / "other", config, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    weights = [load_file(folder / "model.safetensors") for folder in (converted, again, other)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    differ = {name for name in weights[0] if not torch.equal(weights[0][name], weights[2][name])}
+    assert "frontend.projection.weight" in differ and not any("feature_encoder" in name for name in differ)
 
 
 def test_train_freezes_the_pretrained_stack_and_trains_the_rest(converted, tmp_path):

@@ -138,7 +138,8 @@ lane_relations() {
 }
 
 # digit readers with the stack frozen (cached), its top 2 blocks adapted on audio augmented anew every epoch or from 3
-# copies (the lower blocks' outputs over them cached), or all of it adapted on augmented audio; every head over each.
+# copies (the lower blocks' outputs over them cached; also with the encoders frozen after 8 epochs, the README's
+# recipe), or all of it adapted on augmented audio; every head over each.
 # Then the other relations: readers of the note and the recording (the copies' recipe) or the note and the scan, and
 # the comparator, low-rank and transformer heads over them.
 lane_readers() {
@@ -153,9 +154,11 @@ lane_readers() {
     train "$readers/partial" --modalities image audio "${stage1[@]}" "${adapting[@]}" \
         --feature_encoder_trainable_blocks 2
     train "$readers/copies" --modalities image audio "${stage1[@]}" "${copies[@]}"
+    train "$readers/freezing" --modalities image audio "${stage1[@]}" "${copies[@]}" \
+        --freeze_encoders_after_epochs 8 --eval_strategy no
     train "$readers/adapted" --modalities image audio "${stage1[@]}" "${adapting[@]}"
     for head in "${HEADS[@]}"; do
-        for stage in frozen partial copies adapted; do
+        for stage in frozen partial copies freezing adapted; do
             train "$readers/${stage}_$head" --dataset "$READER_DATA/match" --modalities image audio \
                 "${READER_TRAINING[@]}" --model_name_or_path "$readers/$stage" --freeze_modalities image audio \
                 --fusion_type "$head" --num_train_epochs 12

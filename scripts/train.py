@@ -58,7 +58,7 @@ from hf_multimodal import (
 from hf_multimodal.configuration_multimodal import PROBLEM_TYPES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, AugmentationEpochCallback, DataAugmentation
 from hf_multimodal.data_collator import UNAVAILABLE_KEY, MultimodalDataCollator
-from hf_multimodal.feature_cache import cache_frozen_features, with_column
+from hf_multimodal.feature_cache import FreezeEncodersCallback, cache_frozen_features, with_column
 from hf_multimodal.image_processing_multimodal import IMAGENET_MEAN, IMAGENET_STD
 from hf_multimodal.media_loading import audio_duration
 from hf_multimodal.metrics import (
@@ -202,6 +202,15 @@ class ModelArguments:
                   "their pretrained weights and run without gradients, so a step costs less (README: Where the "
                   "relation's last points go). Default: the whole stack learns."},
     )
+    freeze_encoders_after_epochs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Let the encoders learn for this many epochs, then freeze them for the rest of the run, and "
+                  "(with --cache_frozen_features) compute their outputs once: N for every learning encoder, or "
+                  "modality=N pairs (e.g. image=3 audio=8; the others learn to the end). An audio encoder with a "
+                  "pretrained stack freezes that stack only (the layers above it go on learning). The later epochs "
+                  "then cost what frozen-encoder epochs cost. One process only (README: Encoders that learn first, "
+                  "then freeze). Default: the encoders learn to the end."},
+    )
     activation_checkpointing_modalities: list[str] = field(
         default_factory=list,
         metadata={"help": "Encoders (text, audio) whose activations are recomputed in the backward pass instead of "
@@ -299,12 +308,44 @@ class ModelArguments:
             raise ValueError(
                 f"--hpo_trials must be >= 0 and --hpo_epochs positive; got {self.hpo_trials} and {self.hpo_epochs}."
             )
+        if self.freeze_encoders_after_epochs:
+            self.freeze_epochs()  # validates the values
+            if self.hpo_trials:
+                raise ValueError(
+                    "--freeze_encoders_after_epochs with --hpo_trials: a search's trials cache no encoder that "
+                    "learns; search first, then train the best settings with it."
+                )
         space = load_search_space(self.hpo_space) if self.hpo_space is not None else {}  # checked here, before data
         if "fusion_hidden_size" in space and self.model_name_or_path is not None:
             raise ValueError(
                 f"--hpo_space {self.hpo_space} searches fusion_hidden_size, which a saved model "
                 "(--model_name_or_path) keeps: leave it out of the space."
             )
+
+    def freeze_epochs(self) -> int | dict[str, int] | None:
+        """`--freeze_encoders_after_epochs`: epochs before every learning encoder freezes, per modality (a dict), or
+        None (they learn to the end)."""
+        values = self.freeze_encoders_after_epochs
+        if not values:
+            return None
+        fix = "pass N (every learning encoder) or modality=N pairs (e.g. image=3 audio=8), N >= 1"
+        if len(values) == 1 and "=" not in values[0]:
+            epochs = values[0]
+            if not epochs.isdigit() or int(epochs) < 1:
+                raise ValueError(
+                    f"--freeze_encoders_after_epochs {epochs}: {fix}; to freeze them from the start use "
+                    "--freeze_modalities (and --freeze_feature_encoder)."
+                )
+            return int(epochs)
+        pairs = [value.partition("=") for value in values]
+        bad = [value for value, (modality, equals, epochs) in zip(values, pairs)
+               if not equals or modality not in MODALITIES or not epochs.isdigit() or int(epochs) < 1]  # fmt: skip
+        if bad or len({modality for modality, _, _ in pairs}) < len(pairs):
+            raise ValueError(
+                f"--freeze_encoders_after_epochs {' '.join(values)}: {fix}, each modality once (one of "
+                f"{', '.join(MODALITIES)})."
+            )
+        return {modality: int(epochs) for modality, _, epochs in pairs}
 
     def config_overrides(self) -> dict[str, Any]:
         """Settings of `MultimodalConfig` that these arguments set (the fusion type only when given)."""
@@ -1157,13 +1198,25 @@ def build_trainer(
         frozen_modalities=model_args.freeze_modalities,
         label_prior=None if contrastive else _label_prior(splits, collator),
     )
+    freeze = None
+    epochs = model_args.freeze_epochs()
+    if epochs is not None:
+        latest = max(epochs.values()) if isinstance(epochs, dict) else epochs
+        if training_args.max_steps <= 0 and latest >= training_args.num_train_epochs:
+            raise ValueError(
+                f"--freeze_encoders_after_epochs {' '.join(model_args.freeze_encoders_after_epochs)} with "
+                f"--num_train_epochs {training_args.num_train_epochs}: an encoder would never freeze. Pass fewer "
+                "epochs before freezing, or train longer."
+            )
+        freeze = FreezeEncodersCallback(trainer, epochs)
+        trainer.add_callback(freeze)
     if model_args.cache_frozen_features:
         # A whole encoder's cached features are pooled or sequences, as the head reads them: a search caches them only
         # when every head it may try reads what the run's head reads. A feature encoder's outputs fit every head.
         heads = search.fusion_types() if search is not None else ()
         reads = {FUSION_CLASSES[head].uses_sequences for head in heads}
         reads.add(trainer.model.base_model.fusion.uses_sequences)
-        _use_feature_cache(trainer, splits, model_args, whole_encoders=len(reads) == 1)
+        _use_feature_cache(trainer, splits, model_args, whole_encoders=len(reads) == 1, freeze=freeze)
     return trainer, splits
 
 
@@ -1220,7 +1273,11 @@ def _bucket_multiples(
 
 
 def _use_feature_cache(
-    trainer: MultimodalTrainer, splits: Splits, model_args: ModelArguments, whole_encoders: bool = True
+    trainer: MultimodalTrainer,
+    splits: Splits,
+    model_args: ModelArguments,
+    whole_encoders: bool = True,
+    freeze: FreezeEncodersCallback | None = None,
 ) -> None:
     """`--cache_frozen_features`: the output of each frozen encoder (and of the audio encoder's feature encoder under
     `--freeze_feature_encoder`, or of its frozen lower blocks under `--feature_encoder_trainable_blocks`) over every
@@ -1228,21 +1285,22 @@ def _use_feature_cache(
     its rows (README: Frozen-encoder cache). A training split that `--augment` changes is cached once per
     `--augment_copies` copy, or, without them, runs the encoder as usual, as a streamed one does. Without
     `whole_encoders` (a search whose trials may try a head over sequences while the run's head reads pooled features,
-    or the other way round) only feature encoders are cached: their outputs do not depend on the head."""
+    or the other way round) only feature encoders are cached: their outputs do not depend on the head. The encoders
+    that `freeze` (`--freeze_encoders_after_epochs`) freezes later get their rows, computed when they freeze."""
     modalities = [m for m in model_args.freeze_modalities if m in trainer.data_collator.modalities and whole_encoders]
     feature_encoder_modalities = [
         m for m in FEATURE_ENCODER_INPUT_NAMES
         if (model_args.freeze_feature_encoder or model_args.feature_encoder_trainable_blocks)
         and m in trainer.data_collator.modalities and m not in modalities
     ]  # fmt: skip
-    if not modalities and not feature_encoder_modalities:
+    if not modalities and not feature_encoder_modalities and not (freeze and freeze.parts):
         return
     parts = {"validation": splits.validation, "test": splits.test}
     parts.update({f"extra:{name}": part for name, part in splits.extra_tests.items()})
     if isinstance(trainer.train_dataset, datasets.Dataset):
         parts["train"] = trainer.train_dataset
     cached = cache_frozen_features(
-        trainer, parts, modalities, model_args.feature_cache_dir, feature_encoder_modalities=feature_encoder_modalities
+        trainer, parts, modalities, model_args.feature_cache_dir, feature_encoder_modalities, freeze=freeze
     )
     trainer.train_dataset = cached.get("train", trainer.train_dataset)
     trainer.eval_dataset = splits.validation = cached["validation"]

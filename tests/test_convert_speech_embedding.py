@@ -4,6 +4,7 @@ outputs computed once, by the frozen-encoder cache) or at its own learning rate.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import torch
 from convert_speech_embedding import convert, default_onnx_file
 from safetensors.torch import load_file
 from torch.nn import functional as F
-from train import FEATURE_ENCODER_PART, build_model_and_processor, build_trainer, parse_arguments
-from transformers import AutoFeatureExtractor, AutoModel
+from train import FEATURE_ENCODER_PART, build_model_and_processor, build_trainer, evaluate_split, parse_arguments
+from transformers import AutoFeatureExtractor, AutoModel, TrainerCallback, TrainingArguments
 
 from hf_multimodal.feature_cache import FEATURE_ROW_COLUMNS
 from hf_multimodal.trainer import encoder_part
@@ -171,6 +172,108 @@ def test_training_reads_the_lower_blocks_over_augmented_copies_from_the_cache(co
         any(not torch.equal(p, q) for p, q in zip(block.parameters(), old)) for block, old in zip(blocks, before)
     ]
     assert changed == [False, False, False, True, True]
+
+
+@pytest.mark.slow
+def test_encoders_learn_then_freeze_and_the_rest_trains_on_their_cached_features(converted, data, tmp_path):
+    """`--freeze_encoders_after_epochs image=1 audio=2` over `--feature_encoder_trainable_blocks 2 --augment audio
+    --augment_copies 2`: the image encoder learns in the first epoch and the stack's top blocks in the first two, then
+    each freezes; the image features are computed over every split and the lower blocks' cached outputs are continued
+    through the top blocks, so that the later epochs leave them as they were while the rest learns, and the cached
+    features predict what the encoders computing from the inputs predict."""
+    from test_training import tiny_arguments
+
+    options = ["--modalities", "image", "audio", "--audio_model", str(converted), "--feature_encoder_trainable_blocks",
+               "2", "--augment", "audio", "--augment_copies", "2", "--feature_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    arguments = tiny_arguments(
+        data, tmp_path / "run", num_train_epochs=3, eval_strategy="no", save_strategy="no", audio_config=None
+    )
+    freezing = ["--freeze_encoders_after_epochs", "image=1", "audio=2"]
+    trainer, splits = build_trainer(*parse_arguments([*arguments, *options, *freezing]))
+    assert all(FEATURE_ROW_COLUMNS["image"] in split.column_names for split in (trainer.train_dataset, splits.test))
+    assert "image" not in trainer.data_collator.encoder_features  # reserved rows, read once the encoder freezes
+    model = trainer.model
+    learning = {
+        "image": model.get_encoder("image"),
+        "top blocks": torch.nn.ModuleList(model.get_encoder("audio").frontend.feature_encoder_blocks()[3:]),
+        "fusion": model.base_model.fusion,
+    }
+    weights = [{name: [p.detach().clone() for p in part.parameters()] for name, part in learning.items()}]
+    epochs = []
+
+    class Snapshot(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            weights.append({name: [p.detach().clone() for p in part.parameters()] for name, part in learning.items()})
+            epochs.append(trainer.data_collator(trainer.train_dataset.select(range(4)).to_list()))
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    changed = [
+        {name: any(not torch.equal(p, q) for p, q in zip(after[name], before[name])) for name in learning}
+        for before, after in itertools.pairwise(weights)
+    ]
+    assert changed == [
+        {"image": True, "top blocks": True, "fusion": True},
+        {"image": False, "top blocks": True, "fusion": True},
+        {"image": False, "top blocks": False, "fusion": True},
+    ]
+    assert "pixel_values" in epochs[0] and epochs[0]["audio_feature_encoder_outputs"].dim() == 4
+    assert "pixel_values" not in epochs[1] and epochs[1]["audio_feature_encoder_outputs"].dim() == 4
+    assert epochs[2]["audio_feature_encoder_outputs"].shape[2:] == (96,)
+    plain, plain_splits = build_trainer(*parse_arguments([*arguments, *options[:-2], "--cache_frozen_features", "False"]))
+    plain.model.load_state_dict(trainer.model.state_dict())
+    cached, computed = evaluate_split(trainer, splits.test, ["image"]), evaluate_split(plain, plain_splits.test, ["image"])
+    for variant, (metrics, predictions, _) in computed.items():
+        assert cached[variant][0] == metrics and (cached[variant][1] == predictions).all()
+
+
+@pytest.mark.slow
+def test_a_run_resumed_past_the_freezing_epoch_freezes_again_and_ends_as_the_whole_run(converted, data, tmp_path):
+    """Resumed from its checkpoint after the second of three epochs, a `--freeze_encoders_after_epochs 1` run freezes
+    the encoders again at its first epoch (reading the image features its first part cached) and ends with the
+    weights of the run that was not interrupted."""
+    from test_training import tiny_arguments
+
+    def run(folder: str, resume: str | None = None) -> dict[str, torch.Tensor]:
+        arguments = tiny_arguments(
+            data, tmp_path / folder, num_train_epochs=3, eval_strategy="no", save_strategy="epoch",
+            audio_config=None, load_best_model_at_end=False,
+        )  # fmt: skip
+        options = ["--modalities", "image", "audio", "--audio_model", str(converted), "--feature_encoder_trainable_blocks",
+                   "2", "--freeze_encoders_after_epochs", "1", "--feature_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+        trainer, _ = build_trainer(*parse_arguments([*arguments, *options]))
+        trainer.train(resume_from_checkpoint=resume)
+        return {name: value.clone() for name, value in trainer.model.state_dict().items()}
+
+    whole = run("whole")
+    states = {path: json.loads((path / "trainer_state.json").read_text()) for path in (tmp_path / "whole").glob("checkpoint-*")}
+    second = next(path for path, state in states.items() if state["epoch"] == 2)
+    resumed = run("whole", resume=str(second))
+    assert all(torch.equal(value, resumed[name]) for name, value in whole.items())
+
+
+def test_freezing_the_encoders_mid_run_is_refused_where_it_cannot_work(converted, data, tmp_path, monkeypatch):
+    from test_training import tiny_arguments
+
+    arguments = tiny_arguments(data, tmp_path / "run", num_train_epochs=2, audio_config=None)
+    options = [*arguments, "--audio_model", str(converted)]
+    assert parse_arguments([*options, "--freeze_encoders_after_epochs", "3"])[0].freeze_epochs() == 3
+    pairs = parse_arguments([*options, "--freeze_encoders_after_epochs", "image=3", "audio=8"])[0]
+    assert pairs.freeze_epochs() == {"image": 3, "audio": 8}
+    for values in (["0"], ["two"], ["image=0"], ["sound=3"], ["image=3", "image=4"], ["3", "image=4"]):
+        with pytest.raises(ValueError, match="pass N .every learning encoder. or modality=N pairs"):
+            parse_arguments([*options, "--freeze_encoders_after_epochs", *values])
+    with pytest.raises(ValueError, match="--freeze_encoders_after_epochs with --hpo_trials"):
+        parse_arguments([*options, "--freeze_encoders_after_epochs", "1", "--hpo_trials", "2"])
+    never = "--freeze_encoders_after_epochs image=1 audio=2 with --num_train_epochs 2.0: an encoder would never freeze"
+    with pytest.raises(ValueError, match=never):
+        build_trainer(*parse_arguments([*options, "--freeze_encoders_after_epochs", "image=1", "audio=2"]))
+    with pytest.raises(ValueError, match=r"epochs names \['text'\], whose encoders do not learn in this run"):
+        build_trainer(*parse_arguments([*options, "--freeze_modalities", "text", "--freeze_encoders_after_epochs",
+                                        "text=1"]))  # fmt: skip
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match="freezing the encoders mid-run needs one process, the run has 2"):
+        build_trainer(*parse_arguments([*options, "--freeze_encoders_after_epochs", "1"]))
 
 
 def test_feature_encoder_learning_rate_names_the_stack_that_learns(converted, tmp_path):

@@ -22,7 +22,7 @@ from hf_multimodal import MODALITIES
 from hf_multimodal.data_augmentation import INDEX_COLUMN, DataAugmentation
 from hf_multimodal.data_collator import MultimodalDataCollator
 from hf_multimodal.media_loading import audio_duration
-from hf_multimodal.trainer import MultimodalTrainer
+from hf_multimodal.trainer import MultimodalTrainer, SamplerLengthsCallback
 from hf_multimodal.training_args import MultimodalTrainingArguments
 
 NUM_ROWS, BATCH_SIZE = 24, 8
@@ -154,6 +154,22 @@ def test_group_by_length_batches_clips_of_similar_lengths(data, tmp_path):
     text_only, _ = _grouped_trainer(data, tmp_path, "--modalities", "text")
     tokens = trainer.processing_class.tokenizer(list(text_only.train_dataset["text"]), truncation=True, max_length=16)
     assert text_only.train_dataset["length"] == [len(ids) for ids in tokens.input_ids]
+
+
+def test_the_length_grouped_sampler_gets_its_lengths_as_a_list_when_training_begins(data, tmp_path):
+    """transformers hands the sampler the lazy `datasets` column of lengths, read row by row every epoch:
+    `SamplerLengthsCallback` (every `MultimodalTrainer` has it) reads it once into a list, with the same order."""
+    trainer, _ = _grouped_trainer(data, tmp_path, "--modalities", "text", "audio")
+    assert any(isinstance(callback, SamplerLengthsCallback) for callback in trainer.callback_handler.callbacks)
+    loader = trainer.get_train_dataloader()
+    sampler = loader.batch_sampler.sampler
+    assert isinstance(sampler.lengths, datasets.arrow_dataset.Column)
+    torch.manual_seed(0)
+    before = list(sampler)
+    SamplerLengthsCallback().on_train_begin(trainer.args, None, None, train_dataloader=loader)
+    assert isinstance(sampler.lengths, list) and sampler.lengths == list(trainer.train_dataset["length"])
+    torch.manual_seed(0)
+    assert list(sampler) == before
 
 
 def test_group_by_length_refuses_a_run_of_images_and_keeps_a_given_length_column(data, tmp_path):

@@ -143,6 +143,43 @@ def test_the_frozen_lower_blocks_of_a_stack_whose_top_blocks_learn_are_cached(ex
     assert [p.grad is not None for p in stack] == [False] * 22 + [True] * 18  # the top 2 blocks learn, 3 below not
 
 
+def test_encoders_frozen_later_get_their_rows_first_and_their_tables_once_frozen(examples, processor, tmp_path):
+    """A cache with `later` parts (`FreezeEncodersCallback`): the image encoder and the stack's top blocks learn, so
+    the splits get image rows that point nowhere yet (the collator decodes the images) and the lower blocks' outputs;
+    once they are frozen, `compute_later` computes the image table (a split without images gets absent rows) and
+    continues the lower blocks through the top ones, and the batches give the logits of the encoders themselves."""
+    model = tiny_model(audio_config={**TINY_AUDIO, "frontend": "speech_embedding"})
+    model.get_encoder("text").requires_grad_(False)
+    audio = model.get_encoder("audio")
+    audio.freeze_feature_encoder(trainable_top_blocks=2)
+    collator = MultimodalDataCollator(processor, model.config.modalities)
+    later = {"image": "encoder", "audio": "feature_encoder"}
+    with pytest.raises(ValueError, match="text cannot freeze its feature_encoder later"):
+        FrozenEncoderCache(model, collator, ["text"], cache_dir=tmp_path, later={"text": "feature_encoder"})
+    cache = FrozenEncoderCache(
+        model, collator, ["text"], cache_dir=tmp_path, batch_size=4, feature_encoder_modalities=["audio"], later=later
+    )
+    splits = [cache.add(examples), cache.add(examples.select([2]))]  # the second split has no image
+    assert splits[0][FEATURE_ROW_COLUMNS["image"]] == list(range(6)) and splits[1][FEATURE_ROW_COLUMNS["image"]] == [6]
+    assert "image" not in collator.encoder_features and "pixel_values" in collator([splits[0][0]])
+    with pytest.raises(ValueError, match="the encoder of image still learns; freeze it first"):
+        cache.compute_later()
+    model.get_encoder("image").requires_grad_(False)
+    audio.freeze_feature_encoder()
+    cache.compute_later()
+    assert cache.parts == {"text": "encoder", "audio": "feature_encoder", "image": "encoder"}
+    assert collator.encoder_features["image"].present.tolist() == [True, True, False, True, True, True, False]
+    assert collator.encoder_features["audio"].features.shape[1:] == (96,)  # the whole stack's output, packed
+    plain = dataclasses.replace(collator, encoder_features={})
+    model.eval()
+    for rows in ([0, 1, 2], [3, 4, 5], [5, 1]):
+        batch = collator([splits[0][row] for row in rows])
+        assert "pixel_values" not in batch and batch["audio_feature_encoder_outputs"].dim() == 3
+        reference = plain([examples[row] for row in rows])
+        torch.testing.assert_close(logits(model, batch), logits(model, reference), atol=1e-5, rtol=1e-5)
+    assert collator([splits[1][0]])["has_image"].tolist() == [False]
+
+
 def test_augmented_inputs_drawn_from_fixed_copies_are_cached_once_per_copy(examples, processor, tmp_path):
     """The training split of a run augmenting audio from 2 copies: a table per copy, a row per copy in its row
     column, and each epoch's batches read the copy it draws, as the lower blocks would compute it."""

@@ -5,7 +5,8 @@ frozen feature encoder of a trained audio encoder (the `"speech_embedding"` stac
 or for its frozen lower blocks when its top blocks learn (`--feature_encoder_trainable_blocks`): their outputs are
 cached and the rest of the encoder runs on them (`audio_feature_encoder_outputs`, see
 [`WaveNetModel.compute_feature_encoder_outputs`]). Inputs augmented from a few fixed copies
-([`DataAugmentation`]'s `copies`) are cached once per copy.
+([`DataAugmentation`]'s `copies`) are cached once per copy. Encoders that learn for the first epochs only
+([`FreezeEncodersCallback`], `--freeze_encoders_after_epochs`) are cached from the epoch they freeze.
 
 A cache entry is keyed by the split's `datasets` fingerprint, the encoder's weights and config, and the preprocessing
 that makes its inputs (tokenizer and `max_text_length`, image processor, feature extractor and `max_audio_seconds`):
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import Any
 import datasets
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .configuration_multimodal import MODALITIES
@@ -114,6 +116,16 @@ class EncoderFeatureTable:
         keep = positions - 1 < lengths[:, None]
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         return cls(features[keep], present, mask[keep], offsets, part)
+
+    @classmethod
+    def absent(cls, rows: int, like: EncoderFeatureTable) -> EncoderFeatureTable:
+        """A table of `rows` examples without the modality, shaped as `like` (to extend it)."""
+        present = torch.zeros(rows, dtype=torch.bool)
+        if like.offsets is None:
+            return cls(like.features.new_zeros((rows, *like.features.shape[1:])), present, part=like.part)
+        features = like.features.new_zeros((0, *like.features.shape[1:]))
+        empty_mask = torch.zeros(0, dtype=torch.bool)
+        return cls(features, present, empty_mask, torch.zeros(rows + 1, dtype=torch.long), like.part)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to store (the part is in the cache key)."""
@@ -260,6 +272,11 @@ class FrozenEncoderCache:
         feature_encoder_modalities (`Sequence[str]`, *optional*): Modalities whose encoder is trained but has a frozen
             feature encoder, or frozen lower blocks of one (`WaveNetModel.freeze_feature_encoder`), whose outputs are
             cached.
+        later (`Mapping[str, str]`, *optional*): Modalities whose encoder (`"encoder"`) or feature encoder
+            (`"feature_encoder"`) learns now and is frozen later in the run ([`FreezeEncodersCallback`]): [`add`]
+            gives their splits row columns already, which the collator ignores until [`compute_later`], called once
+            they are frozen, computes the tables they point to (a feature encoder whose lower blocks are cached is
+            continued from their outputs).
 
     Example:
 
@@ -280,17 +297,26 @@ class FrozenEncoderCache:
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 64,
         feature_encoder_modalities: Sequence[str] = (),
+        later: Mapping[str, str] | None = None,
     ):
         both = sorted(set(modalities) & set(feature_encoder_modalities))
         if both:
             raise ValueError(f"{both} are given as frozen encoders and as frozen feature encoders: give each once.")
         self.parts = {**{m: ENCODER for m in modalities}, **{m: FEATURE_ENCODER for m in feature_encoder_modalities}}
-        for modality, part in self.parts.items():
+        self.later = dict(later or {})
+        for modality, part in self.later.items():
+            if part not in CACHED_INPUT_NAMES or self.parts.get(modality, part) != part:
+                raise ValueError(
+                    f"{modality} cannot freeze its {part} later: the parts are {ENCODER!r} and {FEATURE_ENCODER!r}, "
+                    f"and a modality cached now ({self.parts}) can only go on to freeze the rest of its stack."
+                )
+        for modality in {**self.parts, **self.later}:
             if modality not in model.config.modalities or modality not in collator.modalities:
                 raise ValueError(
                     f"cannot cache {modality} features: the model reads {list(model.config.modalities)} and the "
                     f"collator {list(collator.modalities)}."
                 )
+        for modality, part in self.parts.items():
             if any(parameter.requires_grad for parameter in frozen_module(model, modality, part).parameters()):
                 fix = f"--freeze_modalities {modality}" if part == ENCODER else "--freeze_feature_encoder"
                 raise ValueError(
@@ -305,7 +331,13 @@ class FrozenEncoderCache:
         self.batch_size = batch_size
         self.sequences = model.base_model.fusion.uses_sequences
         self.weights = {m: weights_fingerprint(frozen_module(model, m, part)) for m, part in self.parts.items()}
-        self.preprocessing = {m: _digest(_preprocessing_settings(collator, m)) for m in self.modalities}
+        self.preprocessing = {m: _digest(_preprocessing_settings(collator, m)) for m in {**self.parts, **self.later}}
+        self.pending: dict[str, list[tuple[datasets.Dataset, list[int | None]]]] = {
+            m: [] for m in self.later if m not in self.parts
+        }
+        """Per modality of `later` not cached yet, the splits (and their draws) its reserved rows stand for, in order."""
+        self.reserved: dict[str, int] = {}
+        """Per modality of `pending`, how many table rows are reserved."""
         self.computed: list[str] = []
         """Cache keys computed by this object."""
         self.read: list[str] = []
@@ -356,29 +388,94 @@ class FrozenEncoderCache:
 
     def add(self, dataset: datasets.Dataset) -> datasets.Dataset:
         """Load (or compute and store) the features of `dataset` for every cached modality its rows do not augment,
-        append them to the collator's tables and return `dataset` with their row columns."""
+        append them to the collator's tables and return `dataset` with their row columns (for the modalities frozen
+        `later`, the rows that [`compute_later`] fills)."""
         tables = self.collator.encoder_features
-        for modality in self.modalities:
-            draws = self.draws(modality, dataset)
+        split = dataset
+        for modality in [*self.modalities, *self.pending]:
+            draws = self.draws(modality, split)
             if not draws:
                 logger.info(
                     f"{modality} is augmented afresh every epoch in this split: its encoder runs on every batch."
                 )
                 continue
             rows = []  # per draw, the table rows of the split's examples
-            for draw in draws:
-                table = self.load_or_compute(dataset, modality, draw)
-                if table is None:  # no example has it: nothing to encode
-                    break
-                if modality in tables:
-                    offset = tables[modality].extend(table)
-                else:
-                    offset, tables[modality] = 0, table
-                rows.append(range(offset, offset + len(table)))
+            if modality in self.pending:  # reserved: compute_later computes them in this order
+                self.pending[modality].append((split, draws))
+                start = self.reserved.get(modality, 0)
+                rows = [range(start + k * len(split), start + (k + 1) * len(split)) for k in range(len(draws))]
+                self.reserved[modality] = start + len(draws) * len(split)
+            else:
+                for draw in draws:
+                    table = self.load_or_compute(split, modality, draw)
+                    if table is None:  # no example has it: nothing to encode
+                        break
+                    if modality in tables:
+                        offset = tables[modality].extend(table)
+                    else:
+                        offset, tables[modality] = 0, table
+                    rows.append(range(offset, offset + len(table)))
             if rows:
                 values = list(rows[0]) if draws == [None] else [list(copies) for copies in zip(*rows)]
                 dataset = with_column(dataset, FEATURE_ROW_COLUMNS[modality], values)
         return dataset
+
+    def compute_later(self, modalities: Sequence[str] | None = None) -> None:
+        """The tables of the modalities of `later` (all, or those of `modalities`), whose encoders (or feature
+        encoders) must be frozen by now: the reserved rows of every split added are computed (or read from the
+        cache), and a feature encoder whose lower blocks' outputs are cached is continued from them through its
+        blocks above (now frozen too), row for row. From then on the collator feeds them to the model."""
+        tables = self.collator.encoder_features
+        for modality in list(self.later) if modalities is None else modalities:
+            if modality not in self.later:
+                raise ValueError(f"compute_later: {modality} is not to be frozen later; those are {list(self.later)}.")
+            part = self.later[modality]
+            module = frozen_module(self.model, modality, part)
+            if any(parameter.requires_grad for parameter in module.parameters()):
+                raise ValueError(
+                    f"compute_later: the {part} of {modality} still learns; freeze it first (FreezeEncodersCallback "
+                    "does)."
+                )
+            del self.later[modality]
+            self.parts[modality], self.weights[modality] = part, weights_fingerprint(module)
+            self.modalities = tuple(self.parts)
+            if modality not in self.pending:
+                if modality in tables:
+                    tables[modality] = self.continue_feature_encoder(tables[modality], modality)
+                continue
+            pieces = [
+                self.load_or_compute(split, modality, draw) or len(split)  # the number of rows: none has it
+                for split, draws in self.pending.pop(modality)
+                for draw in draws
+            ]
+            like = next((piece for piece in pieces if not isinstance(piece, int)), None)
+            if like is None:  # no example of any split has it
+                continue
+            tables[modality] = EncoderFeatureTable.absent(0, like)
+            for piece in pieces:
+                tables[modality].extend(EncoderFeatureTable.absent(piece, like) if isinstance(piece, int) else piece)
+
+    @torch.no_grad()
+    def continue_feature_encoder(self, table: EncoderFeatureTable, modality: str) -> EncoderFeatureTable:
+        """`table`'s outputs of the lower blocks of `modality`'s feature encoder, run through the blocks above them:
+        the table of the whole stack's outputs, with the same rows (in eval mode, `batch_size` rows at a time)."""
+        encoder = self.model.get_encoder(modality)
+        was_training = encoder.training
+        encoder.eval()
+        values_name, mask_name = CACHED_INPUT_NAMES[FEATURE_ENCODER][modality]
+        lengths = (table.offsets[1:] - table.offsets[:-1]).tolist()
+        order = sorted(table.present.nonzero().flatten().tolist(), key=lengths.__getitem__)  # similar lengths
+        encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        try:
+            for start in range(0, len(order), self.batch_size):
+                rows = torch.tensor(order[start : start + self.batch_size], dtype=torch.long)
+                inputs = table.batch(modality, rows.tolist())
+                lower, mask = inputs[values_name].to(self.model.device), inputs[mask_name].to(self.model.device)
+                features = encoder.frontend.top_blocks_outputs(lower)
+                encoded.append((rows, features.float().cpu(), encoder.feature_encoder_frame_mask(lower, mask).cpu()))
+        finally:
+            encoder.train(was_training)
+        return assemble_table(encoded, table.present, sequences=True, part=FEATURE_ENCODER)
 
     def load_or_compute(
         self, dataset: datasets.Dataset, modality: str, draw: int | None = None
@@ -449,28 +546,39 @@ class FrozenEncoderCache:
             encoder.train(was_training)
         if not encoded:
             return None
-        if not sequences:
-            table = EncoderFeatureTable(torch.zeros(len(values), *encoded[0][1].shape[1:]), present)
-            for rows, features, _ in encoded:
-                table.features[rows] = features
-            return table
-        # each row's sequence up to its last real position, in row order
-        empty = (encoded[0][1].new_zeros((0, *encoded[0][1].shape[2:])), torch.zeros(0, dtype=torch.bool))
-        pieces = [empty] * len(values)
-        for rows, features, mask in encoded:
-            packed = EncoderFeatureTable.from_padded(features, present[rows], mask)
-            bounds = packed.offsets.tolist()
-            for position, row in enumerate(rows.tolist()):
-                start, end = bounds[position], bounds[position + 1]
-                pieces[row] = (packed.features[start:end], packed.mask[start:end])
-        lengths = torch.tensor([len(mask) for _, mask in pieces], dtype=torch.long)
-        return EncoderFeatureTable(
-            torch.cat([features for features, _ in pieces]),
-            present,
-            torch.cat([mask for _, mask in pieces]),
-            torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-            part=self.parts[modality],
-        )
+        return assemble_table(encoded, present, sequences, self.parts[modality])
+
+
+def assemble_table(
+    encoded: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    present: torch.Tensor,
+    sequences: bool,
+    part: str = ENCODER,
+) -> EncoderFeatureTable:
+    """The table of `len(present)` rows from batches of `(rows, features, mask)` computed in any order: pooled
+    `(batch, hidden)` features, or padded `(batch, length, ...)` sequences (`sequences`) each kept up to its last
+    real position, in row order; rows in no batch are absent."""
+    if not sequences:
+        table = EncoderFeatureTable(torch.zeros(len(present), *encoded[0][1].shape[1:]), present, part=part)
+        for rows, features, _ in encoded:
+            table.features[rows] = features
+        return table
+    empty = (encoded[0][1].new_zeros((0, *encoded[0][1].shape[2:])), torch.zeros(0, dtype=torch.bool))
+    pieces = [empty] * len(present)
+    for rows, features, mask in encoded:
+        packed = EncoderFeatureTable.from_padded(features, present[rows], mask)
+        bounds = packed.offsets.tolist()
+        for position, row in enumerate(rows.tolist()):
+            start, end = bounds[position], bounds[position + 1]
+            pieces[row] = (packed.features[start:end], packed.mask[start:end])
+    lengths = torch.tensor([len(mask) for _, mask in pieces], dtype=torch.long)
+    return EncoderFeatureTable(
+        torch.cat([features for features, _ in pieces]),
+        present,
+        torch.cat([mask for _, mask in pieces]),
+        torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        part=part,
+    )
 
 
 class FrozenEncoderCheckCallback(TrainerCallback):
@@ -508,18 +616,107 @@ class FrozenEncoderCheckCallback(TrainerCallback):
         self._check(model)
 
 
+class FreezeEncodersCallback(TrainerCallback):
+    r"""
+    Lets the encoders learn for the first `epochs` epochs, then freezes them for the rest of the run: each learning
+    encoder as `frozen_modalities` are (no gradient, kept in eval mode), except an audio encoder with a pretrained
+    feature encoder (the WaveNet `"speech_embedding"` stack), of which only the stack freezes, its learning blocks
+    (`WaveNetModel.freeze_feature_encoder`): the layers above it go on learning from what it outputs. Once frozen,
+    their outputs do not change, so with the run's frozen-encoder cache (`cache`, set by [`cache_frozen_features`])
+    they are computed once over every split and the remaining epochs run only what still learns: the features adapt
+    early, when they gain most, and the later epochs cost what frozen-encoder training costs. Each modality may have
+    its own epoch (an encoder that reads its modality early can freeze before one that learns slowly). A resumed run
+    past an epoch freezes those encoders again at its first epoch. One process only: distributed data parallel
+    training expects the same parameters to learn at every step.
+
+    Args:
+        trainer ([`MultimodalTrainer`]): The run's trainer, whose model's encoders freeze.
+        epochs (`int` or `Mapping[str, int]`): Epochs before every learning encoder freezes (at least 1), or per
+            modality (a modality left out learns to the end).
+
+    Example:
+
+    ```python
+    >>> freeze = FreezeEncodersCallback(trainer, epochs={"image": 3, "audio": 8})  # doctest: +SKIP
+    >>> splits = cache_frozen_features(trainer, splits, [], freeze=freeze)  # doctest: +SKIP
+    >>> trainer.add_callback(freeze)  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, trainer: Trainer, epochs: int | Mapping[str, int]):
+        if trainer.args.world_size > 1:
+            raise ValueError(
+                f"freezing the encoders mid-run needs one process, the run has {trainer.args.world_size}: distributed "
+                "data parallel training expects the same parameters to learn at every step. Freeze them from the start "
+                "(--freeze_modalities, --freeze_feature_encoder) or train in one process."
+            )
+        self.trainer = trainer
+        self.cache: FrozenEncoderCache | None = None
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        self.parts: dict[str, str] = {}
+        """Per modality, what freezes: `"encoder"` (the whole encoder) or `"feature_encoder"` (the audio stack)."""
+        read = getattr(trainer.data_collator, "modalities", model.config.modalities)  # a model may have more encoders
+        for modality in (m for m in model.config.modalities if m in read):
+            encoder = model.get_encoder(modality)
+            stack = feature_encoder_of(encoder)
+            part = FEATURE_ENCODER if stack is not None else ENCODER
+            if any(parameter.requires_grad for parameter in (encoder if stack is None else stack).parameters()):
+                self.parts[modality] = part
+        given = dict(epochs) if isinstance(epochs, Mapping) else dict.fromkeys(self.parts, epochs)
+        unknown = sorted(set(given) - set(self.parts))
+        if unknown:
+            raise ValueError(
+                f"epochs names {unknown}, whose encoders do not learn in this run: the learning ones are "
+                f"{sorted(self.parts)}."
+            )
+        for modality, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"epochs before the {modality} encoder freezes must be a whole number >= 1, got {value!r}."
+                )
+        self.epochs: dict[str, int] = given
+        """Per modality, the epochs its encoder learns before it freezes; the others learn to the end."""
+        self.frozen: set[str] = set()
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        due = {
+            modality: part
+            for modality, part in self.parts.items()
+            if modality not in self.frozen and state.epoch >= self.epochs.get(modality, math.inf)
+        }
+        if not due:
+            return
+        self.frozen.update(due)
+        unwrapped = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        for modality, part in due.items():
+            encoder = unwrapped.get_encoder(modality)
+            if part == FEATURE_ENCODER:
+                encoder.freeze_feature_encoder()
+            else:
+                encoder.requires_grad_(False)
+                self.trainer.frozen_modalities += (modality,)
+        if self.cache is not None:
+            self.cache.compute_later(list(due))
+        logger.warning(
+            f"Epoch {state.epoch:g}: froze {', '.join(f'{m} ({part})' for m, part in due.items())}"
+            + ("; their features are cached from now on." if self.cache is not None else ".")
+        )
+
+
 def cache_frozen_features(
     trainer: Any,
     splits: Mapping[str, datasets.Dataset],
     modalities: Sequence[str],
     cache_dir: str | os.PathLike | None = None,
     feature_encoder_modalities: Sequence[str] = (),
+    freeze: FreezeEncodersCallback | None = None,
 ) -> dict[str, datasets.Dataset]:
     """
     Cache the features of the frozen encoders of `modalities` (and the outputs of the frozen feature encoders of
     `feature_encoder_modalities`) over each split for `trainer` (its model and collator), the main process first (the
     others then read its files), and add a [`FrozenEncoderCheckCallback`]. Returns the splits with their row columns:
-    train and evaluate on those.
+    train and evaluate on those. With the run's `freeze` callback, the encoders it freezes later get their rows too,
+    and it computes their features once it has frozen them.
 
     Example:
 
@@ -536,7 +733,10 @@ def cache_frozen_features(
         cache_dir,
         batch_size=trainer.args.per_device_eval_batch_size,
         feature_encoder_modalities=feature_encoder_modalities,
+        later=None if freeze is None else freeze.parts,
     )
+    if freeze is not None:
+        freeze.cache = cache
     with trainer.args.main_process_first(desc="frozen-encoder features"):
         cached = {name: cache.add(split) for name, split in splits.items()}
     parts = ", ".join(f"{m} ({part})" for m, part in cache.parts.items())
@@ -552,8 +752,10 @@ __all__ = [
     "CACHED_INPUT_NAMES",
     "FEATURE_ROW_COLUMNS",
     "EncoderFeatureTable",
+    "FreezeEncodersCallback",
     "FrozenEncoderCache",
     "FrozenEncoderCheckCallback",
+    "assemble_table",
     "cache_frozen_features",
     "default_cache_dir",
     "frozen_module",

@@ -65,6 +65,33 @@ def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+class SamplerLengthsCallback(TrainerCallback):
+    r"""
+    Hands the length-grouped sampler (`train_sampling_strategy="group_by_length"`) its lengths as a list. `Trainer`
+    gives it `train_dataset[args.length_column_name]`, which `datasets` 4 returns as a lazy `Column`; the sampler
+    indexes it row by row every epoch (0.08 ms a row: 0.19 s an epoch on 2,400 examples, where a list takes 0.02 s).
+    The lengths are read once, in one pass over the column, when training begins. [`MultimodalTrainer`] adds it.
+
+    Example:
+
+    ```python
+    >>> trainer.add_callback(SamplerLengthsCallback())  # doctest: +SKIP
+    ```
+    """
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        batch_sampler = getattr(train_dataloader, "batch_sampler", None)
+        samplers = [
+            getattr(train_dataloader, "sampler", None),
+            getattr(batch_sampler, "sampler", None),
+            getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),  # accelerate's shard of it
+        ]
+        for sampler in samplers:
+            lengths = getattr(sampler, "lengths", None)
+            if isinstance(lengths, Sequence) and not isinstance(lengths, list):
+                sampler.lengths = list(lengths)
+
+
 class ProgressLineCallback(TrainerCallback):
     r"""
     One line per evaluation, for logs that are not a terminal (CI, `nohup`, files), where tqdm's bars are unreadable:
@@ -142,6 +169,7 @@ class MultimodalTrainer(Trainer):
     `Trainer` with a learning rate per encoder and for the fusion part, frozen encoders kept in eval mode, and
     predictions for examples the model cannot read. It overrides public `Trainer` methods only.
 
+    Its length-grouped sampler reads the lengths from a list ([`SamplerLengthsCallback`]), not row by row.
     `train(resume_from_checkpoint=True)` resumes from the newest *complete* checkpoint and deletes half-written ones
     (a run killed while saving leaves one; `Trainer` alone would pick it and fail, or resume from a partial state).
 
@@ -185,6 +213,7 @@ class MultimodalTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.add_callback(SamplerLengthsCallback())
         if self.args.torch_compile and self.model is not None:
             allow_compiling_recurrent_layers(self.model)
         self.learning_rates = dict(learning_rates or {})
@@ -288,6 +317,7 @@ __all__ = [
     "FUSION_PART",
     "MultimodalTrainer",
     "ProgressLineCallback",
+    "SamplerLengthsCallback",
     "encoder_part",
     "is_complete_checkpoint",
     "last_complete_checkpoint",

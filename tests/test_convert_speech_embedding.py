@@ -225,6 +225,14 @@ def test_encoders_learn_then_freeze_and_the_rest_trains_on_their_cached_features
     cached, computed = evaluate_split(trainer, splits.test, ["image"]), evaluate_split(plain, plain_splits.test, ["image"])
     for variant, (metrics, predictions, _) in computed.items():
         assert cached[variant][0] == metrics and (cached[variant][1] == predictions).all()
+    # a best checkpoint from before the image encoder froze: its cached features are dropped, the rest kept
+    with torch.no_grad():
+        model.get_encoder("image").embedder.embedder.convolution.weight.mul_(1.5)
+    trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)  # the check passes
+    assert "image" not in trainer.data_collator.encoder_features and "audio" in trainer.data_collator.encoder_features
+    plain.model.load_state_dict(trainer.model.state_dict())
+    cached, computed = evaluate_split(trainer, splits.test), evaluate_split(plain, plain_splits.test)
+    assert cached["all"][0] == computed["all"][0] and (cached["all"][1] == computed["all"][1]).all()
 
 
 @pytest.mark.slow

@@ -338,6 +338,8 @@ class FrozenEncoderCache:
         """Per modality of `later` not cached yet, the splits (and their draws) its reserved rows stand for, in order."""
         self.reserved: dict[str, int] = {}
         """Per modality of `pending`, how many table rows are reserved."""
+        self.frozen_later: list[str] = []
+        """The modalities of `later` whose tables `compute_later` has computed."""
         self.computed: list[str] = []
         """Cache keys computed by this object."""
         self.read: list[str] = []
@@ -437,6 +439,7 @@ class FrozenEncoderCache:
                     "does)."
                 )
             del self.later[modality]
+            self.frozen_later.append(modality)
             self.parts[modality], self.weights[modality] = part, weights_fingerprint(module)
             self.modalities = tuple(self.parts)
             if modality not in self.pending:
@@ -454,6 +457,22 @@ class FrozenEncoderCache:
             tables[modality] = EncoderFeatureTable.absent(0, like)
             for piece in pieces:
                 tables[modality].extend(EncoderFeatureTable.absent(piece, like) if isinstance(piece, int) else piece)
+
+    def drop_stale(self) -> list[str]:
+        """Forget the tables of the modalities frozen later whose frozen part in the model no longer has the weights
+        they were computed with (the best checkpoint, loaded at the end of training, may come from before they froze):
+        the collator decodes those modalities again and their encoders run on the inputs. Returns them."""
+        stale = [
+            modality
+            for modality in self.frozen_later
+            if weights_fingerprint(frozen_module(self.model, modality, self.parts[modality])) != self.weights[modality]
+        ]
+        for modality in stale:
+            del self.parts[modality], self.weights[modality]
+            self.collator.encoder_features.pop(modality, None)
+            self.frozen_later.remove(modality)
+        self.modalities = tuple(self.parts)
+        return stale
 
     @torch.no_grad()
     def continue_feature_encoder(self, table: EncoderFeatureTable, modality: str) -> EncoderFeatureTable:
@@ -626,8 +645,10 @@ class FreezeEncodersCallback(TrainerCallback):
     they are computed once over every split and the remaining epochs run only what still learns: the features adapt
     early, when they gain most, and the later epochs cost what frozen-encoder training costs. Each modality may have
     its own epoch (an encoder that reads its modality early can freeze before one that learns slowly). A resumed run
-    past an epoch freezes those encoders again at its first epoch. One process only: distributed data parallel
-    training expects the same parameters to learn at every step.
+    past an epoch freezes those encoders again at its first epoch. When the checkpoint loaded at the end of training
+    (`load_best_model_at_end`) predates a freeze, the features cached since no longer match its encoders: they are
+    dropped, and evaluation runs those encoders on the inputs. One process only: distributed data parallel training
+    expects the same parameters to learn at every step.
 
     Args:
         trainer ([`MultimodalTrainer`]): The run's trainer, whose model's encoders freeze.
@@ -701,6 +722,14 @@ class FreezeEncodersCallback(TrainerCallback):
             f"Epoch {state.epoch:g}: froze {', '.join(f'{m} ({part})' for m, part in due.items())}"
             + ("; their features are cached from now on." if self.cache is not None else ".")
         )
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        stale = self.cache.drop_stale() if self.cache is not None else []
+        if stale:
+            logger.warning(
+                f"The model loaded at the end of training (its best checkpoint) predates the freezing of {stale}: "
+                "their cached features are dropped, and evaluation runs those encoders on the inputs."
+            )
 
 
 def cache_frozen_features(

@@ -236,6 +236,32 @@ def test_encoders_learn_then_freeze_and_the_rest_trains_on_their_cached_features
 
 
 @pytest.mark.slow
+def test_without_the_cache_the_encoders_still_freeze_and_stay_in_eval_mode(converted, data, tmp_path):
+    from test_training import tiny_arguments
+
+    arguments = tiny_arguments(
+        data, tmp_path / "run", num_train_epochs=2, eval_strategy="no", save_strategy="no", audio_config=None
+    )
+    options = ["--modalities", "image", "audio", "--audio_model", str(converted), "--feature_encoder_trainable_blocks",
+               "2", "--freeze_encoders_after_epochs", "1", "--cache_frozen_features", "False"]  # fmt: skip
+    trainer, _ = build_trainer(*parse_arguments([*arguments, *options]))
+    image = trainer.model.get_encoder("image")
+    after_first = {}
+
+    class Snapshot(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            after_first.setdefault("weights", [p.detach().clone() for p in image.parameters()])
+            after_first.setdefault("buffers", [b.clone() for b in image.buffers()])
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    assert trainer.data_collator.encoder_features == {}  # nothing cached: the encoders ran on the inputs
+    assert all(torch.equal(p, q) for p, q in zip(image.parameters(), after_first["weights"]))
+    assert all(torch.equal(b, c) for b, c in zip(image.buffers(), after_first["buffers"]))  # batch-norm statistics too
+    assert "image" in trainer.frozen_modalities
+
+
+@pytest.mark.slow
 def test_a_run_resumed_past_the_freezing_epoch_freezes_again_and_ends_as_the_whole_run(converted, data, tmp_path):
     """Resumed from its checkpoint after the second of three epochs, a `--freeze_encoders_after_epochs 1` run freezes
     the encoders again at its first epoch (reading the image features its first part cached) and ends with the

@@ -154,8 +154,7 @@ lane_readers() {
     train "$readers/partial" --modalities image audio "${stage1[@]}" "${adapting[@]}" \
         --feature_encoder_trainable_blocks 2
     train "$readers/copies" --modalities image audio "${stage1[@]}" "${copies[@]}"
-    train "$readers/freezing" --modalities image audio "${stage1[@]}" "${copies[@]}" \
-        --freeze_encoders_after_epochs 8 --eval_strategy no
+    train "$readers/freezing" --modalities image audio "${stage1[@]}" "${copies[@]}" --freeze_encoders_after_epochs 8
     train "$readers/adapted" --modalities image audio "${stage1[@]}" "${adapting[@]}"
     for head in "${HEADS[@]}"; do
         for stage in frozen partial copies freezing adapted; do

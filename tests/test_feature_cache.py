@@ -180,6 +180,37 @@ def test_encoders_frozen_later_get_their_rows_first_and_their_tables_once_frozen
     assert collator([splits[1][0]])["has_image"].tolist() == [False]
 
 
+def test_an_encoder_frozen_later_over_augmented_copies_gets_a_row_per_copy_after_the_splits_before(
+    examples, processor, tmp_path
+):
+    """Rows reserved for an image encoder frozen later, over a split without augmentation and then a training split
+    augmented from 2 copies: each copy's rows follow the rows reserved before, and once computed each epoch reads its
+    copy as the encoder computes it."""
+    model = tiny_model()
+    model.get_encoder("text").requires_grad_(False)
+    augmentation = DataAugmentation(["image"], seed=0, copies=2)
+    collator = MultimodalDataCollator(processor, model.config.modalities, augmentation=augmentation)
+    cache = FrozenEncoderCache(model, collator, ["text"], cache_dir=tmp_path, later={"image": "encoder"})
+    validation = cache.add(examples)
+    train = cache.add(examples.add_column(INDEX_COLUMN, list(range(6))))
+    assert validation[FEATURE_ROW_COLUMNS["image"]] == list(range(6))
+    assert train[FEATURE_ROW_COLUMNS["image"]] == [[6 + row, 12 + row] for row in range(6)]
+    model.get_encoder("image").requires_grad_(False)
+    cache.compute_later()
+    assert len(collator.encoder_features["image"]) == 18
+    plain = dataclasses.replace(collator, encoder_features={})
+    model.eval()
+    features = []
+    for epoch in (0, 1):
+        augmentation.epoch = epoch
+        batch = collator([train[row] for row in range(6)])
+        assert "pixel_values" not in batch
+        reference = plain([examples.add_column(INDEX_COLUMN, list(range(6)))[row] for row in range(6)])
+        torch.testing.assert_close(logits(model, batch), logits(model, reference), atol=1e-5, rtol=1e-5)
+        features.append(batch["image_encoder_features"])
+    assert not torch.equal(features[0], features[1])  # the two copies differ
+
+
 def test_augmented_inputs_drawn_from_fixed_copies_are_cached_once_per_copy(examples, processor, tmp_path):
     """The training split of a run augmenting audio from 2 copies: a table per copy, a row per copy in its row
     column, and each epoch's batches read the copy it draws, as the lower blocks would compute it."""

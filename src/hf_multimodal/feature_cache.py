@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,7 +326,6 @@ class FrozenEncoderCache:
                 )
         self.model = model
         self.collator = collator
-        self.modalities = tuple(self.parts)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self.sequences = model.base_model.fusion.uses_sequences
@@ -336,14 +335,22 @@ class FrozenEncoderCache:
             m: [] for m in self.later if m not in self.parts
         }
         """Per modality of `later` not cached yet, the splits (and their draws) its reserved rows stand for, in order."""
-        self.reserved: dict[str, int] = {}
-        """Per modality of `pending`, how many table rows are reserved."""
         self.frozen_later: list[str] = []
         """The modalities of `later` whose tables `compute_later` has computed."""
         self.computed: list[str] = []
         """Cache keys computed by this object."""
         self.read: list[str] = []
         """Cache keys read from disk by this object."""
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities cached (now: those frozen later join once `compute_later` has computed them)."""
+        return tuple(self.parts)
+
+    def computed_with(self, model: PreTrainedModel, modality: str) -> bool:
+        """Whether the frozen part of `modality`'s encoder in `model` has the weights its features were computed
+        with."""
+        return weights_fingerprint(frozen_module(model, modality, self.parts[modality])) == self.weights[modality]
 
     def stores_sequences(self, modality: str) -> bool:
         """Whether `modality`'s entries are sequences (with their mask): for a head over sequences, and always for a
@@ -403,10 +410,9 @@ class FrozenEncoderCache:
                 continue
             rows = []  # per draw, the table rows of the split's examples
             if modality in self.pending:  # reserved: compute_later computes them in this order
-                self.pending[modality].append((split, draws))
-                start = self.reserved.get(modality, 0)
+                start = sum(len(before) * len(its_draws) for before, its_draws in self.pending[modality])
                 rows = [range(start + k * len(split), start + (k + 1) * len(split)) for k in range(len(draws))]
-                self.reserved[modality] = start + len(draws) * len(split)
+                self.pending[modality].append((split, draws))
             else:
                 for draw in draws:
                     table = self.load_or_compute(split, modality, draw)
@@ -441,16 +447,15 @@ class FrozenEncoderCache:
             del self.later[modality]
             self.frozen_later.append(modality)
             self.parts[modality], self.weights[modality] = part, weights_fingerprint(module)
-            self.modalities = tuple(self.parts)
             if modality not in self.pending:
                 if modality in tables:
                     tables[modality] = self.continue_feature_encoder(tables[modality], modality)
                 continue
-            pieces = [
-                self.load_or_compute(split, modality, draw) or len(split)  # the number of rows: none has it
-                for split, draws in self.pending.pop(modality)
-                for draw in draws
-            ]
+            pieces: list[EncoderFeatureTable | int] = []  # a table, or the number of rows of a split without any
+            for split, draws in self.pending.pop(modality):
+                for draw in draws:
+                    table = self.load_or_compute(split, modality, draw)
+                    pieces.append(table if table is not None else len(split))
             like = next((piece for piece in pieces if not isinstance(piece, int)), None)
             if like is None:  # no example of any split has it
                 continue
@@ -462,16 +467,11 @@ class FrozenEncoderCache:
         """Forget the tables of the modalities frozen later whose frozen part in the model no longer has the weights
         they were computed with (the best checkpoint, loaded at the end of training, may come from before they froze):
         the collator decodes those modalities again and their encoders run on the inputs. Returns them."""
-        stale = [
-            modality
-            for modality in self.frozen_later
-            if weights_fingerprint(frozen_module(self.model, modality, self.parts[modality])) != self.weights[modality]
-        ]
+        stale = [modality for modality in self.frozen_later if not self.computed_with(self.model, modality)]
         for modality in stale:
             del self.parts[modality], self.weights[modality]
             self.collator.encoder_features.pop(modality, None)
             self.frozen_later.remove(modality)
-        self.modalities = tuple(self.parts)
         return stale
 
     @torch.no_grad()
@@ -479,22 +479,37 @@ class FrozenEncoderCache:
         """`table`'s outputs of the lower blocks of `modality`'s feature encoder, run through the blocks above them:
         the table of the whole stack's outputs, with the same rows (in eval mode, `batch_size` rows at a time)."""
         encoder = self.model.get_encoder(modality)
-        was_training = encoder.training
-        encoder.eval()
         values_name, mask_name = CACHED_INPUT_NAMES[FEATURE_ENCODER][modality]
         lengths = (table.offsets[1:] - table.offsets[:-1]).tolist()
         order = sorted(table.present.nonzero().flatten().tolist(), key=lengths.__getitem__)  # similar lengths
-        encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+        def encode(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            inputs = table.batch(modality, rows.tolist())
+            lower, mask = inputs[values_name].to(self.model.device), inputs[mask_name].to(self.model.device)
+            return encoder.frontend.top_blocks_outputs(lower), encoder.feature_encoder_frame_mask(lower, mask)
+
+        encoded = self._encode_in_batches(encoder, order, encode)
+        return assemble_table(encoded, table.present, sequences=True, part=FEATURE_ENCODER)
+
+    def _encode_in_batches(
+        self,
+        encoder: torch.nn.Module,
+        order: Sequence[int],
+        encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """`encode(rows)` -> `(features, mask)` over the rows of `order`, `batch_size` at a time, `encoder` in eval
+        mode (its mode restored after): each batch's `(rows, features, mask)` on the CPU, for `assemble_table`."""
+        was_training = encoder.training
+        encoder.eval()
+        encoded = []
         try:
             for start in range(0, len(order), self.batch_size):
                 rows = torch.tensor(order[start : start + self.batch_size], dtype=torch.long)
-                inputs = table.batch(modality, rows.tolist())
-                lower, mask = inputs[values_name].to(self.model.device), inputs[mask_name].to(self.model.device)
-                features = encoder.frontend.top_blocks_outputs(lower)
-                encoded.append((rows, features.float().cpu(), encoder.feature_encoder_frame_mask(lower, mask).cpu()))
+                features, mask = encode(rows)
+                encoded.append((rows, features.float().cpu(), None if mask is None else mask.cpu()))
         finally:
             encoder.train(was_training)
-        return assemble_table(encoded, table.present, sequences=True, part=FEATURE_ENCODER)
+        return encoded
 
     def load_or_compute(
         self, dataset: datasets.Dataset, modality: str, draw: int | None = None
@@ -523,8 +538,6 @@ class FrozenEncoderCache:
         gradients; the inputs augmented as `draw` of the augmentation's copies, or not), `batch_size` examples at a
         time; examples without the modality get zeros. None when no example has it."""
         encoder = self.model.get_encoder(modality)
-        was_training = encoder.training
-        encoder.eval()
         augmentation = None if draw is None else dataclasses.replace(self.collator.augmentation, epoch=draw)
         decoder = dataclasses.replace(
             self.collator, modalities=[modality], label_column=None, drop_modalities=(), return_loss=False,
@@ -542,27 +555,25 @@ class FrozenEncoderCache:
                 durations.append(audio_duration(value) if has_value[-1] else 0.0)
         present = torch.tensor(has_value, dtype=torch.bool)
         frozen_blocks = encoder.frontend.frozen_blocks() if self.parts[modality] == FEATURE_ENCODER else None
-        encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # rows, features, mask
-        try:
-            order = present.nonzero().flatten().tolist()
-            if modality == "audio":  # batches of clips of similar lengths, which pad little
-                order.sort(key=durations.__getitem__)
-            for start in range(0, len(order), self.batch_size):
-                rows = torch.tensor(order[start : start + self.batch_size], dtype=torch.long)
-                batch = decoder([values[int(row)] for row in rows])
-                inputs = {name: batch[name].to(self.model.device) for name in INPUT_NAMES[modality] if name in batch}
-                if frozen_blocks is not None:
-                    values_name, mask_name = INPUT_NAMES[modality]
-                    features, mask = encoder.compute_feature_encoder_outputs(
-                        inputs[values_name], inputs.get(mask_name), blocks=frozen_blocks
-                    )
-                else:
-                    features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)
-                if sequences and mask is None:
-                    mask = torch.ones(features.shape[:2], dtype=torch.bool)
-                encoded.append((rows, features.float().cpu(), None if mask is None else mask.cpu()))
-        finally:
-            encoder.train(was_training)
+        order = present.nonzero().flatten().tolist()
+        if modality == "audio":  # batches of clips of similar lengths, which pad little
+            order.sort(key=durations.__getitem__)
+
+        def encode(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            batch = decoder([values[int(row)] for row in rows])
+            inputs = {name: batch[name].to(self.model.device) for name in INPUT_NAMES[modality] if name in batch}
+            if frozen_blocks is not None:
+                values_name, mask_name = INPUT_NAMES[modality]
+                features, mask = encoder.compute_feature_encoder_outputs(
+                    inputs[values_name], inputs.get(mask_name), blocks=frozen_blocks
+                )
+            else:
+                features, mask = self.model.base_model.encoder_features(modality, inputs, sequences=self.sequences)
+            if sequences and mask is None:
+                mask = torch.ones(features.shape[:2], dtype=torch.bool)
+            return features, mask
+
+        encoded = self._encode_in_batches(encoder, order, encode)
         if not encoded:
             return None
         return assemble_table(encoded, present, sequences, self.parts[modality])
@@ -619,9 +630,8 @@ class FrozenEncoderCheckCallback(TrainerCallback):
         if model is None:
             return
         model = getattr(model, "module", model)  # DDP wraps it
-        for modality, expected in self.cache.weights.items():
-            part = self.cache.parts[modality]
-            if weights_fingerprint(frozen_module(model, modality, part)) != expected:
+        for modality, part in self.cache.parts.items():
+            if not self.cache.computed_with(model, modality):
                 raise ValueError(
                     f"the frozen {part} of {modality}: its weights differ from those its cached features were "
                     "computed with (a checkpoint of another model?): start a new run, or pass "

@@ -63,8 +63,9 @@ SCRATCH=("${NEW[@]}" --learning_rate 1e-3 --image_learning_rate 2e-3 --audio_lea
 ALIGNED=(--model_name_or_path "$results/align/pairs" --learning_rate 1e-3 --image_learning_rate 5e-4
          --audio_learning_rate 5e-4)
 HEADS=(concat weighted_sum gated attention transformer bilstm low_rank_tensor comparator)
-# the relational task on digit readers: 1,500 synthetic voices in both datasets, the speech_embedding stack converted
-# once (as scripts/demo.sh does it)
+# the relational task on digit readers: 1,500 synthetic voices in both datasets (the README's recipe builds its
+# relation data without them: match_plain, for the readers frozen after 8 epochs), the speech_embedding stack
+# converted once (as scripts/demo.sh does it)
 AUDIO_MODEL=outputs/demo/speech_embedding
 SPEECH_ENCODER='{"sampling_rate": 8000, "hidden_size": 64, "num_stacks": 2, "layers_per_stack": 4}'
 READER_DATA=outputs/match_readers
@@ -82,6 +83,7 @@ fi
 if selected readers; then
     dataset "$READER_DATA/pairs" --task pairs --synthetic_voices 1500
     dataset "$READER_DATA/match" --task match --synthetic_voices 1500
+    dataset "$READER_DATA/match_plain" --task match
     for relation in "${OTHER_RELATIONS[@]}"; do
         # shellcheck disable=SC2086
         dataset "$READER_DATA/match_${relation// /_}" --task match --match $relation --synthetic_voices 1500
@@ -138,8 +140,8 @@ lane_relations() {
 }
 
 # digit readers with the stack frozen (cached), its top 2 blocks adapted on audio augmented anew every epoch or from 3
-# copies (the lower blocks' outputs over them cached; also with the encoders frozen after 8 epochs, the README's
-# recipe), or all of it adapted on augmented audio; every head over each.
+# copies (the lower blocks' outputs over them cached; also with the encoders frozen after 8 epochs and the relation
+# data without synthetic voices, the README's recipe), or all of it adapted on augmented audio; every head over each.
 # Then the other relations: readers of the note and the recording (the copies' recipe) or the note and the scan, and
 # the comparator, low-rank and transformer heads over them.
 lane_readers() {
@@ -158,7 +160,9 @@ lane_readers() {
     train "$readers/adapted" --modalities image audio "${stage1[@]}" "${adapting[@]}"
     for head in "${HEADS[@]}"; do
         for stage in frozen partial copies freezing adapted; do
-            train "$readers/${stage}_$head" --dataset "$READER_DATA/match" --modalities image audio \
+            local relation_data="$READER_DATA/match"
+            if [ "$stage" = freezing ]; then relation_data="$READER_DATA/match_plain"; fi
+            train "$readers/${stage}_$head" --dataset "$relation_data" --modalities image audio \
                 "${READER_TRAINING[@]}" --model_name_or_path "$readers/$stage" --freeze_modalities image audio \
                 --fusion_type "$head" --num_train_epochs 12
         done

@@ -228,7 +228,7 @@ READER_STAGES = {
     "frozen": "stack frozen",
     "partial": "stack's top 2 blocks adapted",
     "copies": "stack's top 2 blocks adapted, 3 augmented copies cached",
-    "freezing": "the same, the encoders frozen after 8 epochs of 15",
+    "freezing": "the same, the encoders frozen after 8 epochs of 15 (relation data without synthetic voices)",
     "adapted": "whole stack adapted",
 }
 """The digit readers of `lane_readers` in scripts/demo_results.sh: folder -> how their speech stack trained."""

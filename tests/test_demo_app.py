@@ -116,8 +116,9 @@ def test_page_loads(page, model_folder):
     header = page.page.inner_text("h1")
     assert header == "Multimodal classification"
     assert "bird, cat, dog" in page.page.inner_text("body") and model_folder.name in page.page.inner_text("body")
+    # Gradio draws each component once its script has loaded (the audio input's comes last): wait until shown.
     for element in ("#text-input textarea", "#image-input", "#audio-input", "#classify-button"):
-        assert page.page.locator(element).is_visible()
+        sync_api.expect(page.page.locator(element)).to_be_visible(timeout=30_000)
 
 
 SUBSETS = [subset for size in (1, 2, 3) for subset in itertools.combinations(("text", "image", "audio"), size)]

@@ -45,13 +45,16 @@ from hf_multimodal import (
     FUSION_TYPES,
     MODALITIES,
     PIPELINE_TASK,
+    RETRIEVAL_RANKINGS,
     RETRIEVAL_TASK,
     ZERO_SHOT_TASK,
+    GalleryIndex,
     MultimodalForSequenceClassification,
     MultimodalImageProcessor,
     MultimodalModel,
     MultimodalPreTrainedModel,
     MultimodalProcessor,
+    MultimodalRetrievalPipeline,
     RecurrentEncoderConfig,
     WaveNetConfig,
 )
@@ -1101,9 +1104,11 @@ def _format_alignment_table(results: Mapping[str, Any]) -> str:
     lines = [f"Alignment of {', '.join(results['modalities'])}: retrieval at the label level and zero-shot accuracy", ""]
     lines += ["| split | evaluation | recall@1 | recall@5 |", "|---|---|---|---|"]
     for split, values in splits.items():
-        for direction, scores in (values.get("retrieval") or {}).items():
-            at_5 = next((value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1"))
-            lines.append(f"| {split} | {direction.replace('_to_', ' -> ')} | {scores['recall@1']:.3f} | {at_5:.3f} |")
+        for ranking, suffix in RETRIEVAL_RANKINGS.items():
+            for direction, scores in (values.get(ranking) or {}).items():
+                at_5 = next((value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1"))
+                evaluation = direction.replace("_to_", " -> ") + suffix
+                lines.append(f"| {split} | {evaluation} | {scores['recall@1']:.3f} | {at_5:.3f} |")
         for modality, scores in (values.get("zero_shot") or {}).items():
             lines.append(f"| {split} | zero-shot {modality} (accuracy) | {scores['accuracy']:.3f} | |")
     return "\n".join(lines)
@@ -1362,11 +1367,12 @@ def train_and_evaluate(
         results.update(evaluate_classifier(trainer, splits))
     elif trainer.is_world_process_zero():
         tests = {data_args.test_split: splits.test, **splits.extra_tests}
+        retriever = pipeline(RETRIEVAL_TASK, model=str(output_dir))
+        modalities = [m for m in model.config.modalities if m in trainer.data_collator.modalities]
+        batch_size = training_args.per_device_eval_batch_size
+        banks = query_banks(retriever, splits.train, data_args, modalities, batch_size, training_args.seed)
         evaluated = {
-            name: evaluate_alignment(
-                output_dir, part, data_args, splits, trainer.data_collator.modalities,
-                training_args.per_device_eval_batch_size,
-            )
+            name: evaluate_alignment(retriever, part, data_args, splits, modalities, batch_size, banks)
             for name, part in tests.items()
         }
         results["test"] = evaluated.pop(data_args.test_split)
@@ -1405,47 +1411,87 @@ def evaluate_classifier(trainer: MultimodalTrainer, splits: Splits) -> dict[str,
     }
 
 
+QUERY_BANK_SIZE = 2048
+"""Training examples embedded as the query bank of an aligned model's evaluation (enough for a mean embedding)."""
+
+
+def _index_modalities(
+    retriever: MultimodalRetrievalPipeline,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Mapping[str, str],
+    modalities: Sequence[str],
+    batch_size: int,
+) -> dict[str, tuple[GalleryIndex, list[int]]]:
+    """Each modality's values among `rows` indexed as a gallery, with the row of each item (missing values left out)."""
+    galleries = {}
+    for modality in modalities:
+        present = [row for row, example in enumerate(rows) if not is_missing(example.get(columns[modality]))]
+        if present:
+            values = [rows[row][columns[modality]] for row in present]
+            galleries[modality] = (retriever.index(values, modality=modality, batch_size=batch_size), present)
+    return galleries
+
+
+def query_banks(
+    retriever: MultimodalRetrievalPipeline,
+    train: datasets.Dataset | datasets.IterableDataset,
+    data_args: DataArguments,
+    modalities: Sequence[str],
+    batch_size: int,
+    seed: int,
+) -> dict[str, GalleryIndex]:
+    """Up to `QUERY_BANK_SIZE` training examples (a seeded sample), each modality indexed as the query bank of the
+    queries of that modality (`GalleryIndex.search`): typical queries, never the test examples."""
+    if isinstance(train, datasets.Dataset):
+        train = train.shuffle(seed=seed)
+    rows = list(train.take(QUERY_BANK_SIZE))
+    indexed = _index_modalities(retriever, rows, data_args.columns(), modalities, batch_size)
+    return {modality: bank for modality, (bank, _) in indexed.items()}
+
+
 def evaluate_alignment(
-    folder: Path,
+    retriever: MultimodalRetrievalPipeline,
     dataset: datasets.Dataset,
     data_args: DataArguments,
     splits: Splits,
-    used: Sequence[str],
+    modalities: Sequence[str],
     batch_size: int,
+    banks: Mapping[str, GalleryIndex] | None = None,
 ) -> dict[str, Any]:
-    """How well a saved aligned model puts matching examples together, through its retrieval pipeline.
+    """How well an aligned model (its retrieval pipeline) puts matching examples together.
 
     Every modality of `dataset` is indexed as a gallery; each item of one modality queries the gallery of each other
     modality, and counts as found at k when one of its top k results has its label (retrieval at the label level:
-    for digits, "a recording of a 7 finds a scan of a 7"). Zero-shot accuracy: each non-text item against the label
-    names embedded as text, the closest one being the prediction. Without a label column only `num_examples` is
-    reported.
+    for digits, "a recording of a 7 finds a scan of a 7"): `retrieval` ranks by cosine similarity, and
+    `retrieval_query_bank` with the queries' modality's bank of `banks` (training examples: `query_banks`). Zero-shot
+    accuracy: each non-text item against the label names embedded as text, the closest one being the prediction.
+    Without a label column only `num_examples` is reported.
     """
-    retriever = pipeline(RETRIEVAL_TASK, model=str(folder))
-    modalities = [m for m in retriever.model.config.modalities if m in used]
     columns, label_column = data_args.columns(), data_args.label_column
     results: dict[str, Any] = {"num_examples": len(dataset)}
     if label_column not in dataset.column_names or not splits.labels:
         return results
     label_ids = [splits.label_to_id[v] if splits.label_to_id else int(v) for v in dataset[label_column]]
-    galleries, item_labels = {}, {}
-    for modality in modalities:
-        values = dataset[columns[modality]]
-        rows = [row for row, value in enumerate(values) if not is_missing(value)]
-        if rows:
-            galleries[modality] = retriever.index([values[row] for row in rows], modality=modality, batch_size=batch_size)
-            item_labels[modality] = np.array([label_ids[row] for row in rows])
-    results["retrieval"] = {}
+    rows = dataset.select_columns([columns[m] for m in modalities]).to_list()
+    indexed = _index_modalities(retriever, rows, columns, modalities, batch_size)
+    galleries = {modality: gallery for modality, (gallery, _) in indexed.items()}
+    item_labels = {modality: np.array([label_ids[row] for row in present]) for modality, (_, present) in indexed.items()}
+    rankings = {"retrieval": {}}
+    if banks:
+        rankings["retrieval_query_bank"] = {}
     for query, gallery in itertools.permutations(galleries, 2):
         top_k = min(5, len(galleries[gallery]))
-        ranked = galleries[gallery].search(galleries[query].embeddings, top_k)
-        hits = np.array([[item_labels[gallery][hit["index"]] for hit in row] for row in ranked])
-        found = hits == item_labels[query][:, None]
-        results["retrieval"][f"{query}_to_{gallery}"] = {
-            "recall@1": float(found[:, 0].mean()),
-            f"recall@{top_k}": float(found.any(axis=1).mean()),
-            "num_queries": len(found),
-        }
+        for name, found_in in rankings.items():
+            bank = banks.get(query) if name == "retrieval_query_bank" else None
+            ranked = galleries[gallery].search(galleries[query].embeddings, top_k, query_bank=bank)
+            hits = np.array([[item_labels[gallery][hit["index"]] for hit in row] for row in ranked])
+            found = hits == item_labels[query][:, None]
+            found_in[f"{query}_to_{gallery}"] = {
+                "recall@1": float(found[:, 0].mean()),
+                f"recall@{top_k}": float(found.any(axis=1).mean()),
+                "num_queries": len(found),
+            }
+    results.update(rankings)
     if "text" in modalities:
         prompts = retriever.index([{"text": name} for name in splits.labels], batch_size=batch_size).embeddings
         results["zero_shot"] = {

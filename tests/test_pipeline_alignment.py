@@ -70,6 +70,21 @@ def test_retrieval_ranks_the_gallery_by_cosine_similarity(retriever):
     assert results[0]["index"] == int(np.argmax(expected))
 
 
+def test_a_query_bank_lowers_each_items_score_by_its_mean_similarity_to_the_bank(retriever):
+    gallery = retriever.index(IMAGES, modality="image", batch_size=4)
+    clips = [{"array": random_audio(seed, 0.3), "sampling_rate": 16000} for seed in range(4)]
+    bank = retriever.index(clips[1:], modality="audio")
+    results = retriever({"audio": clips[0]}, gallery=gallery, top_k=6, query_bank=bank)
+    query = np.asarray(retriever({"audio": clips[0]})["embedding"])
+    expected = gallery.embeddings @ query - (gallery.embeddings @ bank.embeddings.T).mean(axis=1)
+    assert [hit["index"] for hit in results] == np.argsort(-expected).tolist()
+    for hit in results:
+        assert hit["score"] == pytest.approx(expected[hit["index"]], abs=1e-5)
+    # the same bank as a list of examples, indexed on the fly
+    as_list = retriever({"audio": clips[0]}, gallery=gallery, top_k=6, query_bank=[{"audio": clip} for clip in clips[1:]])
+    assert [hit["index"] for hit in as_list] == [hit["index"] for hit in results]
+
+
 def _audio_inputs(processor, clip):
     batch = processor(audio=[clip], sampling_rate=16000)
     return {"input_values": batch["input_values"], "audio_attention_mask": batch["audio_attention_mask"]}
@@ -94,6 +109,9 @@ def test_a_list_gallery_and_a_batch_of_queries(retriever):
         (lambda r: r.index(IMAGES, modality="video"), ValueError, "modality must be one of"),
         (lambda r: r({"text": "a", "image": IMAGES[0]}, gallery=[{"image": IMAGES[1]}]), ValueError, "exactly one"),
         (lambda r: r({"text": "a"}, top_k=2), ValueError, "top_k needs a gallery"),
+        (lambda r: r({"text": "a"}, query_bank=[{"text": "b"}]), ValueError, "query_bank needs a gallery"),
+        (lambda r: r({"text": "a"}, gallery=[{"image": IMAGES[0]}], query_bank=[{"image": IMAGES[1]}]), ValueError,
+         "the query is text but the query_bank holds image"),
     ],
 )
 def test_bad_retrieval_calls_are_explained(retriever, call, error, message):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from compare_runs import compare_runs
-from summarize_results import other_relations, relational_readers
+from summarize_results import alignment, other_relations, relational_readers
 from train import format_results_table
 
 
@@ -33,17 +33,26 @@ def test_the_ablation_rows_are_those_of_the_models_modalities():
     assert "audio only" in single and "without" not in single
 
 
-def test_an_aligned_models_table_shows_retrieval_and_zero_shot():
-    results = {
-        "objective": "contrastive",
-        "modalities": ["image", "audio"],
-        "test": {
-            "retrieval": {"audio_to_image": {"recall@1": 0.5, "recall@5": 0.9, "num_queries": 10}},
-            "zero_shot": {"audio": {"accuracy": 0.4, "num_examples": 10}},
-        },
+def aligned_results(recall: float) -> dict:
+    return {
+        "retrieval": {"audio_to_image": {"recall@1": recall, "recall@5": 0.9, "num_queries": 10}},
+        "retrieval_query_bank": {"audio_to_image": {"recall@1": recall + 0.1, "recall@5": 0.95, "num_queries": 10}},
+        "zero_shot": {"audio": {"accuracy": 0.4, "num_examples": 10}},
     }
+
+
+def test_an_aligned_models_table_shows_retrieval_with_and_without_the_query_bank_and_zero_shot(tmp_path):
+    results = {"objective": "contrastive", "modalities": ["image", "audio"], "test": aligned_results(0.5)}
     table = format_results_table(results)
     assert "| test | audio -> image | 0.500 | 0.900 |" in table and "| test | zero-shot audio (accuracy) | 0.400 |" in table
+    assert "| test | audio -> image, query bank | 0.600 | 0.950 |" in table
+    # the results script's table: both test splits side by side
+    results.update(extra_tests={"test_unseen_speaker": aligned_results(0.3)}, hyperparameters={"train_seconds": 90})
+    (tmp_path / "align" / "pairs").mkdir(parents=True)
+    (tmp_path / "align" / "pairs" / "metrics.json").write_text(json.dumps(results))
+    lines = alignment(tmp_path)
+    assert "| audio -> image | 0.500 | 0.900 | 0.300 | 0.900 |" in lines
+    assert "| audio -> image, query bank | 0.600 | 0.950 | 0.400 | 0.950 |" in lines
 
 
 def test_compare_runs_leaves_absent_ablations_empty(tmp_path):

@@ -460,24 +460,35 @@ def test_early_stopping_and_model_selection_follow_the_validation_loss(single_ru
     assert read_metrics(single_run)["hyperparameters"]["metric_for_best_model"] == "loss"
 
 
+def test_a_streamed_contrastive_run_takes_its_query_bank_from_the_stream(pairs, tmp_path):
+    """The query banks of an aligned model's evaluation come from the training split, here a stream."""
+    stream = {"streaming": True, "max_steps": 4, "eval_steps": 2, "save_steps": 2}
+    metrics, _ = train_in_process(tiny_arguments(pairs, tmp_path / "aligned", objective="contrastive", **stream))
+    assert metrics["hyperparameters"]["streaming"] is True
+    directions = {f"{a}_to_{b}" for a, b in itertools.permutations(MODALITIES, 2)}
+    assert set(metrics["test"]["retrieval_query_bank"]) == set(metrics["test"]["retrieval"]) == directions
+
+
 def test_contrastive_objective_aligns_and_a_classifier_starts_from_it(pairs, tmp_path):
     """--objective contrastive on unlabelled pairs: an aligned MultimodalModel with retrieval and zero-shot results,
     its card and both pipelines; then a comparator classifier on the relational task starts from its weights."""
     aligned = tmp_path / "aligned"
     options = {"num_train_epochs": 1, "eval_steps": 3, "save_steps": 3, "extra_test_splits": ["test_unseen_speaker"]}
     _, printed = train_in_process(tiny_arguments(pairs, aligned, objective="contrastive", **options))
-    assert "| test | audio -> image |" in printed
+    assert "| test | audio -> image |" in printed and "| test | audio -> image, query bank |" in printed
     metrics = read_metrics(aligned)
     assert metrics["objective"] == "contrastive" and metrics["labels"][7] == "seven"
     for results in (metrics["test"], metrics["extra_tests"]["test_unseen_speaker"]):
-        assert set(results["retrieval"]) == {f"{a}_to_{b}" for a, b in itertools.permutations(MODALITIES, 2)}
-        assert all(0.0 <= scores["recall@1"] <= scores["recall@5"] <= 1.0 for scores in results["retrieval"].values())
+        for ranking in ("retrieval", "retrieval_query_bank"):  # by cosine, and with the training examples as bank
+            assert set(results[ranking]) == {f"{a}_to_{b}" for a, b in itertools.permutations(MODALITIES, 2)}
+            assert all(0.0 <= scores["recall@1"] <= scores["recall@5"] <= 1.0 for scores in results[ranking].values())
         assert set(results["zero_shot"]) == {"image", "audio"}
     config = json.loads((aligned / "config.json").read_text())
     assert config["architectures"] == ["MultimodalModel"]
     assert set(config["custom_pipelines"]) == {"multimodal-retrieval", "zero-shot-multimodal-classification"}
     card = (aligned / "README.md").read_text()
     assert "- multimodal-retrieval" in card and "| test | audio → image |" in card
+    assert "| test | audio → image, query bank |" in card
 
     match = save_demo_dataset(build_match_dataset(AUDIO_DIR, num_train=48, num_validation=8, num_test=10), tmp_path / "match")
     classifier = tmp_path / "classifier"

@@ -15,6 +15,9 @@ from .pipeline_multimodal import MultimodalPipeline
 
 
 RETRIEVAL_TASK = "multimodal-retrieval"
+RETRIEVAL_RANKINGS = {"retrieval": "", "retrieval_query_bank": ", query bank"}
+"""The rankings an aligned model's evaluation reports (by cosine similarity; with a query bank, see
+[`GalleryIndex.search`]), each with the suffix its rows of a results table carry."""
 _UNSET = object()
 
 
@@ -72,12 +75,28 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.embeddings)
 
-    def search(self, queries: np.ndarray, top_k: int) -> list[list[dict[str, Any]]]:
-        """The `top_k` gallery items closest to each query (rows of unit-norm embeddings), best first, as
-        `{"index", "score"}` with the cosine similarity as score."""
+    def search(
+        self, queries: np.ndarray, top_k: int, query_bank: GalleryIndex | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """
+        The `top_k` gallery items closest to each query (rows of unit-norm embeddings), best first, as
+        `{"index", "score"}` with the cosine similarity as score.
+
+        With `query_bank`, typical queries embedded beforehand (e.g. training examples of the queries' modality),
+        the score of a gallery item is its cosine similarity to the query minus its mean cosine similarity to the
+        bank's items: an item close to every query (a *hub*, frequent when the gallery comes from a domain the model
+        has not seen, such as the recordings of a voice never heard) no longer takes the first rank for most
+        queries. This is centering the queries on the bank's mean embedding (Suzuki et al., 2013, "Centering
+        similarity measures to reduce hubs"; the mean form of Bogolin et al., 2022, "Cross Modal Retrieval with
+        Querybank Normalisation"). It changes the ranking, so it is an option (its effect on the demo's unseen voice:
+        README, "Retrieval and zero-shot classification").
+        """
         if not 1 <= top_k <= len(self):
             raise ValueError(f"top_k is {top_k} but the gallery holds {len(self)} items: pass 1 <= top_k <= {len(self)}.")
-        found = self._dataset.search_batch("embeddings", np.asarray(queries, dtype=np.float32), k=top_k)
+        queries = np.asarray(queries, dtype=np.float32)
+        if query_bank is not None:
+            queries = np.ascontiguousarray(queries - query_bank.embeddings.mean(axis=0, keepdims=True))
+        found = self._dataset.search_batch("embeddings", queries, k=top_k)
         return [
             [{"index": int(index), "score": float(score)} for score, index in zip(scores, indices)]
             for scores, indices in zip(found.total_scores, found.total_indices)
@@ -117,19 +136,28 @@ class MultimodalRetrievalPipeline(MultimodalPipeline):
             inputs (`dict` or `list[dict]` or dataset / generator of dicts): The query or queries.
             gallery ([`GalleryIndex`], or a list of examples, *optional*): What to rank.
             top_k (`int`, *optional*, defaults to 5): Results per query.
+            query_bank ([`GalleryIndex`], or a list of examples, *optional*): Typical queries of the queries' modality
+                (e.g. training examples): each gallery item's mean similarity to them is subtracted from its score,
+                so that items close to every query do not crowd the top ranks ([`GalleryIndex.search`]).
             batch_size, sampling_rate, timeout: As for [`MultimodalPipeline`].
 
         Returns:
-            Per query, a list of `{"index", "score"}` (cosine similarity), best first; without `gallery`, per
-            example, `{"modality", "embedding"}` (a unit-norm list of floats).
+            Per query, a list of `{"index", "score"}` (cosine similarity, less the item's mean similarity to the
+            `query_bank` when one is given), best first; without `gallery`, per example, `{"modality", "embedding"}`
+            (a unit-norm list of floats).
         """
-        gallery = kwargs.pop("gallery", None)
-        if gallery is not None and not isinstance(gallery, GalleryIndex):
-            gallery = self.index(gallery, batch_size=kwargs.get("batch_size") or 32)
-        return super().__call__(inputs, gallery=gallery, **kwargs)
+        for name in ("gallery", "query_bank"):
+            if kwargs.get(name) is not None and not isinstance(kwargs[name], GalleryIndex):
+                kwargs[name] = self.index(kwargs[name], batch_size=kwargs.get("batch_size") or 32)
+        return super().__call__(inputs, **kwargs)
 
-    def _sanitize_parameters(self, gallery: GalleryIndex | None = None, top_k: Any = _UNSET, **kwargs):
+    def _sanitize_parameters(
+        self, gallery: GalleryIndex | None = None, top_k: Any = _UNSET, query_bank: GalleryIndex | None = None,
+        **kwargs,
+    ):
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
+        if query_bank is not None and gallery is None:
+            raise ValueError("query_bank needs a gallery to rank: pass gallery=retriever.index(items) or a list.")
         if top_k is not _UNSET:
             if gallery is None:
                 raise ValueError("top_k needs a gallery to rank: pass gallery=retriever.index(items) or a list.")
@@ -139,7 +167,9 @@ class MultimodalRetrievalPipeline(MultimodalPipeline):
                     "or give a larger gallery."
                 )
         if gallery is not None:
-            postprocess_params = {"gallery": gallery, "top_k": min(5, len(gallery)) if top_k is _UNSET else top_k}
+            postprocess_params = {
+                "gallery": gallery, "top_k": min(5, len(gallery)) if top_k is _UNSET else top_k, "query_bank": query_bank
+            }
         return preprocess_params, forward_params, postprocess_params
 
     def index(
@@ -183,12 +213,23 @@ class MultimodalRetrievalPipeline(MultimodalPipeline):
         embeddings, modality = single_modality_embeddings(self.model, model_inputs)
         return {"embeddings": embeddings, "modality": modality}
 
-    def postprocess(self, model_outputs: dict[str, torch.Tensor], gallery: GalleryIndex | None = None, top_k: int = 5):
+    def postprocess(
+        self,
+        model_outputs: dict[str, torch.Tensor],
+        gallery: GalleryIndex | None = None,
+        top_k: int = 5,
+        query_bank: GalleryIndex | None = None,
+    ):
         embedding = model_outputs["embeddings"][0].cpu().numpy()
+        modality = self.model.config.modalities[int(model_outputs["modality"][0])]
         if gallery is None:
-            modality = self.model.config.modalities[int(model_outputs["modality"][0])]
             return {"modality": modality, "embedding": embedding.tolist()}
-        return gallery.search(embedding[None], top_k)[0]
+        if query_bank is not None and query_bank.modality != modality:
+            raise ValueError(
+                f"the query is {modality} but the query_bank holds {query_bank.modality}: a query bank holds typical "
+                f"queries of the queries' modality; index {modality} examples for it (e.g. training examples)."
+            )
+        return gallery.search(embedding[None], top_k, query_bank=query_bank)[0]
 
 
-__all__ = ["RETRIEVAL_TASK", "GalleryIndex", "MultimodalRetrievalPipeline", "single_modality_embeddings"]
+__all__ = ["RETRIEVAL_RANKINGS", "RETRIEVAL_TASK", "GalleryIndex", "MultimodalRetrievalPipeline", "single_modality_embeddings"]

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import transformers
 
-from hf_multimodal import FUSION_TYPES, RETRIEVAL_RANKINGS
+from hf_multimodal import FUSION_TYPES
+from hf_multimodal.metrics import retrieval_recalls
 
 
 UNSEEN = "test_unseen_speaker"
@@ -163,13 +164,10 @@ def alignment(root: Path) -> list[str]:
         "|---|---|---|---|---|",
     ]
     seen, unseen = run["test"], run["extra_tests"][UNSEEN]
-    for ranking, suffix in RETRIEVAL_RANKINGS.items():
-        for direction in seen.get(ranking, {}):
-            a, b = seen[ranking][direction], unseen[ranking][direction]
-            lines.append(
-                f"| {direction.replace('_to_', ' -> ')}{suffix} | {cell(a['recall@1'])} | {cell(a['recall@5'])} | "
-                f"{cell(b['recall@1'])} | {cell(b['recall@5'])} |"
-            )
+    unseen_recalls = {name: recalls for name, *recalls in retrieval_recalls(unseen)}
+    for name, *recalls in retrieval_recalls(seen):
+        cells = " | ".join(cell(value) for value in (*recalls, *unseen_recalls[name]))
+        lines.append(f"| {name.replace('_to_', ' -> ')} | {cells} |")
     for modality in seen.get("zero_shot", {}):
         lines.append(
             f"| zero-shot {modality} (accuracy) | {cell(seen['zero_shot'][modality]['accuracy'])} | | "

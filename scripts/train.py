@@ -45,7 +45,6 @@ from hf_multimodal import (
     FUSION_TYPES,
     MODALITIES,
     PIPELINE_TASK,
-    RETRIEVAL_RANKINGS,
     RETRIEVAL_TASK,
     ZERO_SHOT_TASK,
     GalleryIndex,
@@ -69,6 +68,7 @@ from hf_multimodal.metrics import (
     METRIC_NAMES,
     metrics_function,
     problem_type_metrics,
+    retrieval_recalls,
 )
 from hf_multimodal.model_card import (
     ModelCardCallback,
@@ -1104,11 +1104,8 @@ def _format_alignment_table(results: Mapping[str, Any]) -> str:
     lines = [f"Alignment of {', '.join(results['modalities'])}: retrieval at the label level and zero-shot accuracy", ""]
     lines += ["| split | evaluation | recall@1 | recall@5 |", "|---|---|---|---|"]
     for split, values in splits.items():
-        for ranking, suffix in RETRIEVAL_RANKINGS.items():
-            for direction, scores in (values.get(ranking) or {}).items():
-                at_5 = next((value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1"))
-                evaluation = direction.replace("_to_", " -> ") + suffix
-                lines.append(f"| {split} | {evaluation} | {scores['recall@1']:.3f} | {at_5:.3f} |")
+        for name, first, wider in retrieval_recalls(values):
+            lines.append(f"| {split} | {name.replace('_to_', ' -> ')} | {first:.3f} | {wider:.3f} |")
         for modality, scores in (values.get("zero_shot") or {}).items():
             lines.append(f"| {split} | zero-shot {modality} (accuracy) | {scores['accuracy']:.3f} | |")
     return "\n".join(lines)
@@ -1476,22 +1473,20 @@ def evaluate_alignment(
     indexed = _index_modalities(retriever, rows, columns, modalities, batch_size)
     galleries = {modality: gallery for modality, (gallery, _) in indexed.items()}
     item_labels = {modality: np.array([label_ids[row] for row in present]) for modality, (_, present) in indexed.items()}
-    rankings = {"retrieval": {}}
-    if banks:
-        rankings["retrieval_query_bank"] = {}
-    for query, gallery in itertools.permutations(galleries, 2):
-        top_k = min(5, len(galleries[gallery]))
-        for name, found_in in rankings.items():
-            bank = banks.get(query) if name == "retrieval_query_bank" else None
-            ranked = galleries[gallery].search(galleries[query].embeddings, top_k, query_bank=bank)
+    # each ranking with the query bank of each query modality (none for the cosine ranking)
+    rankings = {"retrieval": {}, **({"retrieval_query_bank": banks} if banks else {})}
+    for ranking, bank_of in rankings.items():
+        results[ranking] = {}
+        for query, gallery in itertools.permutations(galleries, 2):
+            top_k = min(5, len(galleries[gallery]))
+            ranked = galleries[gallery].search(galleries[query].embeddings, top_k, query_bank=bank_of.get(query))
             hits = np.array([[item_labels[gallery][hit["index"]] for hit in row] for row in ranked])
             found = hits == item_labels[query][:, None]
-            found_in[f"{query}_to_{gallery}"] = {
+            results[ranking][f"{query}_to_{gallery}"] = {
                 "recall@1": float(found[:, 0].mean()),
                 f"recall@{top_k}": float(found.any(axis=1).mean()),
                 "num_queries": len(found),
             }
-    results.update(rankings)
     if "text" in modalities:
         prompts = retriever.index([{"text": name} for name in splits.labels], batch_size=batch_size).embeddings
         results["zero_shot"] = {

@@ -31,7 +31,7 @@ from .modeling_multimodal import (
 from .modeling_recurrent import RecurrentEncoderModel, RecurrentEncoderPreTrainedModel
 from .modeling_wavenet import WaveNetModel, WaveNetPreTrainedModel
 from .pipeline_multimodal import PIPELINE_TASK, MultimodalClassificationPipeline, MultimodalPipeline
-from .pipeline_retrieval import RETRIEVAL_RANKINGS, RETRIEVAL_TASK, GalleryIndex, MultimodalRetrievalPipeline
+from .pipeline_retrieval import RETRIEVAL_TASK, GalleryIndex, MultimodalRetrievalPipeline
 from .pipeline_zero_shot import ZERO_SHOT_TASK, ZeroShotMultimodalClassificationPipeline
 from .processing_multimodal import MultimodalProcessor
 
@@ -89,7 +89,6 @@ __all__ = [
     "FUSION_TYPES",
     "MODALITIES",
     "PIPELINE_TASK",
-    "RETRIEVAL_RANKINGS",
     "RETRIEVAL_TASK",
     "ZERO_SHOT_TASK",
     "GalleryIndex",

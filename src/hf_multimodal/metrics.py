@@ -6,7 +6,8 @@ Needs the `[train]` extra (evaluate, datasets, scikit-learn).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import datasets
 import evaluate
@@ -48,6 +49,30 @@ first one leading."""
 
 LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "mse", "mae"})
 """Metrics where smaller is better (`greater_is_better=False` when one selects the best model)."""
+
+RETRIEVAL_RANKINGS: dict[str, str] = {"retrieval": "", "retrieval_query_bank": ", query bank"}
+"""The rankings an aligned model's evaluation reports in `metrics.json` (by cosine similarity; with a query bank, see
+`GalleryIndex.search`), each with the suffix its rows of a results table carry."""
+
+
+def retrieval_recalls(results: Mapping[str, Any]) -> Iterator[tuple[str, float, float | None]]:
+    """
+    The retrieval rows of one split of an aligned model's `metrics.json`, every ranking of `RETRIEVAL_RANKINGS`:
+    `(name, recall@1, wider recall)`, the name a direction with its ranking's suffix, the wider recall recall@5 (or
+    recall@k of a gallery of k < 5 items; None without one).
+
+    Example:
+
+    ```python
+    >>> list(retrieval_recalls({"retrieval_query_bank": {"audio_to_image": {"recall@1": 0.9, "recall@5": 0.97}}}))
+    [('audio_to_image, query bank', 0.9, 0.97)]
+    ```
+    """
+    for ranking, suffix in RETRIEVAL_RANKINGS.items():
+        for direction, scores in (results.get(ranking) or {}).items():
+            wider = (value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1")
+            yield direction + suffix, scores["recall@1"], next(wider, None)
+
 
 DEFAULT_MULTI_LABEL_THRESHOLD = 0.5
 """A multi-label prediction holds every label whose sigmoid score is at least this."""

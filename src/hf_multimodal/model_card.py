@@ -22,10 +22,9 @@ from transformers import AutoProcessor, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .configuration_multimodal import SUB_CONFIG_KEYS, MultimodalConfig
-from .metrics import HEADLINE_METRICS, LOWER_IS_BETTER, METRIC_NAMES, problem_type_metrics
+from .metrics import HEADLINE_METRICS, LOWER_IS_BETTER, METRIC_NAMES, problem_type_metrics, retrieval_recalls
 from .modeling_fusion import FUSION_CLASSES
 from .modeling_multimodal import ENCODER_ATTRIBUTES, encoder_output_size
-from .pipeline_retrieval import RETRIEVAL_RANKINGS
 from .trainer import checkpoints
 
 
@@ -512,17 +511,15 @@ def _alignment_rows(report: TrainingReport) -> list[dict[str, str]]:
     test split."""
     rows = []
     for split, results in {"test": report.test or {}, **(report.extra_tests or {})}.items():
-        for ranking, suffix in RETRIEVAL_RANKINGS.items():
-            for direction, scores in (results.get(ranking) or {}).items():
-                wider = [value for key, value in scores.items() if key.startswith("recall@") and key != "recall@1"]
-                rows.append(
-                    {
-                        "split": split,
-                        "evaluation": direction.replace("_to_", " → ") + suffix,
-                        "first": _format_value(scores["recall@1"]),
-                        "second": _format_value(wider[0]) if wider else "-",
-                    }
-                )
+        for name, first, wider in retrieval_recalls(results):
+            rows.append(
+                {
+                    "split": split,
+                    "evaluation": name.replace("_to_", " → "),
+                    "first": _format_value(first),
+                    "second": "-" if wider is None else _format_value(wider),
+                }
+            )
         for modality, scores in (results.get("zero_shot") or {}).items():
             rows.append(
                 {"split": split, "evaluation": f"zero-shot, {modality}", "first": _format_value(scores["accuracy"]), "second": ""}

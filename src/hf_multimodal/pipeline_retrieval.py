@@ -15,9 +15,6 @@ from .pipeline_multimodal import MultimodalPipeline
 
 
 RETRIEVAL_TASK = "multimodal-retrieval"
-RETRIEVAL_RANKINGS = {"retrieval": "", "retrieval_query_bank": ", query bank"}
-"""The rankings an aligned model's evaluation reports (by cosine similarity; with a query bank, see
-[`GalleryIndex.search`]), each with the suffix its rows of a results table carry."""
 _UNSET = object()
 
 
@@ -232,4 +229,4 @@ class MultimodalRetrievalPipeline(MultimodalPipeline):
         return gallery.search(embedding[None], top_k, query_bank=query_bank)[0]
 
 
-__all__ = ["RETRIEVAL_RANKINGS", "RETRIEVAL_TASK", "GalleryIndex", "MultimodalRetrievalPipeline", "single_modality_embeddings"]
+__all__ = ["RETRIEVAL_TASK", "GalleryIndex", "MultimodalRetrievalPipeline", "single_modality_embeddings"]
